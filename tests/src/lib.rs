@@ -1,1 +1,114 @@
-//! placeholder
+//! Test harness: a real kube-apiserver + etcd (envtest style) and the upstream CRDs.
+//!
+//! Typical use from any crate's integration test:
+//!
+//! ```no_run
+//! # async fn t() {
+//! let cp = vworkspace_e2e::shared(); // one control plane per test binary
+//! let client = cp.client().unwrap(); // fresh client on this test's runtime
+//! let ns = vworkspace_e2e::test_namespace(&client, "my-test").await.unwrap();
+//! # }
+//! ```
+//!
+//! Binaries come from `KUBEBUILDER_ASSETS` / `TEST_ASSET_*` or are built once from
+//! Go modules into a cache (see [`assets`]). When neither works, [`shared`]
+//! panics with a message saying how to fix it: tests never skip.
+
+pub mod assets;
+mod certs;
+pub mod controlplane;
+pub mod crds;
+mod process;
+
+pub use controlplane::{ControlPlane, Error};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{ObjectMeta, PostParams};
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+/// The control plane shared by every test in this test binary, started on first use.
+///
+/// It runs until the process exits (an exit hook and PDEATHSIG kill it). Panics
+/// with the start error (including how to provide the binaries) if it cannot start.
+pub fn shared() -> &'static ControlPlane {
+    try_shared().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`shared`], returning the error instead of panicking.
+pub fn try_shared() -> Result<&'static ControlPlane, Error> {
+    static SHARED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            // Start on a thread with its own runtime: the caller may be inside any
+            // runtime, and nothing of the instance may be tied to one.
+            std::thread::Builder::new()
+                .name("vws-shared-controlplane".into())
+                .spawn(|| {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| format!("building a tokio runtime: {e}"))?;
+                    rt.block_on(ControlPlane::start())
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(|e| format!("spawning the start thread: {e}"))
+                .and_then(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("control plane start panicked".to_string()))
+                })
+        })
+        .as_ref()
+        .map_err(|e| Error::Shared(e.clone()))
+}
+
+/// A fresh admin client for the shared control plane, on the caller's runtime.
+pub fn shared_client() -> kube::Client {
+    shared()
+        .client()
+        .unwrap_or_else(|e| panic!("building a client for the shared control plane: {e}"))
+}
+
+/// The label the agent selects managed namespaces by (DESIGN.md).
+pub const MANAGED_BY: (&str, &str) = ("managed-by", "vworkspace");
+
+/// Creates a namespace `<prefix>-<random>` labelled [`MANAGED_BY`] and returns its name.
+///
+/// Each test works in its own namespace, so tests sharing one control plane
+/// do not see each other's objects.
+pub async fn test_namespace(client: &kube::Client, prefix: &str) -> Result<String, kube::Error> {
+    test_namespace_with_labels(client, prefix, &[MANAGED_BY]).await
+}
+
+/// Like [`test_namespace`] with the given labels only (pass `&[]` for none).
+pub async fn test_namespace_with_labels(
+    client: &kube::Client,
+    prefix: &str,
+    labels: &[(&str, &str)],
+) -> Result<String, kube::Error> {
+    let suffix: u32 = rand::random();
+    let prefix: String = prefix
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(40)
+        .collect();
+    let name = format!("{}-{:08x}", prefix.trim_matches('-'), suffix);
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    kube::Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+    Ok(name)
+}
