@@ -1,0 +1,324 @@
+//! The hub CA: generated on first start and persisted in the store, it
+//! issues the hub's TLS server certificate and the agents' client
+//! certificates.
+//!
+//! Client certificate identity (what the tunnel trusts, and nothing else):
+//! subject `O=<org>`, `CN=<cluster id>`, and one URI SAN
+//! `spiffe://vworkspace/org/<org>/cluster/<cluster id>`. The hub ignores
+//! whatever subject or SANs the CSR asks for and uses only its public key.
+
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::store::{Store, StoreError};
+
+/// Errors from CA operations. Messages never include key material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("the CSR is not valid PEM or DER, or its signature does not verify")]
+    InvalidCsr,
+    #[error("the CSR key algorithm is not accepted (use ECDSA P-256/P-384 or Ed25519)")]
+    UnsupportedKey,
+    #[error("certificate has no usable vWorkspace identity: {0}")]
+    NoIdentity(&'static str),
+}
+
+/// Who a client certificate belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Identity {
+    pub org: String,
+    pub cluster: String,
+    /// Lowercase hex of the certificate serial number.
+    pub serial: String,
+    /// Expiry, seconds since the epoch.
+    pub not_after: i64,
+}
+
+/// A freshly signed client certificate.
+#[derive(Clone, Debug)]
+pub struct IssuedCert {
+    pub pem: String,
+    pub der: CertificateDer<'static>,
+    pub serial: String,
+    pub not_after: i64,
+}
+
+/// The SPIFFE-style URI SAN naming a cluster.
+pub fn identity_uri(org: &str, cluster: &str) -> String {
+    format!("spiffe://vworkspace/org/{org}/cluster/{cluster}")
+}
+
+/// The hub certificate authority.
+pub struct Ca {
+    cert_pem: String,
+    cert_der: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+    key_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("sha256", &self.sha256_hex())
+            .finish_non_exhaustive()
+    }
+}
+
+const META_CERT: &str = "ca.cert_pem";
+const META_KEY: &str = "ca.key_pem";
+
+impl Ca {
+    /// Loads the CA from the store, creating and persisting one on first start.
+    pub fn load_or_create(store: &Store) -> Result<Self, CaError> {
+        if let (Some(cert), Some(key)) = (store.meta_get(META_CERT)?, store.meta_get(META_KEY)?) {
+            return Self::from_pem(&cert, &key);
+        }
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "vWorkspace hub-sim");
+        dn.push(DnType::CommonName, "hub-sim CA");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - Duration::from_secs(3600);
+        params.not_after = now + Duration::from_secs(10 * 365 * 24 * 3600);
+        params.serial_number = Some(random_serial());
+        let cert = params.self_signed(&key)?;
+        let cert_pem = cert.pem();
+        let key_pem = key.serialize_pem();
+        store.meta_set(META_CERT, &cert_pem)?;
+        store.meta_set(META_KEY, &key_pem)?;
+        Self::from_pem(&cert_pem, &key_pem)
+    }
+
+    fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CaError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let key_der = key.serialize_der();
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        let cert_der = pem_to_der(cert_pem).ok_or(CaError::NoIdentity("CA PEM unreadable"))?;
+        Ok(Self {
+            cert_pem: cert_pem.to_owned(),
+            cert_der,
+            issuer,
+            key_der,
+        })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    /// SHA-256 of the CA certificate DER, lowercase hex: the pin a join token carries.
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(ring::digest::digest(&ring::digest::SHA256, &self.cert_der))
+    }
+
+    /// A fresh server certificate for the TLS listener (not persisted; agents pin the CA).
+    pub fn server_cert(
+        &self,
+        names: &[String],
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CaError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names.to_vec())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "hub-sim");
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - Duration::from_secs(300);
+        params.not_after = now + Duration::from_secs(365 * 24 * 3600);
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok((vec![cert.der().clone(), self.cert_der.clone()], key_der))
+    }
+
+    /// Signs an agent CSR (PEM or DER) into a client certificate for `org`/`cluster`.
+    pub fn sign_client_csr(
+        &self,
+        csr: &[u8],
+        org: &str,
+        cluster: &str,
+        lifetime: Duration,
+    ) -> Result<IssuedCert, CaError> {
+        let mut req = parse_csr(csr)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, org);
+        dn.push(DnType::CommonName, cluster);
+        let now = time::OffsetDateTime::now_utc();
+        let not_after = now + lifetime;
+        let serial = random_serial();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![SanType::URI(
+            identity_uri(org, cluster)
+                .try_into()
+                .map_err(|_| CaError::NoIdentity("org or cluster not valid in a URI"))?,
+        )];
+        params.not_before = now - Duration::from_secs(300);
+        params.not_after = not_after;
+        params.serial_number = Some(serial.clone());
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        req.params = params;
+        let cert = req.signed_by(&self.issuer)?;
+        Ok(IssuedCert {
+            pem: cert.pem(),
+            der: cert.der().clone(),
+            serial: hex::encode(serial.to_bytes()),
+            not_after: not_after.unix_timestamp(),
+        })
+    }
+
+    /// The CA private key as PKCS#8 DER, for tools that mint certificates
+    /// directly from the state dir (the load generator). Never log this.
+    pub fn key_pkcs8_der(&self) -> &[u8] {
+        &self.key_der
+    }
+}
+
+fn parse_csr(csr: &[u8]) -> Result<CertificateSigningRequestParams, CaError> {
+    let parsed = if csr.starts_with(b"-----BEGIN") {
+        let text = std::str::from_utf8(csr).map_err(|_| CaError::InvalidCsr)?;
+        CertificateSigningRequestParams::from_pem(text)
+    } else {
+        CertificateSigningRequestParams::from_der(&csr.to_vec().into())
+    };
+    match parsed {
+        Ok(p) => Ok(p),
+        Err(rcgen::Error::UnsupportedSignatureAlgorithm) => Err(CaError::UnsupportedKey),
+        Err(_) => Err(CaError::InvalidCsr),
+    }
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01;
+    SerialNumber::from_slice(&bytes)
+}
+
+fn pem_to_der(pem: &str) -> Option<CertificateDer<'static>> {
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes()).ok()
+}
+
+/// Reads the identity out of a client certificate the TLS layer already verified.
+pub fn identity_from_cert(der: &[u8]) -> Result<Identity, CaError> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|_| CaError::NoIdentity("certificate unreadable"))?;
+    let org = cert
+        .subject()
+        .iter_organization()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .ok_or(CaError::NoIdentity("subject has no O"))?
+        .to_owned();
+    let cluster = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .ok_or(CaError::NoIdentity("subject has no CN"))?
+        .to_owned();
+    let want = identity_uri(&org, &cluster);
+    let san_ok = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .any(|n| matches!(n, GeneralName::URI(u) if *u == want))
+        })
+        .unwrap_or(false);
+    if !san_ok {
+        return Err(CaError::NoIdentity("URI SAN does not match subject"));
+    }
+    Ok(Identity {
+        org,
+        cluster,
+        serial: serial_hex(cert.raw_serial()),
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+/// Serial bytes as rcgen wrote them, lowercase hex without leading zero bytes.
+fn serial_hex(raw: &[u8]) -> String {
+    let trimmed: &[u8] = match raw.iter().position(|b| *b != 0) {
+        Some(i) => &raw[i..],
+        None => raw,
+    };
+    hex::encode(trimmed)
+}
+
+/// The serial of a DER certificate, in the same form as [`Identity::serial`].
+pub fn cert_serial_hex(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(serial_hex(cert.raw_serial()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_persists_and_signs_csr_with_hub_chosen_identity() {
+        let store = Store::in_memory().unwrap();
+        let ca = Ca::load_or_create(&store).unwrap();
+        let again = Ca::load_or_create(&store).unwrap();
+        assert_eq!(ca.sha256_hex(), again.sha256_hex());
+
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["evil.example".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "someone-else");
+        let csr = params.serialize_request(&key).unwrap();
+        let issued = ca
+            .sign_client_csr(
+                csr.pem().unwrap().as_bytes(),
+                "acme",
+                "edge-1",
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let id = identity_from_cert(&issued.der).unwrap();
+        assert_eq!(id.org, "acme");
+        assert_eq!(id.cluster, "edge-1");
+        assert_eq!(id.serial, issued.serial);
+        assert_eq!(cert_serial_hex(&issued.der).unwrap(), issued.serial);
+
+        assert!(matches!(
+            ca.sign_client_csr(b"not a csr", "acme", "edge-1", Duration::from_secs(60)),
+            Err(CaError::InvalidCsr)
+        ));
+    }
+}

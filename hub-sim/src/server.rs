@@ -1,0 +1,381 @@
+//! Listeners: one TLS listener serving `POST /v1/enroll` and
+//! `GET /v1/tunnel` (routed by path), and the loopback admin API.
+//!
+//! The TLS listener asks every client for a certificate and verifies any
+//! certificate presented against the hub CA and the revoked set, during the
+//! handshake: a certificate from another CA or a revoked one never completes
+//! TLS. A client with no certificate completes TLS (enrollment needs that) but
+//! `/v1/tunnel` answers 401 before any upgrade.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls_pki_types::{CertificateDer, UnixTime};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::ca::{Identity, identity_from_cert};
+use crate::hub::{Config, Hub, HubError};
+
+/// Wraps the WebPKI verifier: after the chain checks out, refuse revoked serials.
+#[derive(Debug)]
+struct RevocationAwareVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: Arc<RwLock<HashSet<String>>>,
+}
+
+impl ClientCertVerifier for RevocationAwareVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    // Enrollment shares the listener and has no certificate yet; the tunnel
+    // route enforces one (see module docs).
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let serial = crate::ca::cert_serial_hex(end_entity).ok_or(
+            rustls::Error::InvalidCertificate(CertificateError::BadEncoding),
+        )?;
+        if self
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&serial)
+        {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+fn tls_config(hub: &Hub) -> Result<rustls::ServerConfig, HubError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(hub.ca.cert_der().clone())
+        .map_err(|e| HubError::Tls(e.to_string()))?;
+    let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| HubError::Tls(e.to_string()))?;
+    let verifier = RevocationAwareVerifier {
+        inner,
+        revoked: hub.revoked.clone(),
+    };
+    let (chain, key) = hub.ca.server_cert(&hub.cfg.server_names)?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| HubError::Tls(e.to_string()))?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(chain, key)
+        .map_err(|e| HubError::Tls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // No session resumption: every tunnel re-runs the client-cert check, so
+    // a revoked certificate cannot ride on an old session ticket.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
+    Ok(cfg)
+}
+
+/// A running hub-sim.
+pub struct RunningHub {
+    pub hub: Arc<Hub>,
+    /// The TLS listener (enrollment + tunnel).
+    pub tls_addr: SocketAddr,
+    /// The admin API listener.
+    pub admin_addr: SocketAddr,
+    /// Bearer token for the admin API.
+    pub admin_token: String,
+    accept: tokio::task::JoinHandle<()>,
+    admin: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for RunningHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningHub")
+            .field("tls_addr", &self.tls_addr)
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningHub {
+    /// An admin client for this hub.
+    pub fn admin_client(&self) -> crate::admin_client::AdminClient {
+        crate::admin_client::AdminClient::new(self.admin_addr, self.admin_token.clone())
+    }
+
+    /// Graceful stop: every tunnel gets `Goodbye{retry_after}`, then listeners close.
+    pub async fn shutdown(self) {
+        self.hub.begin_shutdown();
+        let max = self.hub.cfg.max_connections as u32;
+        // Every connection holds a slot; all slots back means all tunnels said goodbye.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.hub.conn_slots.acquire_many(max),
+        )
+        .await;
+        let _ = self.accept.await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.admin).await;
+    }
+
+    /// Abrupt stop, as close to a crash as in-process gets: every task is
+    /// aborted, nothing is said to agents.
+    pub async fn abort(self) {
+        self.accept.abort();
+        self.admin.abort();
+        let _ = self.accept.await;
+        let _ = self.admin.await;
+    }
+}
+
+/// Binds the listeners, opens the state and starts serving.
+pub async fn start(cfg: Config) -> Result<RunningHub, HubError> {
+    let tls_listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| HubError::Bind {
+            what: "TLS listener",
+            addr: cfg.listen,
+            source,
+        })?;
+    let tls_addr = tls_listener.local_addr().map_err(|source| HubError::Bind {
+        what: "TLS listener",
+        addr: cfg.listen,
+        source,
+    })?;
+    let admin_listener = TcpListener::bind(cfg.admin_listen)
+        .await
+        .map_err(|source| HubError::Bind {
+            what: "admin API",
+            addr: cfg.admin_listen,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| HubError::Bind {
+            what: "admin API",
+            addr: cfg.admin_listen,
+            source,
+        })?;
+    let public_url = cfg
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{tls_addr}"));
+    let state_dir = cfg.state_dir.clone();
+    let hub = Hub::open(cfg, public_url)?;
+    let state_err = |path: std::path::PathBuf| move |source| HubError::StateDir { path, source };
+    let admin_token =
+        crate::hub::admin_token(&state_dir).map_err(state_err(state_dir.join("admin-token")))?;
+    std::fs::write(state_dir.join("admin-addr"), admin_addr.to_string())
+        .map_err(state_err(state_dir.join("admin-addr")))?;
+    std::fs::write(state_dir.join("hub-url"), hub.public_url())
+        .map_err(state_err(state_dir.join("hub-url")))?;
+    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&hub)?));
+
+    let router = crate::admin::router(hub.clone(), &admin_token);
+    let admin_hub = hub.clone();
+    let admin = tokio::spawn(async move {
+        let serve = axum::serve(admin_listener, router)
+            .with_graceful_shutdown(async move { admin_hub.shutdown_signal().await });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
+    let accept = tokio::spawn(accept_loop(hub.clone(), tls_listener, acceptor));
+    tracing::info!(%tls_addr, %admin_addr, url = hub.public_url(), ca_sha256 = %hub.ca.sha256_hex(), "hub-sim listening");
+    Ok(RunningHub {
+        hub,
+        tls_addr,
+        admin_addr,
+        admin_token,
+        accept,
+        admin,
+    })
+}
+
+async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, acceptor: TlsAcceptor) {
+    // Owning the connection tasks here means aborting this task aborts them all.
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = hub.shutdown_signal() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = hub.conn_slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, max = hub.cfg.max_connections, "connection limit reached, refusing");
+                    drop(tcp);
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                let hub = hub.clone();
+                let acceptor = acceptor.clone();
+                conns.spawn(async move {
+                    let _permit = permit;
+                    serve_conn(hub, acceptor, tcp, peer).await;
+                });
+            }
+        }
+    }
+    // Let live tunnels send Goodbye and finish.
+    while conns.join_next().await.is_some() {}
+}
+
+/// What the HTTP layer hands the tunnel after a successful upgrade.
+pub(crate) struct TunnelStart {
+    pub identity: Identity,
+    pub on_upgrade: hyper::upgrade::OnUpgrade,
+}
+
+async fn serve_conn(hub: Arc<Hub>, acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) {
+    let tls = match tokio::time::timeout(hub.cfg.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let identity = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| identity_from_cert(c));
+    let identity = match identity {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(e)) => {
+            tracing::info!(%peer, error = %e, "client certificate has no vWorkspace identity");
+            return;
+        }
+    };
+    let slot: Arc<Mutex<Option<TunnelStart>>> = Arc::new(Mutex::new(None));
+    let service = {
+        let hub = hub.clone();
+        let slot = slot.clone();
+        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let hub = hub.clone();
+            let slot = slot.clone();
+            let identity = identity.clone();
+            async move { Ok::<_, std::convert::Infallible>(route(hub, identity, slot, peer, req).await) }
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(hub.cfg.handshake_timeout)
+        .keep_alive(false)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+    }
+    let start = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(start) = start {
+        match start.on_upgrade.await {
+            Ok(upgraded) => {
+                crate::tunnel::run(hub, start.identity, TokioIo::new(upgraded), peer).await;
+            }
+            Err(e) => tracing::info!(%peer, error = %e, "tunnel upgrade failed"),
+        }
+    }
+}
+
+pub(crate) fn json_response(
+    status: http::StatusCode,
+    body: &serde_json::Value,
+) -> hyper::Response<Full<Bytes>> {
+    let mut resp = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+async fn route(
+    hub: Arc<Hub>,
+    identity: Option<Identity>,
+    slot: Arc<Mutex<Option<TunnelStart>>>,
+    peer: SocketAddr,
+    req: hyper::Request<Incoming>,
+) -> hyper::Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&http::Method::POST, "/v1/enroll") => crate::enroll::handle(hub, peer, req).await,
+        (&http::Method::GET, "/v1/tunnel") => {
+            crate::tunnel::upgrade(hub, identity, slot, peer, req)
+        }
+        (_, "/v1/enroll") | (_, "/v1/tunnel") => json_response(
+            http::StatusCode::METHOD_NOT_ALLOWED,
+            &serde_json::json!({"error": "method_not_allowed", "message": "use POST /v1/enroll or GET /v1/tunnel"}),
+        ),
+        _ => json_response(
+            http::StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": "not_found", "message": "unknown path"}),
+        ),
+    }
+}
