@@ -484,6 +484,19 @@ impl ControlPlane {
         Some(cmd)
     }
 
+    /// Process ids of kube-apiserver and etcd (while running).
+    pub fn pids(&self) -> Vec<u32> {
+        [&self.apiserver, &self.etcd]
+            .iter()
+            .filter_map(|slot| {
+                slot.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .map(|c| c.id())
+            })
+            .collect()
+    }
+
     /// Directory holding the logs (`etcd.log`, `kube-apiserver.log`), certs and kubeconfig.
     pub fn dir(&self) -> &Path {
         self.dir.as_ref().map(|d| d.path()).unwrap_or(Path::new(""))

@@ -265,3 +265,59 @@ fn kubectl_talks_to_the_control_plane() {
         "namespace/default"
     );
 }
+
+/// One instance serves callers on different runtimes, even after the first
+/// caller's runtime is gone (clients are made per caller).
+#[test]
+fn shared_instance_outlives_the_runtimes_that_use_it() {
+    init();
+    let use_once = || {
+        std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let cp = vworkspace_e2e::shared();
+                let client = cp.client().unwrap();
+                let ns = vworkspace_e2e::test_namespace(&client, "shared")
+                    .await
+                    .unwrap();
+                Api::<Namespace>::all(client).get(&ns).await.unwrap();
+                (
+                    std::ptr::from_ref(cp) as usize,
+                    cp.url().to_string(),
+                    cp.pids(),
+                )
+            })
+        })
+        .join()
+        .unwrap()
+    };
+    let first = use_once();
+    let second = use_once();
+    assert_eq!(first, second);
+    assert_eq!(first.2.len(), 2, "apiserver and etcd are running");
+}
+
+/// A private instance stops on drop: both processes gone, temp dir removed.
+#[tokio::test]
+async fn private_control_plane_stops_on_drop() {
+    init();
+    let cp = vworkspace_e2e::ControlPlane::start().await.unwrap();
+    let client = cp.client().unwrap();
+    Api::<Namespace>::all(client).get("default").await.unwrap();
+    let pids = cp.pids();
+    let dir = cp.dir().to_path_buf();
+    assert_eq!(pids.len(), 2);
+    assert!(dir.join("kube-apiserver.log").exists());
+    drop(cp);
+    for pid in pids {
+        // Drop reaps the children, so their /proc entries are gone.
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "pid {pid} still exists"
+        );
+    }
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
