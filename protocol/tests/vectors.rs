@@ -1,0 +1,184 @@
+//! Checks every file in `protocol/vectors/` against this implementation, and
+//! that regenerating them would not change a byte.
+
+mod support;
+
+use serde_json::Value;
+use support::vectors;
+use vworkspace_protocol::*;
+
+fn load(name: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("vectors")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "read {}: {e}; run `cargo run -p vworkspace-protocol --example gen-vectors`",
+            path.display()
+        )
+    });
+    serde_json::from_str(&text).expect("vector json")
+}
+
+fn unhex(v: &Value) -> Vec<u8> {
+    hex::decode(v.as_str().expect("hex string")).expect("valid hex")
+}
+
+#[test]
+fn committed_vectors_match_the_generator() {
+    for (name, text) in vectors::all() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("vectors")
+            .join(name);
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == text,
+            "protocol/vectors/{name} is stale: run `cargo run -p vworkspace-protocol --example gen-vectors` and commit the result"
+        );
+    }
+}
+
+#[test]
+fn every_frame_vector_decodes_to_its_meaning_and_reencodes_byte_exact() {
+    let file = load("frames.json");
+    let vs = file["vectors"].as_array().expect("vectors");
+    let mut types = std::collections::BTreeSet::new();
+    for v in vs {
+        let bytes = unhex(&v["hex"]);
+        let env =
+            decode(&bytes, &Limits::default()).unwrap_or_else(|e| panic!("{}: {e}", v["name"]));
+        assert_eq!(vectors::meaning(&env), v["decoded"], "{}", v["name"]);
+        assert_eq!(
+            encode(&env, &Limits::default()).expect("encode"),
+            bytes,
+            "{}",
+            v["name"]
+        );
+        types.insert(env.body.type_name().to_owned());
+    }
+    let all = [
+        "welcome",
+        "intent",
+        "resync_request",
+        "cert_issued",
+        "goodbye",
+        "error",
+        "hello",
+        "intent_ack",
+        "status",
+        "inventory",
+        "event",
+        "renew_cert",
+    ];
+    for t in all {
+        assert!(types.contains(t), "no vector for frame type {t}");
+    }
+}
+
+#[test]
+fn forward_compat_vectors() {
+    let file = load("frames.json");
+    let fc = file["forward_compat"].as_array().expect("forward_compat");
+    let unknown = decode(&unhex(&fc[0]["hex"]), &Limits::default()).expect("unknown type decodes");
+    assert_eq!(unknown.seq, 9);
+    assert_eq!(
+        unknown.body,
+        Frame::Unsupported {
+            type_name: "ping2".into()
+        }
+    );
+    let extra = decode(&unhex(&fc[1]["hex"]), &Limits::default()).expect("unknown fields decode");
+    assert_eq!(vectors::meaning(&extra), fc[1]["expect"]["decoded"]);
+    match extra.body {
+        Frame::Hello(h) => assert_eq!(h.agent_version, "0.2.0"),
+        other => panic!("expected hello, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_intent_vector_verifies_to_its_expected_outcome() {
+    let file = load("intents.json");
+    let keys: Vec<PublicKeyInfo> = serde_json::from_value(file["keys"].clone()).expect("keys");
+    let ring = KeyRing::from_infos(&keys).expect("ring");
+    assert_eq!(
+        hex::decode(file["signing_context_hex"].as_str().unwrap()).unwrap(),
+        INTENT_SIGNING_CONTEXT
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for v in file["vectors"].as_array().expect("vectors") {
+        let name = v["name"].as_str().unwrap();
+        let env =
+            decode(&unhex(&v["frame_hex"]), &Limits::default()).expect("intent frame decodes");
+        let Frame::Intent(signed) = env.body else {
+            panic!("{name}: not an intent frame")
+        };
+        assert_eq!(signed.payload, unhex(&v["payload_hex"]), "{name}");
+        assert_eq!(signed.signature, unhex(&v["signature_hex"]), "{name}");
+        assert_eq!(
+            signed.signing_input(),
+            unhex(&v["signing_input_hex"]),
+            "{name}"
+        );
+        let ctx = vectors::verify_context(&v["context"]);
+        match (ring.verify(&signed, &ctx), &v["expect"]) {
+            (Ok(verified), Value::String(s)) if s == "ok" => {
+                assert_eq!(
+                    serde_json::to_value(&verified.payload).unwrap(),
+                    v["payload"],
+                    "{name}"
+                );
+                seen.insert("ok".to_owned());
+            }
+            (Err(r), expect) if expect["rejected"] == r.code().as_str() => {
+                seen.insert(r.code().as_str().to_owned());
+            }
+            (got, expect) => panic!("{name}: expected {expect}, got {got:?}"),
+        }
+    }
+    for code in [
+        "ok",
+        "bad_signature",
+        "unknown_key",
+        "foreign_cluster",
+        "expired",
+        "not_yet_valid",
+        "replayed",
+        "oversized",
+        "unsupported_version",
+        "malformed",
+    ] {
+        assert!(seen.contains(code), "no intent vector with outcome {code}");
+    }
+}
+
+#[test]
+fn every_decode_error_vector_is_refused_with_its_code() {
+    let file = load("decode_errors.json");
+    for v in file["vectors"].as_array().expect("vectors") {
+        let limits =
+            Limits::default().with_max_frame_bytes(v["max_frame_bytes"].as_u64().unwrap() as usize);
+        let err = decode(&unhex(&v["hex"]), &limits).expect_err(v["name"].as_str().unwrap());
+        assert_eq!(
+            err.error_code().as_str(),
+            v["expect_error"],
+            "{}: {err}",
+            v["name"]
+        );
+    }
+}
+
+#[test]
+fn join_token_vector_verifies_and_parses() {
+    let file = load("join_token.json");
+    let key: PublicKeyInfo = serde_json::from_value(file["key"].clone()).expect("key");
+    let ring = KeyRing::from_infos([&key]).expect("ring");
+    let now = file["now"].as_i64().unwrap();
+    let raw = file["token"].as_str().unwrap();
+    let verified = verify_join_token(raw, &ring, now).expect("verifies");
+    assert_eq!(
+        serde_json::to_value(verified.claims()).unwrap(),
+        file["claims"]
+    );
+    let parsed = JoinToken::parse(raw, now).expect("parses");
+    assert_eq!(parsed.claims(), verified.claims());
+}
