@@ -326,7 +326,6 @@ async fn serve_conn(hub: Arc<Hub>, acceptor: TlsAcceptor, tcp: TcpStream, peer: 
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(hub.cfg.handshake_timeout)
-        .keep_alive(false)
         .max_buf_size(64 * 1024)
         .serve_connection(TokioIo::new(tls), service)
         .with_upgrades();
