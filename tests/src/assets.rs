@@ -253,13 +253,19 @@ fn build_cached() -> Result<PathBuf, AssetError> {
     let lock_path = root.join(format!("{prefix}{go}.lock"));
     let lock =
         File::create(&lock_path).map_err(io_err(format!("creating {}", lock_path.display())))?;
-    eprintln!("waiting for the build lock {} …", lock_path.display());
     // SAFETY: flock on a valid open descriptor; released when `lock` is dropped.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(AssetError::Io {
-            context: format!("locking {}", lock_path.display()),
-            source: io::Error::last_os_error(),
-        });
+    let locked = |flags| unsafe { libc::flock(lock.as_raw_fd(), flags) } == 0;
+    if !locked(libc::LOCK_EX | libc::LOCK_NB) {
+        eprintln!(
+            "another test process is building the control-plane binaries; waiting for {} …",
+            lock_path.display()
+        );
+        if !locked(libc::LOCK_EX) {
+            return Err(AssetError::Io {
+                context: format!("locking {}", lock_path.display()),
+                source: io::Error::last_os_error(),
+            });
+        }
     }
     if complete(&dir) {
         return Ok(dir); // another process built it while we waited

@@ -116,7 +116,12 @@ fn free_port() -> Result<(TcpListener, u16), Error> {
 
 /// Whether this etcd binary knows `--unsafe-no-fsync` (3.5+), as envtest checks.
 fn etcd_supports_no_fsync(etcd: &Path) -> bool {
-    Command::new(etcd)
+    static KNOWN: Mutex<Vec<(PathBuf, bool)>> = Mutex::new(Vec::new());
+    let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, yes)) = known.iter().find(|(p, _)| p == etcd) {
+        return *yes;
+    }
+    let yes = Command::new(etcd)
         .arg("--help")
         .output()
         .map(|o| {
@@ -125,7 +130,9 @@ fn etcd_supports_no_fsync(etcd: &Path) -> bool {
                 .lines()
                 .any(|l| l.trim_start().starts_with("--unsafe-no-fsync"))
         })
-        .unwrap_or(false)
+        .unwrap_or(false);
+    known.push((etcd.to_path_buf(), yes));
+    yes
 }
 
 fn b64(s: &str) -> String {
