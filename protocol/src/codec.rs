@@ -32,6 +32,8 @@ pub enum ErrorCode {
     Unauthorized,
     /// The sender failed internally.
     Internal,
+    /// A `RenewCert` CSR was refused (the connection stays up).
+    CsrInvalid,
 }
 
 impl ErrorCode {
@@ -46,6 +48,7 @@ impl ErrorCode {
         ErrorCode::UnexpectedFrame,
         ErrorCode::Unauthorized,
         ErrorCode::Internal,
+        ErrorCode::CsrInvalid,
     ];
 
     /// The code as written on the wire.
@@ -60,6 +63,7 @@ impl ErrorCode {
             ErrorCode::UnexpectedFrame => "unexpected_frame",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Internal => "internal",
+            ErrorCode::CsrInvalid => "csr_invalid",
         }
     }
 
@@ -80,7 +84,7 @@ impl ErrorCode {
 
     /// Whether the connection must be closed after sending this error.
     pub const fn is_fatal(self) -> bool {
-        !matches!(self, ErrorCode::UnsupportedFrame)
+        !matches!(self, ErrorCode::UnsupportedFrame | ErrorCode::CsrInvalid)
     }
 }
 

@@ -259,12 +259,16 @@ pub struct Welcome {
     pub signing_keys: Vec<PublicKeyInfo>,
 }
 
-/// Hub → agent: asks the agent to send a full `Inventory` again.
+/// Hub → agent: asks for state again. With no `objects`, the agent sends a
+/// full `Inventory`; otherwise it sends a `Status` for each listed object.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResyncRequest {
     /// Why the hub asks (free text, for logs).
     #[serde(default)]
     pub reason: Option<String>,
+    /// Objects whose status the hub wants resent; empty means "send an Inventory".
+    #[serde(default)]
+    pub objects: Vec<ObjectRef>,
 }
 
 /// Hub → agent: the renewed client certificate.

@@ -123,10 +123,10 @@ fn error_detail_is_bounded() {
 }
 
 #[test]
-fn error_codes_round_trip_and_only_unsupported_frame_is_not_fatal() {
+fn error_codes_round_trip_and_only_unsupported_frame_and_csr_are_not_fatal() {
     for c in ErrorCode::ALL {
         assert_eq!(ErrorCode::parse(c.as_str()), Some(*c));
-        assert_eq!(c.is_fatal(), *c != ErrorCode::UnsupportedFrame);
+        assert_eq!(c.is_fatal(), !matches!(c, ErrorCode::UnsupportedFrame | ErrorCode::CsrInvalid));
     }
     assert_eq!(ErrorCode::parse("nope"), None);
 }
