@@ -222,16 +222,18 @@ async fn rbac_is_enforced_for_minted_users() {
     };
     let cms = Api::<ConfigMap>::namespaced(user, &ns);
     // RBAC changes reach the authorizer through an informer: wait with a deadline.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        match cms.create(&PostParams::default(), &cm).await {
-            Ok(_) => break,
-            Err(kube::Error::Api(s)) if s.code == 403 && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    vworkspace_e2e::wait::eventually(
+        "jane may create configmaps",
+        std::time::Duration::from_secs(30),
+        || async {
+            match cms.create(&PostParams::default(), &cm).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 403 => Err(s.message),
+                Err(e) => panic!("create as jane after binding: {e}"),
             }
-            Err(e) => panic!("create as jane after binding: {e}"),
-        }
-    }
+        },
+    )
+    .await;
 }
 
 #[test]
