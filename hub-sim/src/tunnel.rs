@@ -24,13 +24,16 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use vworkspace_protocol::{
     self as proto, CertIssued, Envelope, ErrorCode, ErrorFrame, Frame, Goodbye, IntentAction,
-    IntentOutcome, IntentPayload, Limits, ObjectKind, ObjectRef, Version, Welcome,
+    IntentOutcome, IntentPayload, Limits, ObjectKind, ObjectRef, ResyncRequest, Version, Welcome,
 };
 
 use crate::ca::Identity;
 use crate::hub::{Hub, Kill};
 use crate::server::{TunnelStart, json_response};
 use crate::store::{IntentRow, StatusRow, now};
+
+/// Objects named in one ResyncRequest (the rest follow on the next Inventory).
+const MAX_RESYNC_OBJECTS: usize = 1000;
 
 /// Renewals accepted per connection (a hostile agent cannot make the CA spin).
 const MAX_RENEWALS_PER_CONN: u32 = 8;
@@ -593,6 +596,30 @@ where
                 for entry in &inv.objects {
                     self.settle(&entry.object, entry.version);
                 }
+                // Status digest: ask only for objects whose status hash differs
+                // from (or is missing in) the hub's copy.
+                let known = hub.store.statuses(Some(&cluster), None).unwrap_or_default();
+                let differing: Vec<ObjectRef> = inv
+                    .objects
+                    .iter()
+                    .filter(|e| {
+                        !known.iter().any(|s| {
+                            s.kind == e.object.kind.as_str()
+                                && s.namespace == e.object.namespace
+                                && s.name == e.object.name
+                                && s.hash.as_deref() == Some(e.status_hash.as_str())
+                        })
+                    })
+                    .map(|e| e.object.clone())
+                    .take(MAX_RESYNC_OBJECTS)
+                    .collect();
+                if !differing.is_empty() {
+                    self.send_frame(Frame::ResyncRequest(ResyncRequest {
+                        reason: Some("status digest differs from the hub's copy".into()),
+                        objects: differing,
+                    }))
+                    .await?;
+                }
                 let body = serde_json::json!({
                     "objects": inv.objects.iter().map(|e| serde_json::json!({
                         "kind": e.object.kind.as_str(),
@@ -670,7 +697,7 @@ where
                             &e.to_string(),
                         );
                         self.send_frame(error_frame(
-                            ErrorCode::MalformedFrame,
+                            ErrorCode::CsrInvalid,
                             format!("renewal refused: {e}"),
                         ))
                         .await?;

@@ -351,6 +351,29 @@ async fn offline_intents_are_delivered_in_order_and_resume_from_applied() {
             == 1
     })
     .await;
+    // Status digest: a matching hash asks for nothing; a differing or unknown one
+    // gets a ResyncRequest naming exactly those objects.
+    let entry = |name: &str, hash: &str| proto::InventoryEntry {
+        object: ObjectRef::new(ObjectKind::ApplicationInstance, "team", name),
+        version: 1,
+        status_hash: hash.into(),
+    };
+    agent
+        .send(Frame::Inventory(proto::Inventory {
+            objects: vec![entry("a", "h1"), entry("zz", "h9")],
+        }))
+        .await;
+    match agent.recv().await.body {
+        Frame::ResyncRequest(r) => assert_eq!(
+            r.objects,
+            vec![ObjectRef::new(
+                ObjectKind::ApplicationInstance,
+                "team",
+                "zz"
+            )]
+        ),
+        other => panic!("expected resync request, got {other:?}"),
+    }
     drop(agent);
 
     // Reconnect reporting a@3 applied: only b's two intents come again.
