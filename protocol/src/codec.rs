@@ -115,7 +115,8 @@ pub enum DecodeError {
     /// The structure nests deeper than the limit.
     #[error("frame nests deeper than {0} levels")]
     TooDeep(usize),
-    /// The envelope version is not the one this side speaks.
+    /// The envelope version is not the one this side speaks (values above
+    /// `u16::MAX` are reported as `u16::MAX`).
     #[error("unsupported protocol version {0}")]
     UnsupportedVersion(u16),
     /// Valid MessagePack that is not a valid envelope.
@@ -180,9 +181,14 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Envelope, DecodeError> {
         Err(e) => {
             // A future version may change the body; report the version, not the shape.
             if let Ok(h) = from_slice::<Header>(bytes, limits.max_depth)
-                && Version::from_number(h.v).is_none()
+                && u16::try_from(h.v)
+                    .ok()
+                    .and_then(Version::from_number)
+                    .is_none()
             {
-                return Err(DecodeError::UnsupportedVersion(h.v));
+                return Err(DecodeError::UnsupportedVersion(
+                    u16::try_from(h.v).unwrap_or(u16::MAX),
+                ));
             }
             return Err(e);
         }
@@ -204,7 +210,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Envelope, DecodeError> {
 
 #[derive(Deserialize)]
 struct Header {
-    v: u16,
+    v: u64,
 }
 
 #[derive(Deserialize)]

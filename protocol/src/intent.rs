@@ -103,7 +103,7 @@ fn signing_input(payload: &[u8]) -> Vec<u8> {
 fn decode_payload(bytes: &[u8], max_depth: usize) -> Result<IntentPayload, Rejection> {
     #[derive(Deserialize)]
     struct V {
-        v: u16,
+        v: u64,
     }
     let malformed = |e: DecodeError| Rejection::Malformed(e.to_string());
     scan(bytes, max_depth).map_err(malformed)?;
@@ -111,7 +111,9 @@ fn decode_payload(bytes: &[u8], max_depth: usize) -> Result<IntentPayload, Rejec
         Ok(p) if p.v != INTENT_PAYLOAD_VERSION => Err(Rejection::UnsupportedVersion(p.v)),
         Ok(p) => Ok(p),
         Err(e) => match from_slice::<V>(bytes, max_depth) {
-            Ok(V { v }) if v != INTENT_PAYLOAD_VERSION => Err(Rejection::UnsupportedVersion(v)),
+            Ok(V { v }) if v != u64::from(INTENT_PAYLOAD_VERSION) => Err(
+                Rejection::UnsupportedVersion(u16::try_from(v).unwrap_or(u16::MAX)),
+            ),
             _ => Err(malformed(e)),
         },
     }
@@ -460,7 +462,7 @@ pub enum Rejection {
         /// Limit.
         max: usize,
     },
-    /// The payload format version is unknown.
+    /// The payload format version is unknown (above `u16::MAX` reported as `u16::MAX`).
     #[error("unsupported intent payload version {0}")]
     UnsupportedVersion(u16),
     /// The payload is not a valid `IntentPayload`.

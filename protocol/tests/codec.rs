@@ -126,7 +126,10 @@ fn error_detail_is_bounded() {
 fn error_codes_round_trip_and_only_unsupported_frame_and_csr_are_not_fatal() {
     for c in ErrorCode::ALL {
         assert_eq!(ErrorCode::parse(c.as_str()), Some(*c));
-        assert_eq!(c.is_fatal(), !matches!(c, ErrorCode::UnsupportedFrame | ErrorCode::CsrInvalid));
+        assert_eq!(
+            c.is_fatal(),
+            !matches!(c, ErrorCode::UnsupportedFrame | ErrorCode::CsrInvalid)
+        );
     }
     assert_eq!(ErrorCode::parse("nope"), None);
 }
@@ -136,4 +139,14 @@ fn frame_type_names_match_the_wire() {
     let bytes = encode(&hello(), &Limits::default()).unwrap();
     let v: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
     assert_eq!(v["body"]["type"], hello().body.type_name());
+}
+
+#[test]
+fn version_outside_u16_is_unsupported_and_negative_is_malformed() {
+    let v = serde_json::json!({"v": 70000, "seq": 1, "ack": 0, "body": {"type": "hello", "agent_version": "x"}});
+    let err = decode(&rmp_serde::to_vec_named(&v).unwrap(), &Limits::default()).unwrap_err();
+    assert_eq!(err, DecodeError::UnsupportedVersion(u16::MAX));
+    let v = serde_json::json!({"v": -1, "seq": 1, "ack": 0, "body": {"type": "hello", "agent_version": "x"}});
+    let err = decode(&rmp_serde::to_vec_named(&v).unwrap(), &Limits::default()).unwrap_err();
+    assert_eq!(err.error_code(), ErrorCode::MalformedFrame, "{err}");
 }

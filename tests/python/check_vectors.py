@@ -56,10 +56,10 @@ def decode_frame(data, max_frame_bytes=1 << 20):
     if not isinstance(env, dict):
         raise Refused("malformed_frame", "envelope is not a map")
     v = env.get("v")
-    if isinstance(v, int) and not isinstance(v, bool) and v != PROTOCOL_VERSION:
+    if is_int(v) and v >= 0 and v != PROTOCOL_VERSION:
         raise Refused("unsupported_version", str(v))
     for field in ("v", "seq", "ack"):
-        if not isinstance(env.get(field), int) or env[field] < 0:
+        if not is_int(env.get(field)) or env[field] < 0:
             raise Refused("malformed_frame", f"{field} missing or not an unsigned integer")
     body = env.get("body")
     if not isinstance(body, dict) or not isinstance(body.get("type"), str):
@@ -109,7 +109,7 @@ def decode_payload(data):
         raise Refused("malformed", repr(e)) from e
     if not isinstance(p, dict):
         raise Refused("malformed", "payload is not a map")
-    if is_int(p.get("v")) and p["v"] != INTENT_PAYLOAD_VERSION:
+    if is_int(p.get("v")) and p["v"] >= 0 and p["v"] != INTENT_PAYLOAD_VERSION:
         raise Refused("unsupported_version", str(p["v"]))
     checks = {
         "v": is_int, "intent_id": lambda x: isinstance(x, str), "cluster_id": lambda x: isinstance(x, str),
@@ -127,7 +127,22 @@ def decode_payload(data):
     if not (isinstance(action, dict) and (action.get("type") == "delete"
                                           or (action.get("type") == "apply" and "spec" in action))):
         raise Refused("malformed", "action is neither apply{spec} nor delete")
+    if action["type"] == "apply" and not json_like(action["spec"]):
+        raise Refused("malformed", "spec is not JSON-like")
     return p
+
+
+def json_like(x, depth=0):
+    """nil, bool, int, float, str, and arrays/maps (str keys) of those."""
+    if depth > 64:
+        return False
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return True
+    if isinstance(x, list):
+        return all(json_like(i, depth + 1) for i in x)
+    if isinstance(x, dict):
+        return all(isinstance(k, str) and json_like(v, depth + 1) for k, v in x.items())
+    return False
 
 
 def verify_intent(body, ring, ctx):
