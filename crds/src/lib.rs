@@ -14,6 +14,12 @@
 //! helpers that set them; [`well_known`] the label, annotation and finalizer
 //! names. The CRD manifests under `crds/manifests/` are generated from these
 //! types by [`manifests`] (`cargo run -p vworkspace-crds --bin crdgen -- crds/manifests`).
+//!
+//! Install the CRDs from [`manifests::crds`] (or the committed files), not from
+//! `ApplicationInstance::crd()` / `Cluster::crd()`: upstream does not require
+//! `spec` on those two kinds, which the derive cannot express, so
+//! [`manifests`] edits the generated schema. In tests:
+//! `vworkspace_e2e::crds::install(&client, &vworkspace_crds::manifests::crds())`.
 
 #![deny(warnings, rust_2018_idioms, missing_docs)]
 #![forbid(unsafe_code)]

@@ -1,8 +1,12 @@
 //! The CRD manifests generated from the Rust types, as committed under
-//! `crds/manifests/` (one file per CRD plus `all.yaml`).
+//! `crds/manifests/` (one file per CRD, `all.yaml` with all three, and
+//! `policies.yaml` with the optional ValidatingAdmissionPolicy).
 
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
@@ -13,6 +17,12 @@ pub const REGENERATE: &str = "cargo run -p vworkspace-crds --bin crdgen -- crds/
 
 /// Name of the file holding all three CRDs.
 pub const ALL_IN_ONE: &str = "all.yaml";
+
+/// Name of the file holding the admission policies ([`policies`]).
+pub const POLICIES: &str = "policies.yaml";
+
+/// Name of the ValidatingAdmissionPolicy (and its binding) for ApplicationInstances.
+pub const APPLICATION_INSTANCE_POLICY: &str = "applicationinstances.apps.vworkspace.io";
 
 const HEADER: &str = "# Generated from the Rust types in crds/src; do not edit.\n# Regenerate: cargo run -p vworkspace-crds --bin crdgen -- crds/manifests\n";
 
@@ -109,7 +119,74 @@ pub fn render() -> Result<Vec<(String, String)>, Error> {
         files.push((file_name(&crd), format!("{HEADER}---\n{yaml}")));
     }
     files.push((ALL_IN_ONE.to_string(), all));
+
+    let (policy, binding) = policies();
+    let mut text = String::from(HEADER);
+    for (name, yaml) in [
+        (
+            APPLICATION_INSTANCE_POLICY,
+            serde_saphyr::to_string(&policy),
+        ),
+        (
+            APPLICATION_INSTANCE_POLICY,
+            serde_saphyr::to_string(&binding),
+        ),
+    ] {
+        let yaml = yaml.map_err(|e| Error::Yaml {
+            name: name.to_string(),
+            message: e.to_string(),
+        })?;
+        text.push_str("---\n");
+        text.push_str(&yaml);
+    }
+    files.push((POLICIES.to_string(), text));
     Ok(files)
+}
+
+/// Admission rules a CRD schema cannot state because they read
+/// `metadata.namespace`: `spec.release.namespace` must be the object's own
+/// namespace (upstream enforces it in a webhook; this needs none). The agent
+/// checks the same rule, so installing the policy is optional.
+///
+/// # Panics
+///
+/// Never in practice: the literals are fixed and a unit test parses them.
+pub fn policies() -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+    let policy = serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": APPLICATION_INSTANCE_POLICY},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [{
+                    "apiGroups": [crate::APPS_GROUP],
+                    "apiVersions": [crate::VERSION],
+                    "operations": ["CREATE", "UPDATE"],
+                    "resources": ["applicationinstances"],
+                }],
+            },
+            "validations": [{
+                "expression": "!has(object.spec) || !has(object.spec.release) || object.spec.release.namespace == object.metadata.namespace",
+                "messageExpression": "'spec.release.namespace must equal the namespace of the ApplicationInstance (' + object.metadata.namespace + ')'",
+                "reason": "Invalid",
+            }],
+        },
+    });
+    let binding = serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": APPLICATION_INSTANCE_POLICY},
+        "spec": {
+            "policyName": APPLICATION_INSTANCE_POLICY,
+            "validationActions": ["Deny"],
+        },
+    });
+    // Both literals are fixed and match the k8s-openapi types (a unit test covers it).
+    (
+        serde_json::from_value(policy).expect("valid ValidatingAdmissionPolicy"),
+        serde_json::from_value(binding).expect("valid ValidatingAdmissionPolicyBinding"),
+    )
 }
 
 /// Writes every manifest into `dir` (created if missing).
@@ -268,10 +345,25 @@ mod tests {
     #[test]
     fn rendered_yaml_parses_back_to_the_same_crds() {
         let files = render().unwrap();
-        assert_eq!(files.len(), 4);
+        assert_eq!(files.len(), 5);
         let (_, all) = files.iter().find(|(n, _)| n == ALL_IN_ONE).unwrap();
         let back: Vec<CustomResourceDefinition> = serde_saphyr::from_multiple(all).unwrap();
         assert_eq!(back, crds());
+    }
+
+    #[test]
+    fn policies_render_and_parse_back() {
+        let (policy, binding) = policies();
+        assert_eq!(
+            Some(binding.spec.policy_name.as_str()),
+            policy.metadata.name.as_deref()
+        );
+        let files = render().unwrap();
+        let (_, text) = files.iter().find(|(n, _)| n == POLICIES).unwrap();
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(text).unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0]["kind"], "ValidatingAdmissionPolicy");
+        assert_eq!(docs[1]["kind"], "ValidatingAdmissionPolicyBinding");
     }
 
     #[test]

@@ -891,3 +891,96 @@ async fn kubectl_shows_columns_and_descriptions() {
     );
     assert!(explain_op.contains("helmHookJob"), "{explain_op}");
 }
+
+#[tokio::test]
+async fn release_namespace_policy_rejects_a_foreign_release_namespace() {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    init();
+    let client = vworkspace_e2e::shared_client();
+    install_ours(&client).await;
+    let marker = format!("{:08x}", rand::random::<u32>());
+    const KEY: &str = "crds-test.vworkspace.io/policy";
+    let ns = vworkspace_e2e::test_namespace_with_labels(
+        &client,
+        "crds-policy",
+        &[vworkspace_e2e::MANAGED_BY, (KEY, &marker)],
+    )
+    .await
+    .unwrap();
+
+    // The shipped policy, bound only to this test's namespace so the other
+    // tests sharing the control plane keep their foreign release namespaces.
+    let (policy, mut binding) = manifests::policies();
+    binding.metadata.name = Some(format!(
+        "{}-{marker}",
+        manifests::APPLICATION_INSTANCE_POLICY
+    ));
+    binding.spec.match_resources = Some(
+        serde_json::from_value(json!({"namespaceSelector": {"matchLabels": {KEY: marker}}}))
+            .unwrap(),
+    );
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    match policies.create(&PostParams::default(), &policy).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("creating the policy: {e}"),
+    }
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+
+    let foreign = with(
+        managed_instance("app"),
+        "/spec/release/namespace",
+        json!("elsewhere"),
+    );
+    let want = format!(
+        "spec.release.namespace must equal the namespace of the ApplicationInstance ({ns})"
+    );
+    // Policies take effect asynchronously: wait for the rejection with a deadline.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let message = loop {
+        match dry_run_create(&client, &foreign, &ns).await {
+            Err(kube::Error::Api(s)) if s.code == 422 => break s.message.clone(),
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("expected the policy to reject the object, got {other:?}"),
+        }
+    };
+    println!("foreign release namespace: {message}");
+    assert!(message.contains(&want), "{message}");
+    assert!(
+        message.contains(manifests::APPLICATION_INSTANCE_POLICY),
+        "{message}"
+    );
+
+    let own = with(
+        managed_instance("app"),
+        "/spec/release/namespace",
+        json!(ns),
+    );
+    dry_run_create(&client, &own, &ns)
+        .await
+        .unwrap_or_else(|e| panic!("release in the own namespace rejected: {e}"));
+    let placeholder = json!({
+        "apiVersion": "apps.vworkspace.io/v1alpha1",
+        "kind": "ApplicationInstance",
+        "metadata": {"name": "ops"},
+        "spec": {"appRef": {"catalogId": "cluster-ops"}, "mode": "placeholder"}
+    });
+    dry_run_create(&client, &placeholder, &ns)
+        .await
+        .unwrap_or_else(|e| panic!("placeholder without release rejected: {e}"));
+    bindings
+        .delete(
+            binding.metadata.name.as_deref().unwrap(),
+            &DeleteParams::default(),
+        )
+        .await
+        .unwrap();
+}
