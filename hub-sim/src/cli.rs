@@ -92,6 +92,8 @@ pub struct Args {
 pub enum Command {
     /// Run the hub: TLS listener (enrollment + tunnel) and admin API.
     Serve(ServeArgs),
+    /// Run the whole loop once in a temporary state dir with a simulated agent.
+    Demo,
     /// Join tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -292,6 +294,7 @@ impl Args {
                 let cfg = serve.clone().into_config(self.state_dir.clone());
                 crate::serve_until_signal(cfg).await
             }
+            Command::Demo => crate::demo::run().await,
             Command::Token(TokenCommand::Create { cluster, org, ttl }) => {
                 let resp = self
                     .client()?

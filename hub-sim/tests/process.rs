@@ -282,3 +282,20 @@ async fn cli_and_kill_restart_lose_and_duplicate_nothing_acked() {
     let audit = cli(state, &["get", "audit"]);
     assert!(audit.contains("cluster.revoke"), "{audit}");
 }
+
+#[test]
+fn demo_runs_the_whole_loop() {
+    let out = Command::new(BIN)
+        .arg("demo")
+        .env("HUB_SIM_LOG", "warn")
+        .output()
+        .expect("hub-sim demo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Ready=True(HelmReleaseReady)"), "{stdout}");
+    assert!(stdout.contains("demo complete"), "{stdout}");
+}
