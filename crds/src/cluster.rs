@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// Upstream's short name `cluster` is not declared: it equals the singular
 /// name (so `kubectl get cluster` still works) and collides with Cluster API.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "ops.vworkspace.io",
     version = "v1alpha1",
@@ -195,6 +195,38 @@ pub struct NamespacedName {
 
 crate::schema::optional_spec_serde!(ClusterSpec);
 
+/// Hand-written so the inline join token never reaches a log line.
+impl std::fmt::Debug for ClusterSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            cluster_id,
+            control_plane_endpoint,
+            control_plane_base_url,
+            odoo_base_url,
+            registration_token_secret_ref,
+            registration_token,
+            capabilities,
+            rotate_credentials,
+        } = self;
+        f.debug_struct("ClusterSpec")
+            .field("cluster_id", cluster_id)
+            .field("control_plane_endpoint", control_plane_endpoint)
+            .field("control_plane_base_url", control_plane_base_url)
+            .field("odoo_base_url", odoo_base_url)
+            .field(
+                "registration_token_secret_ref",
+                registration_token_secret_ref,
+            )
+            .field(
+                "registration_token",
+                &registration_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("capabilities", capabilities)
+            .field("rotate_credentials", rotate_credentials)
+            .finish()
+    }
+}
+
 impl ClusterSpec {
     /// The hub URL in force: controlPlaneEndpoint, else controlPlaneBaseUrl, else odooBaseUrl.
     pub fn endpoint(&self) -> Option<&str> {
@@ -273,6 +305,25 @@ mod tests {
             };
             assert_eq!(spec.endpoint(), want, "{current:?} {base:?} {odoo:?}");
         }
+    }
+
+    #[test]
+    fn debug_output_redacts_the_inline_token() {
+        let cluster = Cluster::new(
+            "c",
+            ClusterSpec {
+                registration_token: Some("vwksp-reg-0123456789abcdef".into()),
+                control_plane_base_url: Some("https://hub.example.org".into()),
+                ..ClusterSpec::default()
+            },
+        );
+        for text in [format!("{cluster:?}"), format!("{cluster:#?}")] {
+            assert!(!text.contains("0123456789abcdef"), "{text}");
+            assert!(text.contains("<redacted>"), "{text}");
+            assert!(text.contains("https://hub.example.org"), "{text}");
+        }
+        let none = format!("{:?}", ClusterSpec::default());
+        assert!(none.contains("registration_token: None"), "{none}");
     }
 
     #[test]
