@@ -165,6 +165,8 @@ impl RunningHub {
             self.hub.conn_slots.acquire_many(max),
         )
         .await;
+        // Whatever is still open after the grace period is cut off.
+        self.accept.abort();
         let _ = self.accept.await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.admin).await;
     }
@@ -329,7 +331,18 @@ async fn serve_conn(hub: Arc<Hub>, acceptor: TlsAcceptor, tcp: TcpStream, peer: 
         .max_buf_size(64 * 1024)
         .serve_connection(TokioIo::new(tls), service)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = hub.shutdown_signal() => {
+            // Idle keep-alive (enrollment) connections must not hold shutdown open.
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(Duration::from_secs(5), conn.as_mut())
+                .await
+                .unwrap_or(Ok(()))
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
     }
     let start = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
