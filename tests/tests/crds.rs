@@ -880,6 +880,70 @@ async fn kubectl_shows_columns_and_descriptions() {
         assert!(explain.contains(needle), "{needle:?} not in\n{explain}");
     }
 
+    // The cluster-scoped Cluster: Phase and Connected columns.
+    let clusters: Api<vworkspace_crds::Cluster> = Api::all(client.clone());
+    let name = format!("{ns}-cluster");
+    let cluster: vworkspace_crds::Cluster = serde_json::from_value(json!({
+        "apiVersion": "ops.vworkspace.io/v1alpha1",
+        "kind": "Cluster",
+        "metadata": {"name": name},
+        "spec": {"controlPlaneEndpoint": "https://workspace.example.org", "registrationTokenSecretRef": {"name": "reg"}}
+    }))
+    .unwrap();
+    clusters
+        .create(&PostParams::default(), &cluster)
+        .await
+        .unwrap();
+    let mut conditions = Vec::new();
+    vworkspace_crds::conditions::set_condition(
+        &mut conditions,
+        vworkspace_crds::conditions::connected(
+            vworkspace_crds::conditions::Status::True,
+            vworkspace_crds::conditions::reasons::TUNNEL_CONNECTED,
+            "tunnel up",
+            Some(1),
+        ),
+    );
+    clusters
+        .patch_status(
+            &name,
+            &PatchParams::apply("vworkspace-crds-test").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "ops.vworkspace.io/v1alpha1",
+                "kind": "Cluster",
+                "status": vworkspace_crds::ClusterStatus {
+                    phase: Some(vworkspace_crds::ClusterPhase::Connected),
+                    conditions,
+                    ..Default::default()
+                },
+            })),
+        )
+        .await
+        .unwrap();
+    let get_cluster = kubectl_until(&["get", "clusters.ops.vworkspace.io", &name], |out| {
+        out.contains("Connected")
+    })
+    .await;
+    println!("$ kubectl get clusters.ops.vworkspace.io {name}\n{get_cluster}");
+    let lines: Vec<Vec<&str>> = get_cluster
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        ["NAME", "PHASE", "CONNECTED", "AGE"],
+        "{get_cluster}"
+    );
+    assert_eq!(
+        lines[1][..3],
+        [name.as_str(), "Connected", "True"],
+        "{get_cluster}"
+    );
+    clusters
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+
     let explain_op = kubectl_until(&["explain", "operation.spec.engine"], |out| {
         out.contains("FIELD")
     })
