@@ -698,3 +698,42 @@ async fn fault_switches_do_what_they_say() {
     );
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn idle_tunnels_are_dropped_and_connections_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start_hub(dir.path()).await;
+    let creds = enroll_cluster(&first, "edge-1", "acme").await;
+    first.shutdown().await;
+    // Same state, restarted with one connection slot and a 1 s idle timeout.
+    let mut cfg = hub_sim::Config::ephemeral(dir.path());
+    cfg.idle_timeout = std::time::Duration::from_secs(1);
+    cfg.ping_interval = std::time::Duration::from_secs(30);
+    cfg.max_connections = 1;
+    let hub = hub_sim::start(cfg).await.unwrap();
+
+    let mut agent = TestAgent::connect(hub.tls_addr, &creds, vec![]).await;
+    eventually("tunnel registered", || async {
+        hub.hub.is_connected("edge-1")
+    })
+    .await;
+    // The single slot is taken: a second connection is closed at accept.
+    assert!(
+        TestAgent::open(
+            hub.tls_addr,
+            &creds.ca_pem,
+            Some((&creds.cert_pem, &creds.key_pem))
+        )
+        .await
+        .is_err(),
+        "connection limit not enforced"
+    );
+    // The agent stays silent; the hub closes the tunnel with a close frame.
+    let err = agent.try_recv().await.expect_err("idle tunnel kept open");
+    assert!(err.contains("idle timeout"), "{err}");
+    eventually("tunnel unregistered", || async {
+        !hub.hub.is_connected("edge-1")
+    })
+    .await;
+    hub.shutdown().await;
+}
