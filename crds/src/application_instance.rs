@@ -336,6 +336,20 @@ impl ApplicationInstanceSpec {
 // === impl ApplicationInstance ===
 
 impl ApplicationInstance {
+    /// The engine this instance advertises for an Operation type (annotation
+    /// `ops.vworkspace.io/<verb>`), if any; an unknown engine string reads as `Err`.
+    pub fn capability(
+        &self,
+        type_: crate::OperationType,
+    ) -> Option<Result<crate::Engine, crate::operation::UnknownLiteral>> {
+        let key = crate::well_known::annotations::capability(type_.capability_verb());
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(&key))
+            .map(|v| v.trim().parse())
+    }
+
     /// Namespace the release lives in: `spec.release.namespace`, else the object's namespace
     /// (placeholders may omit `release`).
     pub fn release_namespace(&self) -> Option<&str> {
@@ -344,5 +358,53 @@ impl ApplicationInstance {
             .as_ref()
             .map(|r| r.namespace.as_str())
             .or(self.metadata.namespace.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Engine, OperationType};
+
+    #[test]
+    fn capabilities_come_from_the_verb_annotations() {
+        let mut ai = ApplicationInstance::new("a", ApplicationInstanceSpec::default());
+        ai.metadata.annotations = Some(
+            [
+                ("ops.vworkspace.io/backup", "velero"),
+                ("ops.vworkspace.io/runcommand", "job"),
+                ("ops.vworkspace.io/migration", "helmHookJob"),
+                ("ops.vworkspace.io/restore", "Velero"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        );
+        let cases = [
+            (OperationType::Backup, Some(Ok(Engine::Velero))),
+            (OperationType::RunCommand, Some(Ok(Engine::Job))),
+            (OperationType::Migration, Some(Ok(Engine::HelmHookJob))),
+            (OperationType::Upgrade, None),
+        ];
+        for (t, want) in cases {
+            assert_eq!(ai.capability(t), want, "{t}");
+        }
+        assert!(matches!(
+            ai.capability(OperationType::Restore),
+            Some(Err(_))
+        ));
+    }
+
+    #[test]
+    fn release_namespace_falls_back_to_the_object_namespace() {
+        let mut ai = ApplicationInstance::new("a", ApplicationInstanceSpec::default());
+        ai.metadata.namespace = Some("team".into());
+        assert_eq!(ai.release_namespace(), Some("team"));
+        ai.spec.release = Some(ReleaseRef {
+            name: "r".into(),
+            namespace: "other".into(),
+        });
+        assert_eq!(ai.release_namespace(), Some("other"));
+        assert!(!ai.spec.is_placeholder());
     }
 }

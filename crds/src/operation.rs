@@ -300,6 +300,29 @@ impl OperationType {
     }
 }
 
+impl std::str::FromStr for OperationType {
+    type Err = UnknownLiteral;
+
+    /// Parses the exact wire literal (case-sensitive, as the CRD enum).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| UnknownLiteral(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for OperationType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that is not one of the enum's wire literals.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown literal {0:?}")]
+pub struct UnknownLiteral(pub String);
+
 // === impl Engine ===
 
 impl Engine {
@@ -328,6 +351,24 @@ impl Engine {
     }
 }
 
+impl std::str::FromStr for Engine {
+    type Err = UnknownLiteral;
+
+    /// Parses the exact wire literal (case-sensitive: `helmHookJob`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|e| e.as_str() == s)
+            .ok_or_else(|| UnknownLiteral(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 // === impl OperationPhase ===
 
 impl OperationPhase {
@@ -351,11 +392,95 @@ impl OperationPhase {
 // === impl Operation ===
 
 impl Operation {
+    /// Whether the cancel annotation ([`crate::well_known::annotations::CANCEL`]) is set to a non-empty value.
+    pub fn cancel_requested(&self) -> bool {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::well_known::annotations::CANCEL))
+            .is_some_and(|v| !v.trim().is_empty())
+    }
+
     /// The phase, treating a missing one as Pending.
     pub fn phase(&self) -> OperationPhase {
         self.status
             .as_ref()
             .and_then(|s| s.phase)
             .unwrap_or(OperationPhase::Pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_round_trip_through_serde_and_from_str() {
+        for t in OperationType::ALL {
+            let json = serde_json::to_value(t).unwrap();
+            assert_eq!(json, t.as_str());
+            assert_eq!(t.as_str().parse::<OperationType>(), Ok(t));
+            assert_eq!(t.to_string(), t.as_str());
+        }
+        for e in Engine::ALL {
+            let json = serde_json::to_value(e).unwrap();
+            assert_eq!(json, e.as_str());
+            assert_eq!(e.as_str().parse::<Engine>(), Ok(e));
+        }
+        for bad in ["", "backup", "Velero", "helmhookjob", "Delete"] {
+            assert!(bad.parse::<OperationType>().is_err(), "{bad}");
+            assert!(bad.parse::<Engine>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            "Delete".parse::<OperationType>(),
+            Err(UnknownLiteral("Delete".into()))
+        );
+    }
+
+    #[test]
+    fn cancel_is_requested_by_a_non_empty_annotation() {
+        let spec: OperationSpec = serde_json::from_value(serde_json::json!({
+            "targetRef": {"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "a"},
+            "type": "Backup",
+            "engine": "velero"
+        }))
+        .unwrap();
+        let cases = [
+            (None, false),
+            (Some(""), false),
+            (Some(" "), false),
+            (Some("true"), true),
+            (Some("user@example.com"), true),
+        ];
+        for (value, want) in cases {
+            let mut op = Operation::new("op", spec.clone());
+            if let Some(v) = value {
+                op.metadata.annotations = Some(
+                    [(
+                        crate::well_known::annotations::CANCEL.to_string(),
+                        v.to_string(),
+                    )]
+                    .into(),
+                );
+            }
+            assert_eq!(op.cancel_requested(), want, "{value:?}");
+        }
+        assert_eq!(Operation::new("op", spec).phase(), OperationPhase::Pending);
+    }
+
+    #[test]
+    fn terminal_phases() {
+        let terminal: Vec<_> = [
+            OperationPhase::Pending,
+            OperationPhase::Running,
+            OperationPhase::Succeeded,
+            OperationPhase::Failed,
+            OperationPhase::Cancelled,
+        ]
+        .into_iter()
+        .filter(|p| p.is_terminal())
+        .map(OperationPhase::as_str)
+        .collect();
+        assert_eq!(terminal, ["Succeeded", "Failed", "Cancelled"]);
     }
 }
