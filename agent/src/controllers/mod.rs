@@ -1,2 +1,293 @@
 //! Controllers that reconcile `ApplicationInstance` and `Operation` objects
-//! into objects that proven third-party controllers understand.
+//! into objects that proven third-party controllers understand, and map their
+//! status back into the vWorkspace condition vocabulary.
+//!
+//! Data flow:
+//!
+//! ```text
+//! ApplicationInstance ──SSA──► HelmRepository | OCIRepository + HelmRelease (owned)
+//!         ▲ status (SSA)                 │ watched (owns)
+//!         └──── application::status ◄────┘
+//! Operation ──state machine──► engine workload (Backup, Restore, VolumeSnapshot,
+//!         ▲                     ReplicationSource, Workflow, Job, the target's chart version)
+//!         └── engine::outcome_from_status ◄── watched by the ops.vworkspace.io/operation label
+//! ```
+//!
+//! Entry points for the agent's `main`:
+//!
+//! - [`Metrics::register`] once, with a sub-registry of the agent's registry;
+//! - [`run`]`(client, Config, metrics, shutdown)` runs both controllers until
+//!   `shutdown` resolves (the agent calls it only while it holds the Lease);
+//! - [`validate_application_spec`] and [`namespace_is_gated`]: the same checks
+//!   the controller applies, for the intent path to refuse bad specs early;
+//! - [`approval::verify_claim`]/[`approval::sign_claim`]: the upstream `vws1.`
+//!   approval claim.
+//!
+//! Only namespaces labelled `managed-by=vworkspace` (or listed in
+//! [`Config::allowed_namespaces`]) are acted on; every write is server-side
+//! apply with [`FIELD_MANAGER`], and a status is sent only when it changed
+//! (ignoring `lastTransitionTime`).
+
+pub mod application;
+pub mod approval;
+pub mod metrics;
+pub mod operation;
+pub mod resources;
+pub mod validation;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use futures::{FutureExt, StreamExt, future};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client,
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+use tracing::{info, warn};
+
+pub use metrics::Metrics;
+pub use validation::{SpecError, namespace_is_gated, validate_application_spec};
+
+/// Field manager of every write the controllers make.
+pub const FIELD_MANAGER: &str = "vworkspace-agent";
+
+/// Operator knobs of the controllers.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Namespaces acted on even without the `managed-by=vworkspace` label.
+    pub allowed_namespaces: Vec<String>,
+    /// Namespace Velero runs in; Backups and Restores are created there.
+    pub velero_namespace: String,
+    /// Finished Operations kept per target; older ones are deleted.
+    pub history_limit: usize,
+    /// Shared secret of the `vws1.` approval claims; `None` blocks every
+    /// operation that needs approval.
+    pub approval_secret: Option<Vec<u8>>,
+    /// Timeout of an Operation whose spec sets none.
+    pub default_operation_timeout: Duration,
+    /// Periodic re-reconcile, on top of the watches.
+    pub resync: Duration,
+    /// Reconciles running at once, per controller.
+    pub concurrency: u16,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            allowed_namespaces: Vec::new(),
+            velero_namespace: "velero".into(),
+            history_limit: 10,
+            approval_secret: None,
+            default_operation_timeout: Duration::from_secs(3600),
+            resync: Duration::from_secs(600),
+            concurrency: 16,
+        }
+    }
+}
+
+/// Errors of a reconcile or of [`run`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("kubernetes api: {0}")]
+    Kube(#[from] kube::Error),
+    /// Adding or removing the finalizer failed (boxed: the type is recursive).
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// A namespaced object came without a namespace.
+    #[error("object {0} has no namespace")]
+    MissingNamespace(String),
+    /// An object could not be (de)serialized.
+    #[error("serialization: {0}")]
+    Serde(#[from] serde_json::Error),
+    /// A CRD the controllers need is not installed.
+    #[error("CRD {0} is not installed; apply deploy/crds first")]
+    CrdMissing(&'static str),
+}
+
+// === impl Error ===
+
+impl Error {
+    /// Short label for the errors metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::Finalizer(_) => "finalizer",
+            Self::MissingNamespace(_) => "missing_namespace",
+            Self::Serde(_) => "serde",
+            Self::CrdMissing(_) => "crd_missing",
+        }
+    }
+}
+
+/// State shared by the reconcilers.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Operator knobs.
+    pub config: Config,
+    /// Metric handles.
+    pub metrics: Metrics,
+    /// Cache of Namespaces, for the gate.
+    pub namespaces: reflector::Store<Namespace>,
+    /// Serialises operation admission per target (namespace/name), so two
+    /// conflicting operations cannot start at the same moment.
+    pub(crate) target_locks: std::sync::Mutex<
+        std::collections::HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
+    >,
+    /// Discovery answers per kind, kept for [`SERVED_TTL`] so reconciles do
+    /// not hit discovery every time, yet notice a CRD installed later.
+    served: std::sync::Mutex<std::collections::HashMap<resources::Kind, (bool, std::time::Instant)>>,
+}
+
+/// How long a discovery answer is trusted.
+const SERVED_TTL: Duration = Duration::from_secs(20);
+
+// === impl Context ===
+
+impl Context {
+    /// A context around `client`; `namespaces` must be fed by a reflector.
+    pub fn new(
+        client: Client,
+        config: Config,
+        metrics: Metrics,
+        namespaces: reflector::Store<Namespace>,
+    ) -> Self {
+        Self {
+            client,
+            config,
+            metrics,
+            namespaces,
+            target_locks: Default::default(),
+            served: Default::default(),
+        }
+    }
+
+    /// Whether the API server serves `kind` (cached for a short while).
+    pub async fn is_served(&self, kind: resources::Kind) -> Result<bool, kube::Error> {
+        if let Some((served, at)) = self
+            .served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&kind)
+        {
+            if at.elapsed() < SERVED_TTL {
+                return Ok(*served);
+            }
+        }
+        let served = kind.is_served(&self.client).await?;
+        self.served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(kind, (served, std::time::Instant::now()));
+        Ok(served)
+    }
+
+    /// The kinds of `kinds` that are not served.
+    pub async fn missing(&self, kinds: &[resources::Kind]) -> Result<Vec<resources::Kind>, kube::Error> {
+        let mut out = Vec::new();
+        for k in kinds {
+            if !self.is_served(*k).await? {
+                out.push(*k);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the agent may act in `namespace` (see [`namespace_is_gated`]).
+    pub async fn is_gated(&self, namespace: &str) -> bool {
+        // The first list may still be in flight right after start.
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.namespaces.wait_until_ready())
+            .await;
+        let key = reflector::ObjectRef::<Namespace>::new(namespace);
+        match self.namespaces.get(&key) {
+            Some(ns) => namespace_is_gated(&ns, &self.config.allowed_namespaces),
+            None => self.config.allowed_namespaces.iter().any(|a| a == namespace),
+        }
+    }
+
+    pub(crate) fn target_lock(&self, namespace: &str, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .target_locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Bounded by the number of targets; idle locks are dropped here.
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks
+            .entry((namespace.to_string(), name.to_string()))
+            .or_default()
+            .clone()
+    }
+}
+
+/// Runs the ApplicationInstance and Operation controllers until `shutdown`
+/// resolves; in-flight reconciles finish first.
+///
+/// Fails at once when the vWorkspace CRDs are not installed. Optional
+/// third-party kinds (Flux, Velero, ...) that are missing are not watched; the
+/// objects that need them report it in their conditions.
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let shutdown = shutdown.shared();
+    for (api_version, plural, name) in [
+        (
+            "apps.vworkspace.io/v1alpha1",
+            "applicationinstances",
+            "applicationinstances.apps.vworkspace.io",
+        ),
+        (
+            "ops.vworkspace.io/v1alpha1",
+            "operations",
+            "operations.ops.vworkspace.io",
+        ),
+    ] {
+        let served = match client.list_api_group_resources(api_version).await {
+            Ok(l) => l.resources.iter().any(|r| r.name == plural),
+            Err(kube::Error::Api(s)) if s.code == 404 => false,
+            Err(e) => return Err(e.into()),
+        };
+        if !served {
+            return Err(Error::CrdMissing(name));
+        }
+    }
+    let (namespaces, writer) = reflector::store();
+    let ns_watch = watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .take_until(shutdown.clone())
+        .for_each(|ev| {
+            if let Err(error) = ev {
+                warn!(%error, "Namespace watch failed");
+            }
+            future::ready(())
+        });
+
+    let ctx = Arc::new(Context::new(client.clone(), config, metrics, namespaces));
+    let apps = application::run(ctx.clone(), shutdown.clone()).await?;
+    let ops = operation::run(ctx.clone(), shutdown.clone()).await?;
+    info!("Controllers started");
+    future::join3(ns_watch, apps, ops).await;
+    info!("Controllers stopped");
+    Ok(())
+}
+
+/// Starts a namespace reflector for tests and tools that build a [`Context`]
+/// by hand; the returned future drives it.
+pub fn namespace_store(
+    client: Client,
+) -> (
+    reflector::Store<Namespace>,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let (store, writer) = reflector::store();
+    let fut = watcher(Api::<Namespace>::all(client), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .for_each(|_| future::ready(()));
+    (store, fut)
+}

@@ -1,0 +1,393 @@
+//! The ApplicationInstance controller: managed instances become a Flux source
+//! and a HelmRelease (owned, server-side applied); their status comes back
+//! through watches on those objects. Placeholders create nothing.
+
+pub mod flux;
+pub mod status;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::{Future, StreamExt, future::BoxFuture};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, DynamicObject, Patch, PatchParams},
+    runtime::{
+        Controller,
+        controller::{self, Action},
+        finalizer::{Event, finalizer},
+        watcher,
+    },
+};
+use serde_json::json;
+use tracing::{debug, info, instrument, warn};
+use vworkspace_crds::{
+    ApplicationInstance, ApplicationInstanceStatus, HelmReleaseRef, ValuesSource,
+    conditions::{self, Status, reasons, types},
+    well_known::{finalizers, labels},
+};
+
+use super::{
+    Context, Error, FIELD_MANAGER,
+    resources::{HELM_RELEASE, HELM_REPOSITORY, Kind, OCI_REPOSITORY},
+    validate_application_spec,
+};
+
+/// Label value of this controller in metrics.
+pub const CONTROLLER: &str = "application_instance";
+/// Finalizer held until the HelmRelease is gone.
+pub const FINALIZER: &str = finalizers::APPLICATION_INSTANCE;
+/// Re-check interval while waiting for a values Secret or ConfigMap.
+const WAITING_FOR_VALUES_REQUEUE: Duration = Duration::from_secs(10);
+/// Re-check interval while waiting for the HelmRelease to go away.
+const DELETING_REQUEUE: Duration = Duration::from_secs(15);
+
+/// Builds and starts the controller; the returned future runs it to shutdown.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<BoxFuture<'static, ()>, Error> {
+    let client = ctx.client.clone();
+    let mut controller = Controller::new(
+        Api::<ApplicationInstance>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(controller::Config::default().concurrency(ctx.config.concurrency));
+    let owned = watcher::Config::default().labels(labels::APPLICATION_INSTANCE);
+    for kind in [HELM_RELEASE, HELM_REPOSITORY, OCI_REPOSITORY] {
+        if kind.is_served(&client).await? {
+            let ar = kind.api_resource();
+            controller = controller.owns_with(
+                Api::<DynamicObject>::all_with(client.clone(), &ar),
+                ar,
+                owned.clone(),
+            );
+        } else {
+            warn!(kind = %kind.describe(), "Flux CRD not installed; managed instances report MissingDependencies");
+        }
+    }
+    let fut = controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| {
+            match res {
+                Ok((obj, _)) => debug!(%obj, "Reconciled"),
+                Err(error) => debug!(%error, "Reconcile failed"),
+            }
+            futures::future::ready(())
+        });
+    Ok(Box::pin(fut))
+}
+
+/// Reconciles one ApplicationInstance.
+#[instrument(skip(ai, ctx), fields(namespace = ai.namespace().unwrap_or_default(), name = %ai.name_any()))]
+pub async fn reconcile(ai: Arc<ApplicationInstance>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let ns = ai
+        .namespace()
+        .ok_or_else(|| Error::MissingNamespace(ai.name_any()))?;
+    if ai.meta().deletion_timestamp.is_some() && ai.finalizers().iter().any(|f| f == FINALIZER) {
+        if let Some(action) = wait_for_children(&ai, &ns, &ctx).await? {
+            return Ok(action);
+        }
+    }
+    let api = Api::<ApplicationInstance>::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, ai, |event| async {
+        match event {
+            Event::Apply(ai) => apply(&ai, &ns, &ctx).await,
+            // The HelmRelease is gone (checked above): release the object.
+            Event::Cleanup(ai) => {
+                info!(name = %ai.name_any(), "Releasing deleted ApplicationInstance");
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Logs, counts, and retries with a delay.
+pub fn error_policy(_ai: Arc<ApplicationInstance>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(%error, "ApplicationInstance reconcile failed");
+    ctx.metrics.error(CONTROLLER, error.metric_label());
+    Action::requeue(Duration::from_secs(5 + rand::random::<u64>() % 10))
+}
+
+async fn apply(ai: &ApplicationInstance, ns: &str, ctx: &Context) -> Result<Action, Error> {
+    let generation = ai.metadata.generation;
+    let old = ai.status.clone().unwrap_or_default();
+    let mut st = old.clone();
+    st.observed_generation = generation;
+    let set = |st: &mut ApplicationInstanceStatus, t: &str, s: Status, r: &str, m: String| {
+        conditions::set_condition(
+            &mut st.conditions,
+            conditions::new(t, s, r, m, generation),
+        );
+    };
+
+    if !ctx.is_gated(ns).await {
+        let msg = format!("namespace {ns} is not labelled managed-by=vworkspace");
+        set(&mut st, types::BLOCKED, Status::True, reasons::NAMESPACE_NOT_GATED, msg.clone());
+        set(&mut st, types::READY, Status::False, reasons::NAMESPACE_NOT_GATED, msg);
+        write_status(ai, ns, &old, st, ctx).await?;
+        return Ok(Action::requeue(ctx.config.resync));
+    }
+    if let Err(e) = validate_application_spec(ns, &ai.spec) {
+        set(&mut st, types::BLOCKED, Status::True, reasons::INVALID_SPEC, e.to_string());
+        set(&mut st, types::READY, Status::False, reasons::INVALID_SPEC, e.to_string());
+        write_status(ai, ns, &old, st, ctx).await?;
+        return Ok(Action::await_change());
+    }
+
+    if ai.spec.is_placeholder() {
+        if let Some(r) = old.helm_release_ref.as_ref() {
+            let msg = format!(
+                "this instance owns HelmRelease {}; a managed instance cannot become a placeholder: delete and recreate it",
+                r.name
+            );
+            set(&mut st, types::BLOCKED, Status::True, reasons::VALIDATION_FAILED, msg.clone());
+            set(&mut st, types::READY, Status::False, reasons::VALIDATION_FAILED, msg);
+            write_status(ai, ns, &old, st, ctx).await?;
+            return Ok(Action::await_change());
+        }
+        set(&mut st, types::READY, Status::True, reasons::PLACEHOLDER, "placeholder: nothing to install".into());
+        set(&mut st, types::RECONCILING, Status::False, reasons::STABLE, String::new());
+        set(&mut st, types::DEGRADED, Status::False, reasons::RECOVERED, String::new());
+        set(&mut st, types::BLOCKED, Status::False, reasons::UNBLOCKED, String::new());
+        st.helm_release_ref = None;
+        st.last_applied_chart = None;
+        st.endpoints.clear();
+        write_status(ai, ns, &old, st, ctx).await?;
+        return Ok(Action::requeue(ctx.config.resync));
+    }
+
+    // Managed mode.
+    let missing = ctx.missing(&[HELM_RELEASE, HELM_REPOSITORY, OCI_REPOSITORY]).await?;
+    if !missing.is_empty() {
+        let names: Vec<String> = missing.iter().map(Kind::describe).collect();
+        let msg = format!("Flux is not installed: {} not served", names.join(", "));
+        set(&mut st, types::BLOCKED, Status::True, reasons::MISSING_DEPENDENCIES, msg.clone());
+        set(&mut st, types::READY, Status::False, reasons::MISSING_DEPENDENCIES, msg);
+        write_status(ai, ns, &old, st, ctx).await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+    if let Some(msg) = missing_values(ai, ns, ctx).await? {
+        set(&mut st, types::BLOCKED, Status::True, reasons::WAITING_FOR_SECRET, msg.clone());
+        set(&mut st, types::READY, Status::False, reasons::WAITING_FOR_SECRET, msg);
+        write_status(ai, ns, &old, st, ctx).await?;
+        return Ok(Action::requeue(WAITING_FOR_VALUES_REQUEUE));
+    }
+    let Some(desired) = flux::desired(ai) else {
+        // Validation passed, so this means no uid yet: wait for the next event.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    };
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let source_api = Api::<DynamicObject>::namespaced_with(
+        ctx.client.clone(),
+        ns,
+        &desired.source_kind.api_resource(),
+    );
+    let source_name = desired.source.name_any();
+    let source = source_api
+        .patch(&source_name, &pp, &Patch::Apply(&desired.source))
+        .await?;
+    // A source of the other kind left from before a sourceType change.
+    let stale_kind = if desired.source_kind == HELM_REPOSITORY { OCI_REPOSITORY } else { HELM_REPOSITORY };
+    if old
+        .last_applied_chart
+        .as_ref()
+        .is_some_and(|c| Some(c.source_type) != ai.spec.chart.as_ref().map(|c| c.source_type))
+    {
+        delete_ignoring_missing(ctx, ns, stale_kind, &source_name).await?;
+    }
+    let hr_api =
+        Api::<DynamicObject>::namespaced_with(ctx.client.clone(), ns, &HELM_RELEASE.api_resource());
+    let hr_name = desired.release.name_any();
+    let hr = hr_api
+        .patch(&hr_name, &pp, &Patch::Apply(&desired.release))
+        .await?;
+
+    let view = status::ReleaseView::from_object(hr.metadata.generation, &hr.data);
+    let source_conditions = status::flux_conditions(&source.data["status"]);
+    for c in status::map(Some(&view), &source_conditions, generation, &conditions::now()) {
+        conditions::set_condition(&mut st.conditions, c);
+    }
+    set(&mut st, types::BLOCKED, Status::False, reasons::UNBLOCKED, String::new());
+    st.helm_release_ref = Some(HelmReleaseRef {
+        name: hr_name,
+        namespace: ns.to_string(),
+    });
+    st.last_applied_chart = ai.spec.chart.clone();
+    write_status(ai, ns, &old, st, ctx).await?;
+    Ok(Action::requeue(ctx.config.resync))
+}
+
+/// Checks that the values Secret or ConfigMap and its key exist. The message
+/// names only the object and key, never content.
+async fn missing_values(ai: &ApplicationInstance, ns: &str, ctx: &Context) -> Result<Option<String>, Error> {
+    let Some(values) = ai.spec.values.as_ref() else {
+        return Ok(None);
+    };
+    match values.source {
+        ValuesSource::Inline => Ok(None),
+        ValuesSource::SecretRef => {
+            let Some(r) = values.secret_ref.as_ref() else { return Ok(None) };
+            let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns).get_opt(&r.name).await?;
+            let has_key = secret.as_ref().is_some_and(|s| {
+                s.data.as_ref().is_some_and(|d| d.contains_key(&r.key))
+                    || s.string_data.as_ref().is_some_and(|d| d.contains_key(&r.key))
+            });
+            Ok(match (secret.is_some(), has_key) {
+                (false, _) => Some(format!("waiting for Secret {} (key {})", r.name, r.key)),
+                (true, false) => Some(format!("Secret {} has no key {}", r.name, r.key)),
+                _ => None,
+            })
+        }
+        ValuesSource::ConfigMapRef => {
+            let Some(r) = values.config_map_ref.as_ref() else { return Ok(None) };
+            let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), ns).get_opt(&r.name).await?;
+            let has_key = cm.as_ref().is_some_and(|c| c.data.as_ref().is_some_and(|d| d.contains_key(&r.key)));
+            Ok(match (cm.is_some(), has_key) {
+                (false, _) => Some(format!("waiting for ConfigMap {} (key {})", r.name, r.key)),
+                (true, false) => Some(format!("ConfigMap {} has no key {}", r.name, r.key)),
+                _ => None,
+            })
+        }
+    }
+}
+
+/// On deletion: deletes the HelmRelease (helm-controller uninstalls it) and
+/// reports Deleting=True/WaitingForChildResources until it is gone.
+async fn wait_for_children(
+    ai: &ApplicationInstance,
+    ns: &str,
+    ctx: &Context,
+) -> Result<Option<Action>, Error> {
+    let name = ai
+        .status
+        .as_ref()
+        .and_then(|s| s.helm_release_ref.as_ref().map(|r| r.name.clone()))
+        .or_else(|| ai.spec.release.as_ref().map(|r| r.name.clone()));
+    let Some(name) = name else { return Ok(None) };
+    if !ctx.is_served(HELM_RELEASE).await? {
+        return Ok(None);
+    }
+    let hr_api =
+        Api::<DynamicObject>::namespaced_with(ctx.client.clone(), ns, &HELM_RELEASE.api_resource());
+    let Some(hr) = hr_api.get_opt(&name).await? else {
+        for kind in [HELM_REPOSITORY, OCI_REPOSITORY] {
+            delete_ignoring_missing(ctx, ns, kind, &flux::source_name(&name)).await?;
+        }
+        return Ok(None);
+    };
+    // Only our own release: never delete a HelmRelease another owner holds.
+    let ours = hr
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == ai.metadata.uid.as_ref());
+    if !ours {
+        return Ok(None);
+    }
+    if hr.metadata.deletion_timestamp.is_none() {
+        info!(helmrelease = %name, "Deleting HelmRelease");
+        match hr_api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let old = ai.status.clone().unwrap_or_default();
+    let mut st = old.clone();
+    conditions::set_condition(
+        &mut st.conditions,
+        conditions::deleting(
+            Status::True,
+            reasons::WAITING_FOR_CHILD_RESOURCES,
+            format!("waiting for HelmRelease {name} to be uninstalled and deleted"),
+            ai.metadata.generation,
+        ),
+    );
+    write_status(ai, ns, &old, st, ctx).await?;
+    Ok(Some(Action::requeue(DELETING_REQUEUE)))
+}
+
+async fn delete_ignoring_missing(ctx: &Context, ns: &str, kind: Kind, name: &str) -> Result<(), Error> {
+    if !ctx.is_served(kind).await? {
+        return Ok(());
+    }
+    match Api::<DynamicObject>::namespaced_with(ctx.client.clone(), ns, &kind.api_resource())
+        .delete(name, &DeleteParams::background())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether two statuses differ in anything but timestamps.
+pub fn status_changed(old: &ApplicationInstanceStatus, new: &ApplicationInstanceStatus) -> bool {
+    let strip = |s: &ApplicationInstanceStatus| ApplicationInstanceStatus {
+        conditions: Vec::new(),
+        last_reconcile_time: None,
+        ..s.clone()
+    };
+    strip(old) != strip(new) || !conditions::eq_ignoring_time(&old.conditions, &new.conditions)
+}
+
+/// Sends the status by server-side apply when it changed; stamps
+/// lastReconcileTime on each write.
+async fn write_status(
+    ai: &ApplicationInstance,
+    ns: &str,
+    old: &ApplicationInstanceStatus,
+    mut new: ApplicationInstanceStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
+    if !status_changed(old, &new) {
+        return Ok(());
+    }
+    new.last_reconcile_time = Some(conditions::now());
+    let body = json!({
+        "apiVersion": ApplicationInstance::api_version(&()),
+        "kind": ApplicationInstance::kind(&()),
+        "status": new,
+    });
+    Api::<ApplicationInstance>::namespaced(ctx.client.clone(), ns)
+        .patch_status(&ai.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .await?;
+    ctx.metrics.status_write(CONTROLLER);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_change_ignores_timestamps() {
+        let t1 = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(1).unwrap(),
+        );
+        let t2 = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(2).unwrap(),
+        );
+        let c = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| {
+            conditions::new_at(types::READY, Status::True, reasons::PLACEHOLDER, "", Some(1), t.clone())
+        };
+        let a = ApplicationInstanceStatus {
+            conditions: vec![c(&t1)],
+            last_reconcile_time: Some(t1.clone()),
+            ..Default::default()
+        };
+        let b = ApplicationInstanceStatus {
+            conditions: vec![c(&t2)],
+            last_reconcile_time: Some(t2.clone()),
+            ..Default::default()
+        };
+        assert!(!status_changed(&a, &b));
+        let mut d = b.clone();
+        d.observed_generation = Some(2);
+        assert!(status_changed(&a, &d));
+    }
+}
