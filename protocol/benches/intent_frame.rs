@@ -43,12 +43,18 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("intent_frame");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("sign (encode payload + ed25519 sign)", |b| b.iter(|| signer.sign(black_box(&p)).expect("sign")));
+    g.bench_function("sign (encode payload + ed25519 sign)", |b| {
+        b.iter(|| signer.sign(black_box(&p)).expect("sign"))
+    });
     g.bench_function("verify (ed25519 verify + decode payload + checks)", |b| {
         b.iter(|| ring.verify(black_box(&signed), &ctx).expect("verify"))
     });
-    g.bench_function("encode envelope", |b| b.iter(|| encode(black_box(&env), &limits).expect("encode")));
-    g.bench_function("decode envelope", |b| b.iter(|| decode(black_box(&bytes), &limits).expect("decode")));
+    g.bench_function("encode envelope", |b| {
+        b.iter(|| encode(black_box(&env), &limits).expect("encode"))
+    });
+    g.bench_function("decode envelope", |b| {
+        b.iter(|| decode(black_box(&bytes), &limits).expect("decode"))
+    });
     g.bench_function("full: sign + encode + decode + verify", |b| {
         b.iter(|| {
             let s = signer.sign(black_box(&p)).expect("sign");
@@ -61,7 +67,11 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
-    eprintln!("frame bytes: {}, payload bytes: {}", bytes.len(), signed.payload.len());
+    eprintln!(
+        "frame bytes: {}, payload bytes: {}",
+        bytes.len(),
+        signed.payload.len()
+    );
 }
 
 criterion_group! {
