@@ -414,6 +414,8 @@ pub fn decode_errors() -> Value {
         "vectors": [
             e("oversized", "a valid hello, but max_frame_bytes is 16", &bytes, 16, ErrorCode::FrameTooLarge),
             e("unknown_version", "envelope v = 2", &v2_bytes, limits::MAX_FRAME_BYTES, ErrorCode::UnsupportedVersion),
+            e("unknown_version_new_body", "envelope v = 7 whose body is not a v1 frame: still unsupported_version", &rmp_serde::to_vec_named(&json!({"ack": 0, "body": [1, 2], "seq": 1, "v": 7})).expect("encode"), limits::MAX_FRAME_BYTES, ErrorCode::UnsupportedVersion),
+            e("bin_as_int_array", "intent whose payload is an array of integers instead of bin", &rmp_serde::to_vec_named(&json!({"ack": 0, "body": {"type": "intent", "kid": "6011e6856c1ac4eb", "payload": [1, 2, 3], "signature": [4, 5, 6]}, "seq": 1, "v": 1})).expect("encode"), limits::MAX_FRAME_BYTES, ErrorCode::MalformedFrame),
             e("truncated", "a valid hello missing its last byte", &bytes[..bytes.len() - 1], limits::MAX_FRAME_BYTES, ErrorCode::MalformedFrame),
             e("trailing_bytes", "a valid hello followed by a nil", &trailing, limits::MAX_FRAME_BYTES, ErrorCode::MalformedFrame),
             e("huge_claimed_length", "a str32 claiming 4 GiB in a 11-byte frame", &big_bin, limits::MAX_FRAME_BYTES, ErrorCode::MalformedFrame),
