@@ -1,0 +1,1093 @@
+//! The deployment bundle (deploy/) against the real kube-apiserver.
+//!
+//! The chart is rendered by `vworkspace_e2e::render` (Helm is not used), the
+//! rendered manifests are installed as admin, and then every call is made with
+//! a token of the chart's own ServiceAccount (TokenRequest API), so the API
+//! server's RBAC authorizer, not the agent, decides: everything the agent does
+//! is allowed, and writes outside the gated namespaces, other Secrets, other
+//! Leases, namespace labels and RBAC objects are refused with 403.
+
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use vworkspace_e2e::render::{self, Release};
+
+const MANAGER: &str = "vworkspace-agent";
+
+fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+// === committed files ===
+
+/// Chart CRDs = crds/manifests, plain manifests = the chart rendered with its
+/// defaults. `VWS_UPDATE_DEPLOY=1` rewrites both instead of checking.
+#[test]
+fn committed_deploy_files_are_up_to_date() {
+    if std::env::var("VWS_UPDATE_DEPLOY").is_ok_and(|v| v == "1") {
+        for path in render::write_committed().unwrap() {
+            println!("wrote {}", path.display());
+        }
+        return;
+    }
+    if let Err(e) = render::check_committed() {
+        panic!(
+            "{e}\nRegenerate from the repository root with:\n  {}",
+            render::REGENERATE
+        );
+    }
+}
+
+fn docs_for(release: Release<'_>, overrides: &Value) -> Vec<Value> {
+    let text = render::plain_bundle(&render::chart_dir(), release, overrides)
+        .unwrap_or_else(|e| panic!("rendering the chart: {e}"));
+    render::documents(&text).unwrap()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Vec<&'a Value> {
+    docs.iter()
+        .filter(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .collect()
+}
+
+#[test]
+fn chart_renders_a_hardened_deployment_and_one_binding_per_gated_namespace() {
+    let release = Release {
+        name: "agent",
+        namespace: "agent-system",
+    };
+    let docs = docs_for(
+        release,
+        &json!({
+            "gatedNamespaces": ["team-a", "team-b"],
+            "hub": {"endpoint": "https://hub.example.com:8443"},
+        }),
+    );
+
+    // One RoleBinding to the write ClusterRole per gated namespace, none elsewhere.
+    let bindings: Vec<&str> = docs
+        .iter()
+        .filter(|d| d["kind"] == "RoleBinding" && d["roleRef"]["name"] == "agent-gated")
+        .map(|d| d["metadata"]["namespace"].as_str().unwrap())
+        .collect();
+    assert_eq!(bindings, ["team-a", "team-b"]);
+
+    let deploy = find(&docs, "Deployment", "agent")[0];
+    assert_eq!(deploy["metadata"]["namespace"], "agent-system");
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "agent");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["resources"]["requests"]["memory"], "64Mi");
+    assert_eq!(c["resources"]["limits"]["memory"], "256Mi");
+    let env = |name: &str| {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("env {name} missing"))
+            .clone()
+    };
+    assert_eq!(
+        env("VWS_AGENT_ALLOWED_NAMESPACES")["value"],
+        "team-a,team-b,"
+    );
+    assert_eq!(
+        env("VWS_AGENT_HUB_ENDPOINT")["value"],
+        "https://hub.example.com:8443"
+    );
+    assert_eq!(env("VWS_AGENT_LEASE_NAME")["value"], "agent");
+    assert_eq!(
+        env("VWS_AGENT_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+
+    let cluster = find(&docs, "Cluster", "vworkspace")[0];
+    assert_eq!(
+        cluster["spec"]["controlPlaneEndpoint"],
+        "https://hub.example.com:8443"
+    );
+    assert_eq!(
+        cluster["spec"]["registrationTokenSecretRef"]["name"],
+        "vworkspace-join-token"
+    );
+
+    // Secrets only by name, in the agent's namespace only.
+    for d in docs
+        .iter()
+        .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
+    {
+        for rule in d["rules"].as_array().unwrap() {
+            let secrets = rule["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r == "secrets");
+            if !secrets {
+                continue;
+            }
+            let verbs = rule["verbs"].as_array().unwrap();
+            if d["kind"] == "Role" {
+                assert!(rule["resourceNames"].is_array(), "{rule}");
+            } else {
+                assert_eq!(
+                    verbs,
+                    &vec![json!("get")],
+                    "gated namespaces: get by name only: {rule}"
+                );
+            }
+        }
+    }
+
+    // Defaults: no gated namespace, no hub override, Velero rights in `velero`.
+    let docs = docs_for(release, &Value::Null);
+    assert!(!docs.iter().any(|d| d["roleRef"]["name"] == "agent-gated"));
+    let deploy = find(&docs, "Deployment", "agent")[0];
+    let env = deploy["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(!env.contains("VWS_AGENT_HUB_ENDPOINT"), "{env}");
+    assert_eq!(
+        find(&docs, "RoleBinding", "agent-velero")[0]["metadata"]["namespace"],
+        "velero"
+    );
+    let docs = docs_for(
+        release,
+        &json!({"velero": {"namespace": ""}, "cluster": {"create": false}}),
+    );
+    assert!(find(&docs, "RoleBinding", "agent-velero").is_empty());
+    assert!(find(&docs, "Cluster", "vworkspace").is_empty());
+}
+
+// === against the API server ===
+
+/// Installs our CRDs from the chart's crds/ and the pinned upstream ones, once
+/// per test binary (tests run in parallel, installs must not race).
+async fn install_crds(admin: &kube::Client) {
+    static DONE: tokio::sync::Mutex<bool> = tokio::sync::Mutex::const_new(false);
+    let mut done = DONE.lock().await;
+    if *done {
+        return;
+    }
+    let crds = vworkspace_e2e::crds::from_paths(&[render::chart_dir().join("crds")]).unwrap();
+    assert_eq!(crds.len(), 3);
+    vworkspace_e2e::crds::install(admin, &crds)
+        .await
+        .unwrap_or_else(|e| panic!("installing the chart's CRDs: {e}"));
+    vworkspace_e2e::crds::install_upstream_crds(admin)
+        .await
+        .unwrap_or_else(|e| panic!("installing the upstream CRDs: {e}"));
+    *done = true;
+}
+
+/// A fresh install of the chart for one test: its namespaces and a client
+/// authenticated as the chart's ServiceAccount.
+struct Install {
+    admin: kube::Client,
+    agent: kube::Client,
+    release: String,
+    agent_ns: String,
+    gated: String,
+    ungated: String,
+    velero: String,
+    cluster: String,
+}
+
+async fn install(prefix: &str) -> Install {
+    init();
+    let cp = vworkspace_e2e::shared();
+    let admin = cp.client().unwrap();
+    install_crds(&admin).await;
+    let agent_ns =
+        vworkspace_e2e::test_namespace_with_labels(&admin, &format!("{prefix}-sys"), &[])
+            .await
+            .unwrap();
+    let gated = vworkspace_e2e::test_namespace(&admin, &format!("{prefix}-gated"))
+        .await
+        .unwrap();
+    // Labelled like a gated namespace, but not in gatedNamespaces: the label
+    // alone must not give the agent any right.
+    let ungated = vworkspace_e2e::test_namespace(&admin, &format!("{prefix}-labelled-only"))
+        .await
+        .unwrap();
+    let velero =
+        vworkspace_e2e::test_namespace_with_labels(&admin, &format!("{prefix}-velero"), &[])
+            .await
+            .unwrap();
+    let suffix = &agent_ns[agent_ns.len() - 8..];
+    let release = format!("vws-agent-{suffix}");
+    let cluster = format!("cluster-{suffix}");
+    let docs = docs_for(
+        Release {
+            name: &release,
+            namespace: &agent_ns,
+        },
+        &json!({
+            "gatedNamespaces": [gated],
+            "velero": {"namespace": velero},
+            "cluster": {"name": cluster},
+        }),
+    );
+    render::apply(&admin, &docs, "deploy-rbac-test")
+        .await
+        .unwrap_or_else(|e| panic!("installing the rendered chart: {e}"));
+    // The join token Secret the operator creates, and one the agent must not read.
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &agent_ns);
+    for (name, value) in [
+        ("vworkspace-join-token", "a-join-token"),
+        ("unrelated", "x"),
+    ] {
+        let s: Secret = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "stringData": {"registrationToken": value},
+        }))
+        .unwrap();
+        secrets.create(&PostParams::default(), &s).await.unwrap();
+    }
+    let agent = sa_client(cp, &admin, &agent_ns, &release).await;
+    // RBAC reaches the authorizer through informers: wait for the last binding.
+    wait_allowed("the gated RoleBinding is active", || {
+        let api = dynamic(&agent, Some(&gated), &HELM_RELEASE);
+        async move { api.list(&ListParams::default()).await.map(|_| ()) }
+    })
+    .await;
+    Install {
+        admin,
+        agent,
+        release,
+        agent_ns,
+        gated,
+        ungated,
+        velero,
+        cluster,
+    }
+}
+
+/// A client carrying a TokenRequest token of `namespace/name` (no client certificate).
+async fn sa_client(
+    cp: &vworkspace_e2e::ControlPlane,
+    admin: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> kube::Client {
+    let req: TokenRequest = serde_json::from_value(json!({
+        "spec": {"audiences": [], "expirationSeconds": 3600}
+    }))
+    .unwrap();
+    let issued = Api::<ServiceAccount>::namespaced(admin.clone(), namespace)
+        .create_token_request(name, &PostParams::default(), &req)
+        .await
+        .unwrap_or_else(|e| panic!("TokenRequest for {namespace}/{name}: {e}"));
+    let token = issued.status.expect("TokenRequest status").token;
+    let mut config = cp.config().clone();
+    config.auth_info = serde_json::from_value(json!({ "token": token })).unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    let who: Value = client
+        .request(
+            http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
+                .header("content-type", "application/json")
+                .body(
+                    serde_json::to_vec(&json!({
+                        "apiVersion": "authentication.k8s.io/v1",
+                        "kind": "SelfSubjectReview"
+                    }))
+                    .unwrap(),
+                )
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        who["status"]["userInfo"]["username"],
+        format!("system:serviceaccount:{namespace}:{name}"),
+        "{who}"
+    );
+    client
+}
+
+async fn wait_allowed<F, Fut>(what: &str, mut call: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), kube::Error>>,
+{
+    vworkspace_e2e::wait::eventually(what, Duration::from_secs(30), || {
+        let fut = call();
+        async move {
+            match fut.await {
+                Ok(()) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 403 => Err(s.message),
+                Err(e) => panic!("{what}: {e}"),
+            }
+        }
+    })
+    .await
+}
+
+#[track_caller]
+fn allowed<T>(what: &str, r: Result<T, kube::Error>) -> T {
+    r.unwrap_or_else(|e| panic!("the agent's ServiceAccount must be allowed to {what}: {e}"))
+}
+
+#[track_caller]
+fn forbidden<T: std::fmt::Debug>(what: &str, r: Result<T, kube::Error>) {
+    match r {
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            assert_eq!(s.reason, "Forbidden", "{what}: {s:?}");
+        }
+        other => {
+            panic!("the API server must refuse to let the agent {what} with 403, got {other:?}")
+        }
+    }
+}
+
+struct Res {
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+}
+
+const AI: Res = Res {
+    group: "apps.vworkspace.io",
+    version: "v1alpha1",
+    kind: "ApplicationInstance",
+    plural: "applicationinstances",
+};
+const OP: Res = Res {
+    group: "ops.vworkspace.io",
+    version: "v1alpha1",
+    kind: "Operation",
+    plural: "operations",
+};
+const CLUSTER: Res = Res {
+    group: "ops.vworkspace.io",
+    version: "v1alpha1",
+    kind: "Cluster",
+    plural: "clusters",
+};
+const HELM_RELEASE: Res = Res {
+    group: "helm.toolkit.fluxcd.io",
+    version: "v2",
+    kind: "HelmRelease",
+    plural: "helmreleases",
+};
+const HELM_REPOSITORY: Res = Res {
+    group: "source.toolkit.fluxcd.io",
+    version: "v1",
+    kind: "HelmRepository",
+    plural: "helmrepositories",
+};
+const OCI_REPOSITORY: Res = Res {
+    group: "source.toolkit.fluxcd.io",
+    version: "v1",
+    kind: "OCIRepository",
+    plural: "ocirepositories",
+};
+const BACKUP: Res = Res {
+    group: "velero.io",
+    version: "v1",
+    kind: "Backup",
+    plural: "backups",
+};
+const RESTORE: Res = Res {
+    group: "velero.io",
+    version: "v1",
+    kind: "Restore",
+    plural: "restores",
+};
+const VOLUME_SNAPSHOT: Res = Res {
+    group: "snapshot.storage.k8s.io",
+    version: "v1",
+    kind: "VolumeSnapshot",
+    plural: "volumesnapshots",
+};
+const REPLICATION_SOURCE: Res = Res {
+    group: "volsync.backube",
+    version: "v1alpha1",
+    kind: "ReplicationSource",
+    plural: "replicationsources",
+};
+const WORKFLOW: Res = Res {
+    group: "argoproj.io",
+    version: "v1alpha1",
+    kind: "Workflow",
+    plural: "workflows",
+};
+const JOB: Res = Res {
+    group: "batch",
+    version: "v1",
+    kind: "Job",
+    plural: "jobs",
+};
+const SERVICE_ACCOUNT: Res = Res {
+    group: "",
+    version: "v1",
+    kind: "ServiceAccount",
+    plural: "serviceaccounts",
+};
+const LEASE: Res = Res {
+    group: "coordination.k8s.io",
+    version: "v1",
+    kind: "Lease",
+    plural: "leases",
+};
+
+impl Res {
+    fn ar(&self) -> ApiResource {
+        let api_version = if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        };
+        ApiResource {
+            group: self.group.into(),
+            version: self.version.into(),
+            api_version,
+            kind: self.kind.into(),
+            plural: self.plural.into(),
+        }
+    }
+
+    /// A server-side apply body: `spec` (or other top-level fields) merged in.
+    fn body(&self, name: &str, fields: Value) -> Value {
+        let ar = self.ar();
+        let mut body = json!({
+            "apiVersion": ar.api_version,
+            "kind": ar.kind,
+            "metadata": {"name": name},
+        });
+        render::merge(&mut body, &fields);
+        body
+    }
+}
+
+fn dynamic(client: &kube::Client, ns: Option<&str>, res: &Res) -> Api<DynamicObject> {
+    match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &res.ar()),
+        None => Api::all_with(client.clone(), &res.ar()),
+    }
+}
+
+async fn ssa(
+    client: &kube::Client,
+    ns: Option<&str>,
+    res: &Res,
+    name: &str,
+    fields: Value,
+) -> Result<DynamicObject, kube::Error> {
+    dynamic(client, ns, res)
+        .patch(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(res.body(name, fields)),
+        )
+        .await
+}
+
+/// One valid object of each downstream kind (the real upstream schemas check them).
+fn downstream_objects() -> Vec<(&'static Res, &'static str, Value)> {
+    vec![
+        (
+            &HELM_REPOSITORY,
+            "app-source",
+            json!({"spec": {"url": "https://charts.example.com", "interval": "10m"}}),
+        ),
+        (
+            &OCI_REPOSITORY,
+            "app-oci",
+            json!({"spec": {"url": "oci://registry.example.com/charts/app", "interval": "10m"}}),
+        ),
+        (
+            &HELM_RELEASE,
+            "app",
+            json!({"spec": {"interval": "10m", "chart": {"spec": {
+            "chart": "app", "version": "1.2.3",
+            "sourceRef": {"kind": "HelmRepository", "name": "app-source"}}}}}),
+        ),
+        (
+            &VOLUME_SNAPSHOT,
+            "app-snap",
+            json!({"spec": {"source": {"persistentVolumeClaimName": "data-app-0"}}}),
+        ),
+        (
+            &REPLICATION_SOURCE,
+            "app-sync",
+            json!({"spec": {"sourcePVC": "data-app-0"}}),
+        ),
+        (
+            &WORKFLOW,
+            "app-runbook",
+            json!({"spec": {"entrypoint": "main", "templates": [{"name": "main", "container": {"image": "busybox"}}]}}),
+        ),
+        (
+            &JOB,
+            "app-cmd",
+            json!({"spec": {"template": {"spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": "vworkspace-operation-runner",
+            "containers": [{"name": "run", "image": "busybox", "command": ["true"]}]}}}}),
+        ),
+        (&SERVICE_ACCOUNT, "vworkspace-operation-runner", json!({})),
+    ]
+}
+
+#[tokio::test]
+async fn agent_service_account_may_do_everything_the_agent_does() {
+    let i = install("rbac-ok").await;
+    let agent = &i.agent;
+
+    // Namespaces: read for the gate.
+    allowed(
+        "list namespaces",
+        Api::<Namespace>::all(agent.clone())
+            .list(&ListParams::default())
+            .await,
+    );
+    allowed(
+        "get a namespace",
+        Api::<Namespace>::all(agent.clone()).get(&i.gated).await,
+    );
+
+    // vWorkspace objects in a gated namespace: intent apply creates them by
+    // server-side apply, the controllers write finalizers and status.
+    let ai = allowed(
+        "create an ApplicationInstance by server-side apply in a gated namespace",
+        ssa(
+            agent,
+            Some(&i.gated),
+            &AI,
+            "app",
+            json!({
+                "metadata": {"annotations": {"vworkspace.io/applied-intent-version": "1"}},
+                "spec": {"appRef": {"catalogId": "nextcloud"}, "mode": "placeholder"},
+            }),
+        )
+        .await,
+    );
+    assert!(ai.metadata.uid.is_some());
+    allowed(
+        "add a finalizer to an ApplicationInstance",
+        dynamic(agent, Some(&i.gated), &AI)
+            .patch(
+                "app",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"finalizers": ["apps.vworkspace.io/finalizer"]}}),
+                ),
+            )
+            .await,
+    );
+    let status = json!({"status": {"observedGeneration": 1, "conditions": [{
+        "type": "Ready", "status": "True", "reason": "Placeholder", "message": "",
+        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]}});
+    allowed(
+        "write ApplicationInstance status",
+        dynamic(agent, Some(&i.gated), &AI)
+            .patch_status(
+                "app",
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(AI.body("app", status.clone())),
+            )
+            .await,
+    );
+    allowed(
+        "create an Operation in a gated namespace",
+        ssa(agent, Some(&i.gated), &OP, "app-backup", json!({"spec": {
+            "targetRef": {"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "app"},
+            "type": "Backup", "engine": "velero"}}))
+        .await,
+    );
+    allowed(
+        "write Operation status",
+        dynamic(agent, Some(&i.gated), &OP)
+            .patch_status(
+                "app-backup",
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(OP.body("app-backup", json!({"status": {"phase": "Running"}}))),
+            )
+            .await,
+    );
+    // The controllers watch every namespace (and refuse ungated ones with a
+    // NamespaceNotGated status, which needs a status write there).
+    allowed(
+        "list ApplicationInstances cluster-wide",
+        dynamic(agent, None, &AI).list(&ListParams::default()).await,
+    );
+    allowed(
+        "list Operations cluster-wide",
+        dynamic(agent, None, &OP).list(&ListParams::default()).await,
+    );
+    let foreign = ssa(
+        &i.admin,
+        Some(&i.ungated),
+        &AI,
+        "not-ours",
+        json!({"spec": {"appRef": {"catalogId": "nextcloud"}, "mode": "placeholder"}}),
+    )
+    .await
+    .unwrap();
+    let name = foreign.metadata.name.unwrap();
+    allowed(
+        "report NamespaceNotGated on an ApplicationInstance outside the gated namespaces",
+        dynamic(agent, Some(&i.ungated), &AI)
+            .patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(AI.body(&name, json!({"status": {"conditions": [{
+                "type": "Blocked", "status": "True", "reason": "NamespaceNotGated", "message": "not gated",
+                "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}))))
+            .await,
+    );
+    allowed(
+        "delete an Operation in a gated namespace (history cleanup)",
+        dynamic(agent, Some(&i.gated), &OP)
+            .delete("app-backup", &Default::default())
+            .await,
+    );
+
+    // Downstream objects in the gated namespace: create, update, read, delete.
+    for (res, name, fields) in downstream_objects() {
+        allowed(
+            &format!("apply {} {name} in a gated namespace", res.kind),
+            ssa(agent, Some(&i.gated), res, name, fields.clone()).await,
+        );
+        allowed(
+            &format!("get {} in a gated namespace", res.kind),
+            dynamic(agent, Some(&i.gated), res).get(name).await,
+        );
+    }
+    allowed(
+        "delete a HelmRelease in a gated namespace",
+        dynamic(agent, Some(&i.gated), &HELM_RELEASE)
+            .delete("app", &Default::default())
+            .await,
+    );
+    // Owned-object watches are cluster-wide, label-selected.
+    for res in [
+        &HELM_RELEASE,
+        &HELM_REPOSITORY,
+        &OCI_REPOSITORY,
+        &BACKUP,
+        &RESTORE,
+        &VOLUME_SNAPSHOT,
+        &REPLICATION_SOURCE,
+        &WORKFLOW,
+        &JOB,
+    ] {
+        allowed(
+            &format!("list {} cluster-wide by label", res.plural),
+            dynamic(agent, None, res)
+                .list(&ListParams::default().labels("app.vworkspace.io/application-instance"))
+                .await,
+        );
+    }
+    // PVCs (snapshot sources), values Secrets and ConfigMaps: read by name.
+    allowed(
+        "list PVCs in a gated namespace",
+        Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(
+            agent.clone(),
+            &i.gated,
+        )
+        .list(&ListParams::default())
+        .await,
+    );
+    let values: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "app-values"}, "stringData": {"values.yaml": "a: 1"}}),
+    )
+    .unwrap();
+    Api::<Secret>::namespaced(i.admin.clone(), &i.gated)
+        .create(&PostParams::default(), &values)
+        .await
+        .unwrap();
+    allowed(
+        "get a values Secret by name in a gated namespace",
+        Api::<Secret>::namespaced(agent.clone(), &i.gated)
+            .get("app-values")
+            .await,
+    );
+    allowed(
+        "check a values ConfigMap in a gated namespace",
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(agent.clone(), &i.gated)
+            .get_opt("app-values")
+            .await,
+    );
+
+    // Velero objects in Velero's namespace.
+    for (res, name) in [
+        (&BACKUP, "gated-app-backup"),
+        (&RESTORE, "gated-app-restore"),
+    ] {
+        allowed(
+            &format!("create a Velero {} in the Velero namespace", res.kind),
+            ssa(
+                agent,
+                Some(&i.velero),
+                res,
+                name,
+                json!({"spec": {"includedNamespaces": [i.gated]}}),
+            )
+            .await,
+        );
+    }
+
+    // Own namespace: the join token and the credentials Secret, by name.
+    let secrets = Api::<Secret>::namespaced(agent.clone(), &i.agent_ns);
+    allowed(
+        "read the join-token Secret",
+        secrets.get("vworkspace-join-token").await,
+    );
+    let by_name = |n: &str| ListParams::default().fields(&format!("metadata.name={n}"));
+    allowed(
+        "list (watch) the join-token Secret by name",
+        secrets.list(&by_name("vworkspace-join-token")).await,
+    );
+    let creds = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vworkspace-agent-credentials"},
+        "type": "Opaque", "stringData": {"tls.crt": "not-a-real-cert"}});
+    allowed(
+        "create the credentials Secret by server-side apply",
+        secrets
+            .patch(
+                "vworkspace-agent-credentials",
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&creds),
+            )
+            .await,
+    );
+    allowed(
+        "update the credentials Secret",
+        secrets
+            .patch(
+                "vworkspace-agent-credentials",
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&creds),
+            )
+            .await,
+    );
+    allowed(
+        "list (watch) the credentials Secret by name",
+        secrets.list(&by_name("vworkspace-agent-credentials")).await,
+    );
+
+    // The Lease: created by server-side apply, read, renewed.
+    let leases = dynamic(agent, Some(&i.agent_ns), &LEASE);
+    allowed(
+        "create the Lease",
+        ssa(
+            agent,
+            Some(&i.agent_ns),
+            &LEASE,
+            &i.release,
+            json!({"spec": {
+        "holderIdentity": "agent-0", "leaseDurationSeconds": 15}}),
+        )
+        .await,
+    );
+    let mut lease = allowed("get the Lease", leases.get(&i.release).await);
+    lease.data["spec"]["renewTime"] = json!("2026-01-01T00:00:00.000000Z");
+    allowed(
+        "update (renew) the Lease",
+        leases
+            .replace(&i.release, &PostParams::default(), &lease)
+            .await,
+    );
+
+    // The Cluster object, by name: read, watch, status.
+    let clusters = dynamic(agent, None, &CLUSTER);
+    allowed("get the Cluster object", clusters.get(&i.cluster).await);
+    allowed(
+        "watch the Cluster object by name",
+        clusters.list(&by_name(&i.cluster)).await,
+    );
+    allowed(
+        "write the Cluster status",
+        clusters
+            .patch_status(
+                &i.cluster,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(
+                    CLUSTER.body(&i.cluster, json!({"status": {"phase": "Registering"}})),
+                ),
+            )
+            .await,
+    );
+}
+
+#[tokio::test]
+async fn api_server_refuses_the_agent_outside_its_grants() {
+    let i = install("rbac-deny").await;
+    let agent = &i.agent;
+
+    // Each refusal is paired with the same call allowed in a gated namespace
+    // first, so a 403 means "not granted", not "RBAC not loaded yet".
+    for (res, name, fields) in downstream_objects() {
+        allowed(
+            &format!("apply {} in a gated namespace", res.kind),
+            ssa(agent, Some(&i.gated), res, name, fields.clone()).await,
+        );
+        for ns in [&i.ungated, &i.agent_ns, &i.velero, &"default".to_string()] {
+            forbidden(
+                &format!("apply {} {name} in namespace {ns}", res.kind),
+                ssa(agent, Some(ns), res, name, fields.clone()).await,
+            );
+        }
+    }
+    forbidden(
+        "create an ApplicationInstance in a labelled namespace that is not in gatedNamespaces",
+        ssa(
+            agent,
+            Some(&i.ungated),
+            &AI,
+            "app",
+            json!({"spec": {"appRef": {"catalogId": "nextcloud"}, "mode": "placeholder"}}),
+        )
+        .await,
+    );
+    forbidden("create an Operation outside the gated namespaces",
+        ssa(agent, Some(&i.agent_ns), &OP, "op", json!({"spec": {
+            "targetRef": {"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "app"},
+            "type": "Backup", "engine": "velero"}})).await);
+    forbidden(
+        "create a Velero Backup outside Velero's namespace",
+        ssa(agent, Some(&i.gated), &BACKUP, "b", json!({"spec": {}})).await,
+    );
+
+    // Secrets: only its two, by name, in its own namespace.
+    let own = Api::<Secret>::namespaced(agent.clone(), &i.agent_ns);
+    allowed(
+        "read the join token",
+        own.get("vworkspace-join-token").await,
+    );
+    forbidden(
+        "read another Secret in its own namespace",
+        own.get("unrelated").await,
+    );
+    forbidden(
+        "list Secrets in its own namespace",
+        own.list(&ListParams::default()).await,
+    );
+    forbidden(
+        "watch another Secret by name",
+        own.list(&ListParams::default().fields("metadata.name=unrelated"))
+            .await,
+    );
+    forbidden("overwrite the join-token Secret",
+        own.patch("vworkspace-join-token", &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vworkspace-join-token"}, "stringData": {"x": "y"}}))).await);
+    forbidden(
+        "create another Secret by server-side apply",
+        own.patch(
+            "planted",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "planted"}}),
+            ),
+        )
+        .await,
+    );
+    let posted: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "vworkspace-agent-credentials"}}))
+            .unwrap();
+    forbidden(
+        "create a Secret by POST, even with the credentials name (resourceNames never match a POST)",
+        own.create(&PostParams::default(), &posted).await,
+    );
+    forbidden(
+        "delete the join-token Secret",
+        own.delete("vworkspace-join-token", &Default::default())
+            .await,
+    );
+    forbidden(
+        "list Secrets in a gated namespace",
+        Api::<Secret>::namespaced(agent.clone(), &i.gated)
+            .list(&ListParams::default())
+            .await,
+    );
+    forbidden(
+        "read a Secret in a namespace it does not manage",
+        Api::<Secret>::namespaced(agent.clone(), &i.ungated)
+            .get("anything")
+            .await,
+    );
+    forbidden(
+        "list Secrets cluster-wide",
+        Api::<Secret>::all(agent.clone())
+            .list(&ListParams::default())
+            .await,
+    );
+
+    // Another Lease, another Cluster object.
+    forbidden(
+        "create another Lease",
+        ssa(
+            agent,
+            Some(&i.agent_ns),
+            &LEASE,
+            "someone-else",
+            json!({"spec": {}}),
+        )
+        .await,
+    );
+    let other_cluster = format!("{}-other", i.cluster);
+    ssa(
+        &i.admin,
+        None,
+        &CLUSTER,
+        &other_cluster,
+        json!({"spec": {}}),
+    )
+    .await
+    .unwrap();
+    forbidden(
+        "read another Cluster object",
+        dynamic(agent, None, &CLUSTER).get(&other_cluster).await,
+    );
+    forbidden(
+        "list every Cluster object",
+        dynamic(agent, None, &CLUSTER)
+            .list(&ListParams::default())
+            .await,
+    );
+
+    // No way to widen its own gate or rights.
+    let ns_api = Api::<Namespace>::all(agent.clone());
+    forbidden(
+        "label a namespace managed-by=vworkspace",
+        ns_api
+            .patch(
+                &i.ungated,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"managed-by": "vworkspace"}}})),
+            )
+            .await,
+    );
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": format!("{}-new", i.release)}}))
+            .unwrap();
+    forbidden(
+        "create a namespace",
+        ns_api.create(&PostParams::default(), &ns).await,
+    );
+    let rb = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "escalate"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{}-gated", i.release)},
+        "subjects": [{"kind": "ServiceAccount", "name": i.release, "namespace": i.agent_ns}]});
+    let rbs = Api::<DynamicObject>::namespaced_with(
+        agent.clone(),
+        &i.ungated,
+        &ApiResource {
+            group: "rbac.authorization.k8s.io".into(),
+            version: "v1".into(),
+            api_version: "rbac.authorization.k8s.io/v1".into(),
+            kind: "RoleBinding".into(),
+            plural: "rolebindings".into(),
+        },
+    );
+    forbidden(
+        "bind its write role in another namespace",
+        rbs.patch(
+            "escalate",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&rb),
+        )
+        .await,
+    );
+    forbidden(
+        "read pods in a gated namespace (it has no pod rights)",
+        Api::<k8s_openapi::api::core::v1::Pod>::namespaced(agent.clone(), &i.gated)
+            .list(&ListParams::default())
+            .await,
+    );
+}
+
+/// The committed plain manifests install with the commands docs/operations.md gives.
+#[test]
+fn committed_plain_manifests_install_with_kubectl() {
+    init();
+    let cp = vworkspace_e2e::shared();
+    let kubectl = || {
+        cp.kubectl()
+            .expect("kubectl is built with the control plane (see tests/README.md)")
+    };
+    let run = |mut cmd: std::process::Command, what: &str| {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            out.status.success(),
+            "{what} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The default values bind Velero rights in `velero`, which must exist.
+    let mut cmd = kubectl();
+    cmd.args([
+        "create",
+        "namespace",
+        "velero",
+        "--dry-run=client",
+        "-o",
+        "yaml",
+    ]);
+    let ns_yaml = run(cmd, "kubectl create namespace velero (client dry run)");
+    let dir = tempfile::tempdir().unwrap();
+    let ns_file = dir.path().join("velero-ns.yaml");
+    std::fs::write(&ns_file, ns_yaml).unwrap();
+    let mut cmd = kubectl();
+    cmd.args(["apply", "--server-side", "-f"]).arg(&ns_file);
+    run(cmd, "kubectl apply the velero namespace");
+
+    let chart = render::chart_dir();
+    let mut cmd = kubectl();
+    cmd.args(["apply", "--server-side", "-f"])
+        .arg(chart.join("crds"));
+    run(
+        cmd,
+        "kubectl apply --server-side -f deploy/chart/vworkspace-agent/crds",
+    );
+    let mut cmd = kubectl();
+    cmd.args([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/applicationinstances.apps.vworkspace.io",
+        "crd/operations.ops.vworkspace.io",
+        "crd/clusters.ops.vworkspace.io",
+    ]);
+    run(cmd, "kubectl wait for the CRDs");
+    let mut cmd = kubectl();
+    cmd.args(["apply", "--server-side", "-f"])
+        .arg(render::plain_manifest_path());
+    let out = run(
+        cmd,
+        "kubectl apply --server-side -f deploy/manifests/vworkspace-agent.yaml",
+    );
+    for expected in [
+        "namespace/vworkspace-system",
+        "serviceaccount/vworkspace-agent",
+        "clusterrole.rbac.authorization.k8s.io/vworkspace-agent-gated",
+        "role.rbac.authorization.k8s.io/vworkspace-agent",
+        "deployment.apps/vworkspace-agent",
+        "cluster.ops.vworkspace.io/vworkspace",
+    ] {
+        assert!(out.contains(expected), "{expected} not in:\n{out}");
+    }
+    let mut cmd = kubectl();
+    cmd.args([
+        "get",
+        "deployment",
+        "-n",
+        "vworkspace-system",
+        "vworkspace-agent",
+        "-o",
+        "jsonpath={.spec.template.spec.serviceAccountName}",
+    ]);
+    assert_eq!(run(cmd, "kubectl get deployment"), "vworkspace-agent");
+}
