@@ -19,6 +19,7 @@ mod certs;
 pub mod controlplane;
 pub mod crds;
 mod process;
+pub mod standins;
 pub mod render;
 pub mod wait;
 
