@@ -1,0 +1,419 @@
+//! Intent apply: verify, gate, validate, write, and say what happened.
+//!
+//! Every intent is verified completely (signature, key id, cluster and org,
+//! expiry) before anything else. The per-object version already applied is
+//! read from the object itself (an annotation the agent writes), so a
+//! restarted agent with no local disk still refuses replays: the same
+//! version again is a `noop` (at-least-once redelivery), an older one is
+//! `replayed`. Only then the namespace gate and the spec checks run, and the
+//! object is written by server-side apply with one field manager. Nothing is
+//! written for a rejected intent.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use vworkspace_crds::well_known::{annotations, labels};
+use vworkspace_crds::{ApplicationInstance, ApplicationInstanceSpec, Operation, OperationSpec};
+use vworkspace_protocol::{
+    IntentAck, IntentAction, IntentOutcome, KeyRing, Limits, ObjectKind, ObjectRef, Rejection,
+    RejectionCode, SignedIntent, VerifyContext, unix_now,
+};
+
+use crate::FIELD_MANAGER;
+use crate::args::NamespaceList;
+use crate::metrics::Metrics;
+
+/// What the applier knows about this cluster.
+#[derive(Clone)]
+pub struct Applier {
+    /// Kubernetes client.
+    pub client: kube::Client,
+    /// This cluster's id (from the credentials).
+    pub cluster_id: String,
+    /// This cluster's org.
+    pub org: String,
+    /// Trusted intent-signing keys.
+    pub keys: KeyRing,
+    /// Extra namespace allow-list.
+    pub allowed_namespaces: NamespaceList,
+    /// Limits of the connection.
+    pub limits: Limits,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// The outcome of one intent before it is wrapped in an ack.
+#[derive(Debug)]
+enum Verdict {
+    Applied,
+    Noop,
+    Rejected(RejectionCode, String),
+}
+
+impl Applier {
+    /// Handles one intent end to end and returns the ack to send.
+    pub async fn handle(&self, intent_seq: u64, intent: &SignedIntent) -> IntentAck {
+        let peeked = intent.peek_payload().ok();
+        let verdict = self.verdict(intent, peeked.as_ref()).await;
+        let outcome = match &verdict {
+            Verdict::Applied => {
+                self.metrics.intent("applied", "");
+                IntentOutcome::Applied
+            }
+            Verdict::Noop => {
+                self.metrics.intent("noop", "");
+                IntentOutcome::Noop
+            }
+            Verdict::Rejected(code, message) => {
+                self.metrics.intent("rejected", code.as_str());
+                tracing::warn!(
+                    intent = peeked.as_ref().map(|p| p.intent_id.as_str()).unwrap_or(""),
+                    object = %peeked.as_ref().map(|p| p.object.to_string()).unwrap_or_default(),
+                    code = code.as_str(),
+                    %message,
+                    "Intent rejected"
+                );
+                IntentOutcome::Rejected {
+                    code: code.as_str().to_owned(),
+                    message: message.clone(),
+                }
+            }
+        };
+        if matches!(verdict, Verdict::Applied) {
+            if let Some(p) = &peeked {
+                tracing::info!(intent = %p.intent_id, object = %p.object, version = p.version, "Intent applied");
+            }
+        }
+        IntentAck {
+            intent_id: peeked
+                .as_ref()
+                .map(|p| p.intent_id.clone())
+                .unwrap_or_default(),
+            intent_seq,
+            object: peeked.as_ref().map(|p| p.object.clone()),
+            version: peeked.as_ref().map(|p| p.version),
+            outcome,
+        }
+    }
+
+    async fn verdict(
+        &self,
+        intent: &SignedIntent,
+        peeked: Option<&vworkspace_protocol::IntentPayload>,
+    ) -> Verdict {
+        let reject = |r: Rejection| Verdict::Rejected(r.code(), r.to_string());
+        let ctx = VerifyContext::new(&self.cluster_id, unix_now())
+            .with_org(&self.org)
+            .with_limits(&self.limits);
+        // Signature, key, cluster, org and times first; the version check below
+        // needs the object, which is only read for an intent that verified.
+        let verified = match self.keys.verify(intent, &ctx) {
+            Ok(v) => v,
+            Err(r) => return reject(r),
+        };
+        debug_assert_eq!(
+            peeked.map(|p| &p.intent_id),
+            Some(&verified.payload.intent_id)
+        );
+        let p = verified.payload;
+        let Some(api) = api_for(&self.client, &p.object) else {
+            return Verdict::Rejected(
+                RejectionCode::Forbidden,
+                format!("{} objects cannot be written by intent", p.object.kind),
+            );
+        };
+        let live = match api.get_opt(&p.object.name).await {
+            Ok(o) => o,
+            Err(e) => return apply_failed("reading the object", &e),
+        };
+        let applied = live.as_ref().and_then(applied_version);
+        match applied {
+            Some(a) if p.version == a => return Verdict::Noop,
+            Some(a) if p.version < a => {
+                return reject(Rejection::Replayed {
+                    version: p.version,
+                    applied: a,
+                });
+            }
+            _ => {}
+        }
+        match self.namespace_gate(&p.object.namespace).await {
+            Ok(None) => {}
+            Ok(Some(why)) => return Verdict::Rejected(RejectionCode::Forbidden, why),
+            Err(e) => return apply_failed("reading the namespace", &e),
+        }
+        match p.action {
+            IntentAction::Delete => {
+                if live.is_none() {
+                    return Verdict::Noop;
+                }
+                let dp = DeleteParams {
+                    propagation_policy: Some(PropagationPolicy::Background),
+                    ..DeleteParams::default()
+                };
+                match api.delete(&p.object.name, &dp).await {
+                    Ok(_) => Verdict::Applied,
+                    Err(kube::Error::Api(s)) if s.code == 404 => Verdict::Noop,
+                    Err(e) => apply_failed("deleting the object", &e),
+                }
+            }
+            IntentAction::Apply { spec } => {
+                if let Err(why) = validate_spec(&p.object, &spec) {
+                    return Verdict::Rejected(RejectionCode::InvalidSpec, why);
+                }
+                let body = manifest(&p.object, &spec, &self.cluster_id, p.version, &p.intent_id);
+                let pp = PatchParams::apply(FIELD_MANAGER).force();
+                match api.patch(&p.object.name, &pp, &Patch::Apply(body)).await {
+                    Ok(_) => Verdict::Applied,
+                    Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+                        Verdict::Rejected(
+                            RejectionCode::InvalidSpec,
+                            format!("the API server refused the object: {}", s.message),
+                        )
+                    }
+                    Err(e) => apply_failed("applying the object", &e),
+                }
+            }
+        }
+    }
+
+    /// `None` when the namespace may be written; otherwise why not.
+    async fn namespace_gate(&self, ns: &str) -> Result<Option<String>, kube::Error> {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let labels = namespaces
+            .get_opt(ns)
+            .await?
+            .map(|n| n.metadata.labels.unwrap_or_default());
+        Ok(gate_decision(ns, labels.as_ref(), &self.allowed_namespaces))
+    }
+}
+
+/// The namespace gate as a pure function: the namespace must exist, carry
+/// `managed-by=vworkspace`, and pass the allow-list.
+pub fn gate_decision(
+    ns: &str,
+    ns_labels: Option<&BTreeMap<String, String>>,
+    allow: &NamespaceList,
+) -> Option<String> {
+    let Some(l) = ns_labels else {
+        return Some(format!("namespace {ns} does not exist (NamespaceNotGated)"));
+    };
+    if l.get(labels::NAMESPACE_GATE).map(String::as_str) != Some(labels::NAMESPACE_GATE_VALUE) {
+        return Some(format!(
+            "namespace {ns} is not labelled {}={} (NamespaceNotGated)",
+            labels::NAMESPACE_GATE,
+            labels::NAMESPACE_GATE_VALUE
+        ));
+    }
+    if !allow.allows(ns) {
+        return Some(format!(
+            "namespace {ns} is not in the agent's allow-list (NamespaceNotGated)"
+        ));
+    }
+    None
+}
+
+fn apply_failed(what: &str, e: &kube::Error) -> Verdict {
+    // The hub resends `apply_failed` intents later; keep the message short and free of bodies.
+    let detail = match e {
+        kube::Error::Api(s) => format!("{} ({})", s.reason, s.code),
+        other => other.to_string().chars().take(200).collect(),
+    };
+    Verdict::Rejected(
+        RejectionCode::ApplyFailed,
+        format!("{what} failed: {detail}"),
+    )
+}
+
+/// Checks an intent's spec against the kind's type and the rules the CRD
+/// schema cannot express.
+pub fn validate_spec(object: &ObjectRef, spec: &serde_json::Value) -> Result<(), String> {
+    if object.namespace.is_empty() {
+        return Err("the object needs a namespace".into());
+    }
+    if !is_dns_label(&object.name) && !is_dns_subdomain(&object.name) {
+        return Err(format!("{:?} is not a valid object name", object.name));
+    }
+    match object.kind {
+        ObjectKind::ApplicationInstance => {
+            let s: ApplicationInstanceSpec = serde_json::from_value(spec.clone())
+                .map_err(|e| format!("invalid ApplicationInstance spec: {e}"))?;
+            if let Some(rns) = s.release.as_ref().map(|r| r.namespace.as_str())
+                && rns != object.namespace
+            {
+                return Err(format!(
+                    "release.namespace {rns} must equal the object's namespace {}",
+                    object.namespace
+                ));
+            }
+            Ok(())
+        }
+        ObjectKind::Operation => {
+            let _: OperationSpec = serde_json::from_value(spec.clone())
+                .map_err(|e| format!("invalid Operation spec: {e}"))?;
+            Ok(())
+        }
+        ObjectKind::Cluster => Err("Cluster objects cannot be written by intent".into()),
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// The dynamic API for an intent's object kind (`None` for Cluster).
+pub fn api_for(client: &kube::Client, object: &ObjectRef) -> Option<Api<DynamicObject>> {
+    let ar = api_resource(object.kind)?;
+    Some(Api::namespaced_with(client.clone(), &object.namespace, &ar))
+}
+
+/// The API resource of a writable kind.
+pub fn api_resource(kind: ObjectKind) -> Option<ApiResource> {
+    use kube::Resource;
+    let (g, v, k) = match kind {
+        ObjectKind::ApplicationInstance => (
+            ApplicationInstance::group(&()),
+            ApplicationInstance::version(&()),
+            ApplicationInstance::kind(&()),
+        ),
+        ObjectKind::Operation => (
+            Operation::group(&()),
+            Operation::version(&()),
+            Operation::kind(&()),
+        ),
+        ObjectKind::Cluster => return None,
+    };
+    let gvk = GroupVersionKind::gvk(&g, &v, &k);
+    let plural = match kind {
+        ObjectKind::ApplicationInstance => ApplicationInstance::plural(&()),
+        _ => Operation::plural(&()),
+    };
+    Some(ApiResource::from_gvk_with_plural(&gvk, &plural))
+}
+
+/// The version recorded on an object the agent wrote.
+pub fn applied_version(o: &DynamicObject) -> Option<u64> {
+    o.metadata
+        .annotations
+        .as_ref()?
+        .get(annotations::APPLIED_INTENT_VERSION)?
+        .parse()
+        .ok()
+}
+
+/// The server-side apply body for an intent.
+pub fn manifest(
+    object: &ObjectRef,
+    spec: &serde_json::Value,
+    cluster_id: &str,
+    version: u64,
+    intent_id: &str,
+) -> serde_json::Value {
+    let ar = api_resource(object.kind).expect("only writable kinds reach manifest()");
+    serde_json::json!({
+        "apiVersion": ar.api_version,
+        "kind": ar.kind,
+        "metadata": {
+            "name": object.name,
+            "namespace": object.namespace,
+            "labels": {
+                labels::MANAGED_BY: labels::MANAGED_BY_CONTROL_PLANE,
+                labels::CLUSTER_ID: cluster_id,
+            },
+            "annotations": {
+                annotations::APPLIED_INTENT_VERSION: version.to_string(),
+                annotations::APPLIED_INTENT_ID: intent_id,
+            },
+        },
+        "spec": spec,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn namespace_gate_needs_the_label_and_the_allow_list() {
+        let gated = labels(&[("managed-by", "vworkspace")]);
+        let other = labels(&[("managed-by", "someone-else")]);
+        let any = NamespaceList::default();
+        let only_a: NamespaceList = "team-a".parse().unwrap();
+        let cases: &[(
+            &str,
+            Option<&BTreeMap<String, String>>,
+            &NamespaceList,
+            bool,
+        )] = &[
+            ("team-a", Some(&gated), &any, true),
+            ("team-a", Some(&gated), &only_a, true),
+            ("team-b", Some(&gated), &only_a, false),
+            ("team-a", Some(&other), &any, false),
+            ("team-a", None, &any, false),
+        ];
+        for (ns, l, allow, ok) in cases {
+            let d = gate_decision(ns, *l, allow);
+            assert_eq!(d.is_none(), *ok, "{ns} {l:?} {allow:?}: {d:?}");
+            if let Some(why) = d {
+                assert!(why.contains("NamespaceNotGated"), "{why}");
+            }
+        }
+    }
+
+    #[test]
+    fn specs_are_checked_against_the_kind() {
+        let ai = ObjectRef::new(ObjectKind::ApplicationInstance, "team-a", "nc");
+        let good = serde_json::json!({
+            "appRef": {"catalogId": "nextcloud"},
+            "mode": "placeholder",
+        });
+        assert!(validate_spec(&ai, &good).is_ok());
+        let wrong_ns = serde_json::json!({
+            "appRef": {"catalogId": "nextcloud"},
+            "chart": {"sourceType": "helm", "url": "https://charts", "name": "nc", "version": "1.0.0"},
+            "release": {"name": "nc", "namespace": "team-b"},
+            "values": {"source": "inline"},
+        });
+        assert!(
+            validate_spec(&ai, &wrong_ns)
+                .unwrap_err()
+                .contains("release.namespace")
+        );
+        assert!(validate_spec(&ai, &serde_json::json!({"mode": 7})).is_err());
+        let cluster = ObjectRef::new(ObjectKind::Cluster, "", "c");
+        assert!(validate_spec(&cluster, &good).is_err());
+        let bad_name = ObjectRef::new(ObjectKind::ApplicationInstance, "team-a", "Not_Valid");
+        assert!(validate_spec(&bad_name, &good).is_err());
+    }
+
+    #[test]
+    fn manifests_record_the_applied_version_and_intent() {
+        let o = ObjectRef::new(ObjectKind::Operation, "ns", "op1");
+        let m = manifest(&o, &serde_json::json!({"type": "Backup"}), "c1", 7, "i-1");
+        assert_eq!(m["apiVersion"], "ops.vworkspace.io/v1alpha1");
+        assert_eq!(m["kind"], "Operation");
+        assert_eq!(
+            m["metadata"]["annotations"][annotations::APPLIED_INTENT_VERSION],
+            "7"
+        );
+        assert_eq!(m["metadata"]["labels"][labels::CLUSTER_ID], "c1");
+    }
+}

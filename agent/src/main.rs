@@ -1,0 +1,48 @@
+//! `vworkspace-agent`: install the crypto provider, parse flags, run.
+
+use clap::Parser;
+use vworkspace_agent::{Agent, Args, Command, Redactor, cli, logging};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("a rustls CryptoProvider was already installed"))?;
+    vworkspace_protocol::install_jwt_crypto();
+    let args = Args::parse();
+    let redactor = Redactor::new();
+    logging::init(&args.log, &redactor)?;
+    match args.command {
+        Command::Run(run) => {
+            let client = vworkspace_agent::kube_client(&run.kube).await?;
+            let agent = Agent::build(run.into_config(), client, redactor).await?;
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let mut task = tokio::spawn(agent.run(rx));
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                r = &mut task => return Ok(r??),
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("Shutting down");
+            let _ = tx.send(true);
+            tokio::select! {
+                r = &mut task => Ok(r??),
+                _ = term.recv() => anyhow::bail!("second signal; aborting"),
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("second signal; aborting"),
+            }
+        }
+        Command::Join(join) => {
+            let client = vworkspace_agent::kube_client(&join.kube).await?;
+            print!("{}", cli::join(client, join).await?);
+            Ok(())
+        }
+        Command::Status(status) => {
+            let client = vworkspace_agent::kube_client(&status.kube).await?;
+            let report = cli::status(client, &status).await?;
+            print!("{}", cli::render(&report, status.output));
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,572 @@
+//! End to end against a real kube-apiserver + etcd and an in-process hub-sim:
+//! join token → Connected, intents → objects + acks, rejections, restart of
+//! the agent and of the hub, and a scan of every captured log line for
+//! secrets.
+
+mod agent_support;
+
+use std::time::Duration;
+
+use agent_support::*;
+use hub_sim::faults::Faults;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use vworkspace_agent::ConnState;
+use vworkspace_agent::args::{IdentityArgs, KubeArgs, OutputFormat, StatusArgs};
+use vworkspace_crds::ApplicationInstance;
+use vworkspace_crds::well_known::annotations::APPLIED_INTENT_VERSION;
+
+const CONNECT: Duration = Duration::from_secs(90);
+const STEP: Duration = Duration::from_secs(30);
+
+fn applied_version(ai: &ApplicationInstance) -> Option<u64> {
+    ai.metadata
+        .annotations
+        .as_ref()?
+        .get(APPLIED_INTENT_VERSION)?
+        .parse()
+        .ok()
+}
+
+/// Waits until the hub recorded an outcome for the intent `id`; returns (outcome, message).
+async fn outcome(hub: &hub_sim::RunningHub, cluster: &str, id: &str) -> (String, String) {
+    eventually(STEP, &format!("an ack for intent {id}"), || async {
+        hub.hub
+            .store()
+            .intents(Some(cluster), 100_000)
+            .ok()?
+            .into_iter()
+            .find(|i| i.id == id)
+            .and_then(|i| {
+                i.outcome
+                    .map(|o| (o, i.outcome_message.unwrap_or_default()))
+            })
+    })
+    .await
+}
+
+async fn get_ai(client: &kube::Client, ns: &str, name: &str) -> Option<ApplicationInstance> {
+    Api::<ApplicationInstance>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .expect("reading an ApplicationInstance")
+}
+
+async fn wait_ai_version(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    v: u64,
+) -> ApplicationInstance {
+    eventually(STEP, &format!("{ns}/{name} at version {v}"), || async {
+        get_ai(client, ns, name)
+            .await
+            .filter(|ai| applied_version(ai) == Some(v))
+    })
+    .await
+}
+
+/// Sets a Ready condition the way a controller would (its own field manager).
+async fn set_ready(client: &kube::Client, ns: &str, name: &str, reason: &str) {
+    let api = Api::<ApplicationInstance>::namespaced(client.clone(), ns);
+    let body = serde_json::json!({
+        "apiVersion": "apps.vworkspace.io/v1alpha1",
+        "kind": "ApplicationInstance",
+        "status": {"conditions": [{
+            "type": "Ready", "status": "True", "reason": reason, "message": "test controller",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }]},
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply("test-controller").force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .expect("patching status");
+}
+
+/// Waits until the hub holds a status for the object whose conditions mention `needle`.
+async fn wait_hub_status(hub: &hub_sim::RunningHub, cluster: &str, name: &str, needle: &str) {
+    eventually(
+        STEP,
+        &format!("hub status of {name} containing {needle}"),
+        || async {
+            let objs = hub
+                .hub
+                .objects(Some(cluster), Some("ApplicationInstance"))
+                .ok()?;
+            objs.into_iter()
+                .find(|o| o.object.name == name)
+                .and_then(|o| o.status)
+                .filter(|s| s.conditions.to_string().contains(needle))
+        },
+    )
+    .await;
+}
+
+/// Fails if any captured log line contains a join token, a private key or a Secret value.
+async fn assert_no_secrets_logged(cp: &Cluster_, tokens: &[&str]) {
+    let logs = captured_logs();
+    assert!(!logs.is_empty(), "no logs were captured");
+    for t in tokens {
+        assert!(!logs.contains(t), "a join token appears in the logs");
+    }
+    assert!(
+        !logs.contains("PRIVATE KEY"),
+        "a private key appears in the logs"
+    );
+    for (what, value) in secret_values(cp).await {
+        // Identity fields (cluster id, org, URLs) are identifiers, logged on purpose.
+        let identity = ["cluster-id", "org", "tunnel-url", "control-plane-base-url"]
+            .iter()
+            .any(|k| what.ends_with(&format!("/{k}")));
+        if identity {
+            continue;
+        }
+        for line in value.lines().map(str::trim).filter(|l| l.len() >= 16) {
+            assert!(
+                !logs.contains(line),
+                "Secret value {what} appears in the logs"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn join_token_reaches_connected_and_intents_become_objects_with_acks() {
+    init();
+    let _serial = serial().await;
+    let cp = control_plane("join").await;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(hub_config(dir.path())).await;
+    let cluster = "edge-join";
+    let token = hub.hub.create_token(cluster, "acme", None).unwrap().token;
+
+    let out = join(&cp, &token).await;
+    assert!(!out.contains(&token), "join must not print the token");
+    let mut agent = start_agent(&cp.client, agent_config(&cp, "replica-1")).await;
+    agent.wait_state(ConnState::Connected, CONNECT).await;
+    eventually(STEP, "Cluster phase Connected", || async {
+        (cluster_phase(&cp).await.as_deref() == Some("Connected")).then_some(())
+    })
+    .await;
+
+    // The credentials Secret is owned by the Cluster and holds the identity.
+    let secrets: Api<Secret> = Api::namespaced(cp.client.clone(), &cp.agent_ns);
+    let creds = secrets.get("vworkspace-agent-credentials").await.unwrap();
+    let owner = &creds.metadata.owner_references.clone().unwrap()[0];
+    assert_eq!(owner.kind, "Cluster");
+    assert_eq!(owner.name, cp.cluster_object);
+    let data = creds.data.unwrap();
+    assert_eq!(
+        String::from_utf8(data["cluster-id"].0.clone()).unwrap(),
+        cluster
+    );
+    assert!(
+        String::from_utf8(data["tls.key"].0.clone())
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
+
+    // `status` shows connection, identity, certificate expiry and last contact.
+    let report = vworkspace_agent::cli::status(
+        cp.client.clone(),
+        &StatusArgs {
+            kube: KubeArgs::default(),
+            identity: IdentityArgs {
+                namespace: cp.agent_ns.clone(),
+                cluster_object: cp.cluster_object.clone(),
+                credentials_secret: "vworkspace-agent-credentials".into(),
+            },
+            output: OutputFormat::Text,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.phase.as_deref(), Some("Connected"));
+    assert_eq!(report.cluster_id.as_deref(), Some(cluster));
+    assert_eq!(report.org.as_deref(), Some("acme"));
+    assert!(report.certificate_not_after.is_some());
+    assert!(report.last_contact.is_some());
+    let text = vworkspace_agent::cli::render(&report, OutputFormat::Text);
+    assert!(text.contains("Connected") && !text.contains("PRIVATE"));
+
+    // An intent becomes an ApplicationInstance in a gated namespace, and is acked.
+    let ns = vworkspace_e2e::test_namespace(&cp.client, "apps")
+        .await
+        .unwrap();
+    let i1 = hub
+        .hub
+        .apply(Some(cluster), &app_manifest(&ns, "nc", "nextcloud"))
+        .unwrap();
+    let ai = wait_ai_version(&cp.client, &ns, "nc", i1.version).await;
+    assert_eq!(ai.spec.app_ref.catalog_id, "nextcloud");
+    let labels = ai.metadata.labels.clone().unwrap();
+    assert_eq!(labels["app.vworkspace.io/cluster-id"], cluster);
+    assert_eq!(outcome(&hub, cluster, &i1.id).await.0, "applied");
+
+    // Status flows back to the hub.
+    set_ready(&cp.client, &ns, "nc", "Placeholder").await;
+    wait_hub_status(&hub, cluster, "nc", "Placeholder").await;
+
+    // An update, then a delete.
+    let i2 = hub
+        .hub
+        .apply(Some(cluster), &app_manifest(&ns, "nc", "nextcloud-29"))
+        .unwrap();
+    let ai = wait_ai_version(&cp.client, &ns, "nc", i2.version).await;
+    assert_eq!(ai.spec.app_ref.catalog_id, "nextcloud-29");
+    assert_eq!(outcome(&hub, cluster, &i2.id).await.0, "applied");
+    let i3 = hub
+        .hub
+        .delete(cluster, "ApplicationInstance", &ns, "nc")
+        .unwrap();
+    assert_eq!(outcome(&hub, cluster, &i3.id).await.0, "applied");
+    eventually(STEP, "nc deleted", || async {
+        get_ai(&cp.client, &ns, "nc").await.is_none().then_some(())
+    })
+    .await;
+
+    // Probes and metrics.
+    assert_eq!(agent.admin_get("/healthz").await.0, 200);
+    assert_eq!(agent.admin_get("/readyz").await.0, 200);
+    assert_eq!(
+        agent.metric("vworkspace_agent_connection_state").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        agent
+            .metric("vworkspace_agent_intents_total{outcome=\"applied\",reason=\"\"}")
+            .await,
+        Some(3.0)
+    );
+    assert!(
+        agent
+            .metric("vworkspace_agent_client_certificate_expiry_timestamp_seconds")
+            .await
+            .unwrap()
+            > 1.0e9
+    );
+    let (_, metrics) = agent.admin_get("/metrics").await;
+    assert!(metrics.contains("vworkspace_agent_frames_total{direction=\"in\",type=\"intent\"}"));
+
+    agent.stop().await;
+    eventually(STEP, "Cluster phase Disconnected after stop", || async {
+        (cluster_phase(&cp).await.as_deref() == Some("Disconnected")).then_some(())
+    })
+    .await;
+    assert_no_secrets_logged(&cp, &[&token]).await;
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_expired_foreign_ungated_invalid_and_replayed_intents_are_rejected_and_change_nothing()
+ {
+    init();
+    let _serial = serial().await;
+    let cp = control_plane("reject").await;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(hub_config(dir.path())).await;
+    let cluster = "edge-reject";
+    let token = hub.hub.create_token(cluster, "acme", None).unwrap().token;
+    join(&cp, &token).await;
+    let mut agent = start_agent(&cp.client, agent_config(&cp, "replica-1")).await;
+    agent.wait_state(ConnState::Connected, CONNECT).await;
+    let ns = vworkspace_e2e::test_namespace(&cp.client, "gated")
+        .await
+        .unwrap();
+    let ungated = vworkspace_e2e::test_namespace_with_labels(&cp.client, "ungated", &[])
+        .await
+        .unwrap();
+
+    let cases: [(&str, Faults, &str); 3] = [
+        (
+            "forged",
+            Faults {
+                corrupt_signature: true,
+                ..Faults::default()
+            },
+            "bad_signature",
+        ),
+        (
+            "stale",
+            Faults {
+                expired: true,
+                ..Faults::default()
+            },
+            "expired",
+        ),
+        (
+            "foreign",
+            Faults {
+                foreign_cluster: true,
+                ..Faults::default()
+            },
+            "foreign_cluster",
+        ),
+    ];
+    for (name, faults, code) in cases {
+        hub.hub.set_faults(cluster, faults).unwrap();
+        let i = hub
+            .hub
+            .apply(Some(cluster), &app_manifest(&ns, name, "x"))
+            .unwrap();
+        let (o, msg) = outcome(&hub, cluster, &i.id).await;
+        assert_eq!(o, "rejected", "{name}");
+        assert!(msg.starts_with(code), "{name}: {msg}");
+        assert!(
+            get_ai(&cp.client, &ns, name).await.is_none(),
+            "{name} must not exist"
+        );
+    }
+    hub.hub.set_faults(cluster, Faults::default()).unwrap();
+
+    // Not gated: the namespace lacks managed-by=vworkspace.
+    let i = hub
+        .hub
+        .apply(Some(cluster), &app_manifest(&ungated, "nope", "x"))
+        .unwrap();
+    let (o, msg) = outcome(&hub, cluster, &i.id).await;
+    assert_eq!(o, "rejected");
+    assert!(
+        msg.starts_with("forbidden") && msg.contains("NamespaceNotGated"),
+        "{msg}"
+    );
+    assert!(get_ai(&cp.client, &ungated, "nope").await.is_none());
+
+    // Invalid spec: the release must live in the object's namespace.
+    let mut bad = app_manifest(&ns, "bad", "x");
+    bad["spec"] = serde_json::json!({
+        "appRef": {"catalogId": "x"},
+        "chart": {"sourceType": "helm", "url": "https://charts.example", "name": "x", "version": "1.0.0"},
+        "release": {"name": "x", "namespace": "elsewhere"},
+        "values": {"source": "inline"},
+    });
+    let i = hub.hub.apply(Some(cluster), &bad).unwrap();
+    let (o, msg) = outcome(&hub, cluster, &i.id).await;
+    assert_eq!(o, "rejected");
+    assert!(msg.starts_with("invalid_spec"), "{msg}");
+    assert!(get_ai(&cp.client, &ns, "bad").await.is_none());
+
+    for (reason, n) in [
+        ("bad_signature", 1.0),
+        ("expired", 1.0),
+        ("foreign_cluster", 1.0),
+        ("forbidden", 1.0),
+        ("invalid_spec", 1.0),
+    ] {
+        let m =
+            format!("vworkspace_agent_intents_total{{outcome=\"rejected\",reason=\"{reason}\"}}");
+        assert_eq!(agent.metric(&m).await, Some(n), "{m}");
+    }
+
+    // Replay: an older version arriving after a newer one is refused.
+    let v1 = hub
+        .hub
+        .apply(Some(cluster), &app_manifest(&ns, "x", "one"))
+        .unwrap();
+    assert_eq!(outcome(&hub, cluster, &v1.id).await.0, "applied");
+    agent.stop().await;
+    let v2 = hub
+        .hub
+        .apply(Some(cluster), &app_manifest(&ns, "x", "two"))
+        .unwrap();
+    let v3 = hub
+        .hub
+        .apply(Some(cluster), &app_manifest(&ns, "x", "three"))
+        .unwrap();
+    hub.hub
+        .set_faults(
+            cluster,
+            Faults {
+                reorder: true,
+                ..Faults::default()
+            },
+        )
+        .unwrap();
+    let mut agent = start_agent(&cp.client, agent_config(&cp, "replica-1")).await;
+    agent.wait_state(ConnState::Connected, CONNECT).await;
+    assert_eq!(outcome(&hub, cluster, &v3.id).await.0, "applied");
+    let (o, msg) = outcome(&hub, cluster, &v2.id).await;
+    assert_eq!(o, "rejected");
+    assert!(msg.starts_with("replayed"), "{msg}");
+    let ai = get_ai(&cp.client, &ns, "x").await.unwrap();
+    assert_eq!(applied_version(&ai), Some(v3.version));
+    assert_eq!(ai.spec.app_ref.catalog_id, "three");
+    assert_eq!(
+        agent
+            .metric("vworkspace_agent_intents_total{outcome=\"rejected\",reason=\"replayed\"}")
+            .await,
+        Some(1.0)
+    );
+    agent.stop().await;
+    assert_no_secrets_logged(&cp, &[&token]).await;
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_agent_restarts_without_applying_anything_twice_and_resyncs_status() {
+    init();
+    let _serial = serial().await;
+    let cp = control_plane("restart").await;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(hub_config(dir.path())).await;
+    let cluster = "edge-restart";
+    let token = hub.hub.create_token(cluster, "acme", None).unwrap().token;
+    join(&cp, &token).await;
+    let mut agent = start_agent(&cp.client, agent_config(&cp, "replica-1")).await;
+    agent.wait_state(ConnState::Connected, CONNECT).await;
+    let ns = vworkspace_e2e::test_namespace(&cp.client, "apps")
+        .await
+        .unwrap();
+
+    let a1 = hub
+        .hub
+        .apply(Some(cluster), &app_manifest(&ns, "a", "one"))
+        .unwrap();
+    assert_eq!(outcome(&hub, cluster, &a1.id).await.0, "applied");
+    let before = get_ai(&cp.client, &ns, "a").await.unwrap();
+    assert_eq!(before.metadata.generation, Some(1));
+
+    agent.kill().await;
+    // While the agent is down: a status change, a new version of a, a new object b.
+    set_ready(&cp.client, &ns, "a", "Placeholder").await;
+    let a2 = hub
+        .hub
+        .apply(Some(cluster), &app_manifest(&ns, "a", "two"))
+        .unwrap();
+    let b1 = hub
+        .hub
+        .apply(Some(cluster), &app_manifest(&ns, "b", "bee"))
+        .unwrap();
+
+    let mut agent = start_agent(&cp.client, agent_config(&cp, "replica-1")).await;
+    agent.wait_state(ConnState::Connected, CONNECT).await;
+    assert_eq!(outcome(&hub, cluster, &a2.id).await.0, "applied");
+    assert_eq!(outcome(&hub, cluster, &b1.id).await.0, "applied");
+    let a = wait_ai_version(&cp.client, &ns, "a", a2.version).await;
+    // One write per version: v1 was not applied again after the restart.
+    assert_eq!(a.metadata.generation, Some(2));
+    assert_eq!(
+        agent
+            .metric("vworkspace_agent_intents_total{outcome=\"applied\",reason=\"\"}")
+            .await,
+        Some(2.0)
+    );
+    assert_eq!(
+        agent
+            .metric("vworkspace_agent_intents_total{outcome=\"noop\",reason=\"\"}")
+            .await,
+        None
+    );
+    // The status changed while the agent was down reached the hub after the restart.
+    wait_hub_status(&hub, cluster, "a", "Placeholder").await;
+
+    // At-least-once delivery: a duplicated intent is applied once, then a noop.
+    hub.hub
+        .set_faults(
+            cluster,
+            Faults {
+                duplicate: true,
+                ..Faults::default()
+            },
+        )
+        .unwrap();
+    let c1 = hub
+        .hub
+        .apply(Some(cluster), &app_manifest(&ns, "c", "sea"))
+        .unwrap();
+    assert_eq!(outcome(&hub, cluster, &c1.id).await.0, "applied");
+    eventually(STEP, "the duplicate acked as noop", || async {
+        agent
+            .metric("vworkspace_agent_intents_total{outcome=\"noop\",reason=\"\"}")
+            .await
+            .filter(|v| *v == 1.0)
+    })
+    .await;
+    assert_eq!(
+        get_ai(&cp.client, &ns, "c")
+            .await
+            .unwrap()
+            .metadata
+            .generation,
+        Some(1)
+    );
+    hub.hub.set_faults(cluster, Faults::default()).unwrap();
+
+    agent.stop().await;
+    assert_no_secrets_logged(&cp, &[&token]).await;
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_hub_restart_the_agent_waits_retry_after_reconnects_and_delivery_resumes() {
+    init();
+    let _serial = serial().await;
+    let cp = control_plane("hubrestart").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = hub_config(dir.path());
+    let retry_after = cfg.shutdown_retry_after;
+    let hub = start_hub(cfg.clone()).await;
+    let cluster = "edge-hubrestart";
+    let token = hub.hub.create_token(cluster, "acme", None).unwrap().token;
+    join(&cp, &token).await;
+    let mut agent = start_agent(&cp.client, agent_config(&cp, "replica-1")).await;
+    agent.wait_state(ConnState::Connected, CONNECT).await;
+    let ns = vworkspace_e2e::test_namespace(&cp.client, "apps")
+        .await
+        .unwrap();
+    let a = hub
+        .hub
+        .apply(Some(cluster), &app_manifest(&ns, "a", "one"))
+        .unwrap();
+    assert_eq!(outcome(&hub, cluster, &a.id).await.0, "applied");
+
+    // Graceful hub restart on the same address and state: agents get Goodbye{retry_after}.
+    let addr = hub.tls_addr;
+    let stopped = tokio::time::Instant::now();
+    hub.shutdown().await;
+    agent.wait_state(ConnState::Disconnected, STEP).await;
+    let mut cfg2 = cfg.clone();
+    cfg2.listen = addr;
+    let hub = start_hub(cfg2).await;
+    agent.wait_state(ConnState::Connected, CONNECT).await;
+    assert!(
+        stopped.elapsed() >= retry_after,
+        "the agent reconnected before Goodbye.retry_after"
+    );
+    assert!(
+        agent
+            .metric("vworkspace_agent_reconnects_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+
+    // Delivery resumes on the new hub process.
+    let b = hub
+        .hub
+        .apply(Some(cluster), &app_manifest(&ns, "b", "two"))
+        .unwrap();
+    assert_eq!(outcome(&hub, cluster, &b.id).await.0, "applied");
+    wait_ai_version(&cp.client, &ns, "b", b.version).await;
+
+    // An abrupt hub death (no Goodbye) is survived too, with backoff.
+    hub.abort().await;
+    agent.wait_state(ConnState::Disconnected, STEP).await;
+    assert_eq!(agent.admin_get("/healthz").await.0, 200);
+    let mut cfg3 = cfg.clone();
+    cfg3.listen = addr;
+    let hub = start_hub(cfg3).await;
+    agent.wait_state(ConnState::Connected, CONNECT).await;
+    let c = hub
+        .hub
+        .apply(Some(cluster), &app_manifest(&ns, "c", "three"))
+        .unwrap();
+    assert_eq!(outcome(&hub, cluster, &c.id).await.0, "applied");
+
+    agent.stop().await;
+    assert_no_secrets_logged(&cp, &[&token]).await;
+    hub.shutdown().await;
+}
