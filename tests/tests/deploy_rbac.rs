@@ -1091,3 +1091,33 @@ fn committed_plain_manifests_install_with_kubectl() {
     ]);
     assert_eq!(run(cmd, "kubectl get deployment"), "vworkspace-agent");
 }
+
+/// deploy/hub-sim/hub-sim.yaml is accepted by the real API server.
+#[tokio::test]
+async fn hub_sim_manifests_are_accepted_by_the_api_server() {
+    init();
+    let admin = vworkspace_e2e::shared_client();
+    let path = render::deploy_dir().join("hub-sim/hub-sim.yaml");
+    let docs = render::documents(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "PersistentVolumeClaim",
+            "Deployment",
+            "Service"
+        ]
+    );
+    render::apply(&admin, &docs, "deploy-rbac-test")
+        .await
+        .unwrap_or_else(|e| panic!("applying {}: {e}", path.display()));
+    let deploy: k8s_openapi::api::apps::v1::Deployment = Api::namespaced(admin, "vworkspace-hub")
+        .get("hub-sim")
+        .await
+        .unwrap();
+    let pod = deploy.spec.template.spec.unwrap();
+    let sc = pod.containers[0].security_context.clone().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+}
