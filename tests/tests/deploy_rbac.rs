@@ -776,19 +776,16 @@ async fn agent_service_account_may_do_everything_the_agent_does() {
         secrets.list(&by_name("vworkspace-agent-credentials")).await,
     );
 
-    // The Lease: created by server-side apply, read, renewed.
+    // The Lease: created by POST (as agent/src/lease.rs does), read, renewed.
     let leases = dynamic(agent, Some(&i.agent_ns), &LEASE);
+    let lease: DynamicObject = serde_json::from_value(LEASE.body(
+        &i.release,
+        json!({"spec": {"holderIdentity": "agent-0", "leaseDurationSeconds": 15}}),
+    ))
+    .unwrap();
     allowed(
         "create the Lease",
-        ssa(
-            agent,
-            Some(&i.agent_ns),
-            &LEASE,
-            &i.release,
-            json!({"spec": {
-        "holderIdentity": "agent-0", "leaseDurationSeconds": 15}}),
-        )
-        .await,
+        leases.create(&PostParams::default(), &lease).await,
     );
     let mut lease = allowed("get the Lease", leases.get(&i.release).await);
     lease.data["spec"]["renewTime"] = json!("2026-01-01T00:00:00.000000Z");
@@ -923,17 +920,30 @@ async fn api_server_refuses_the_agent_outside_its_grants() {
             .await,
     );
 
-    // Another Lease, another Cluster object.
+    // Another Lease (create cannot be limited by name, so it is granted; but
+    // reading or renewing any Lease but its own is not), another Cluster object,
+    // another ServiceAccount.
+    let other_lease: DynamicObject = serde_json::from_value(
+        LEASE.body("someone-else", json!({"spec": {"holderIdentity": "other"}})),
+    )
+    .unwrap();
+    let leases = dynamic(&i.admin, Some(&i.agent_ns), &LEASE);
+    let mut other_lease = leases
+        .create(&PostParams::default(), &other_lease)
+        .await
+        .unwrap();
+    let agent_leases = dynamic(agent, Some(&i.agent_ns), &LEASE);
+    forbidden("read another Lease", agent_leases.get("someone-else").await);
+    other_lease.data["spec"]["holderIdentity"] = json!("agent-0");
     forbidden(
-        "create another Lease",
-        ssa(
-            agent,
-            Some(&i.agent_ns),
-            &LEASE,
-            "someone-else",
-            json!({"spec": {}}),
-        )
-        .await,
+        "take over another Lease",
+        agent_leases
+            .replace("someone-else", &PostParams::default(), &other_lease)
+            .await,
+    );
+    forbidden(
+        "create a ServiceAccount other than vworkspace-operation-runner in a gated namespace",
+        ssa(agent, Some(&i.gated), &SERVICE_ACCOUNT, "powerful", json!({})).await,
     );
     let other_cluster = format!("{}-other", i.cluster);
     ssa(
