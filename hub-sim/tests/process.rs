@@ -98,6 +98,16 @@ async fn cli_and_kill_restart_lose_and_duplicate_nothing_acked() {
     let state = dir.path();
     let p1 = spawn_hub(state).await;
 
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(state.join("admin-token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "admin token must be private");
+        let dir_mode = std::fs::metadata(state).unwrap().permissions().mode();
+        assert_eq!(dir_mode & 0o777, 0o700, "state dir must be private");
+    }
     let token = cli(
         state,
         &[

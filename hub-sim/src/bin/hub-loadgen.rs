@@ -440,10 +440,10 @@ async fn main() -> anyhow::Result<()> {
     );
     if let (Some(b), Some(s), Some(e)) = (base.or(after_enroll), start, end) {
         let after = after_enroll.unwrap_or(b);
-        let per_tunnel = (s.0.saturating_sub(after.0)) as f64 / tunnels as f64;
+        let per_tunnel = (e.0.saturating_sub(after.0)) as f64 / tunnels as f64;
         let cpu = (e.1 - s.1) as f64 / clk_tck() / hold * 100.0;
         println!(
-            "hub VmRSS: baseline {} KiB, after identities {} KiB, with tunnels {} KiB (peak {peak_rss} KiB)",
+            "hub VmRSS: baseline {} KiB, after identities {} KiB, with tunnels at the end of the window {} KiB (peak {peak_rss} KiB)",
             b.0, after.0, e.0
         );
         println!("hub RSS per tunnel: {per_tunnel:.1} KiB");
