@@ -80,7 +80,9 @@ pub fn verify_claim(
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or(ClaimError::Missing)?;
-    let secret = secret.filter(|s| !s.is_empty()).ok_or(ClaimError::NoSecret)?;
+    let secret = secret
+        .filter(|s| !s.is_empty())
+        .ok_or(ClaimError::NoSecret)?;
     let mut parts = token.split('.');
     let (Some(prefix), Some(body), Some(digest), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -205,21 +207,99 @@ mod tests {
                 hex::encode(hmac::sign(&key, body.as_bytes()).as_ref())
             )
         };
-        let table: Vec<(&str, Option<&[u8]>, Option<&str>, i64, Result<(), ClaimError>)> = vec![
+        let table: Vec<(
+            &str,
+            Option<&[u8]>,
+            Option<&str>,
+            i64,
+            Result<(), ClaimError>,
+        )> = vec![
             ("valid", Some(SECRET), Some(good), now, Ok(())),
-            ("valid at expiry", Some(SECRET), Some(good), 1_900_000_000, Ok(())),
+            (
+                "valid at expiry",
+                Some(SECRET),
+                Some(good),
+                1_900_000_000,
+                Ok(()),
+            ),
             ("missing", Some(SECRET), None, now, Err(ClaimError::Missing)),
-            ("blank", Some(SECRET), Some("  "), now, Err(ClaimError::Missing)),
-            ("no secret", None, Some(good), now, Err(ClaimError::NoSecret)),
-            ("wrong secret", Some(b"other"), Some(good), now, Err(ClaimError::BadSignature)),
-            ("tampered body", Some(SECRET), Some(&tampered), now, Err(ClaimError::BadSignature)),
-            ("wrong prefix", Some(SECRET), Some(&wrong_prefix), now, Err(ClaimError::Malformed)),
-            ("two parts", Some(SECRET), Some("vws1.abc"), now, Err(ClaimError::Malformed)),
-            ("non-hex digest", Some(SECRET), Some("vws1.abc.zz"), now, Err(ClaimError::Malformed)),
-            ("expired", Some(SECRET), Some(good), 1_900_000_001, Err(ClaimError::Expired)),
-            ("other operation", Some(SECRET), Some(&other_op), now, Err(ClaimError::WrongOperation("backup-nc".into()))),
-            ("version 2", Some(SECRET), Some(&v2), now, Err(ClaimError::Version(2))),
-            ("bad payload", Some(SECRET), Some(&bad_json), now, Err(ClaimError::BadPayload)),
+            (
+                "blank",
+                Some(SECRET),
+                Some("  "),
+                now,
+                Err(ClaimError::Missing),
+            ),
+            (
+                "no secret",
+                None,
+                Some(good),
+                now,
+                Err(ClaimError::NoSecret),
+            ),
+            (
+                "wrong secret",
+                Some(b"other"),
+                Some(good),
+                now,
+                Err(ClaimError::BadSignature),
+            ),
+            (
+                "tampered body",
+                Some(SECRET),
+                Some(&tampered),
+                now,
+                Err(ClaimError::BadSignature),
+            ),
+            (
+                "wrong prefix",
+                Some(SECRET),
+                Some(&wrong_prefix),
+                now,
+                Err(ClaimError::Malformed),
+            ),
+            (
+                "two parts",
+                Some(SECRET),
+                Some("vws1.abc"),
+                now,
+                Err(ClaimError::Malformed),
+            ),
+            (
+                "non-hex digest",
+                Some(SECRET),
+                Some("vws1.abc.zz"),
+                now,
+                Err(ClaimError::Malformed),
+            ),
+            (
+                "expired",
+                Some(SECRET),
+                Some(good),
+                1_900_000_001,
+                Err(ClaimError::Expired),
+            ),
+            (
+                "other operation",
+                Some(SECRET),
+                Some(&other_op),
+                now,
+                Err(ClaimError::WrongOperation("backup-nc".into())),
+            ),
+            (
+                "version 2",
+                Some(SECRET),
+                Some(&v2),
+                now,
+                Err(ClaimError::Version(2)),
+            ),
+            (
+                "bad payload",
+                Some(SECRET),
+                Some(&bad_json),
+                now,
+                Err(ClaimError::BadPayload),
+            ),
         ];
         for (name, secret, token, now, want) in table {
             let got = verify_claim(secret, token, "upgrade-nc", now).map(|_| ());
@@ -232,6 +312,9 @@ mod tests {
         let err = verify_claim(Some(b"other"), Some(VECTOR_ASCII), "upgrade-nc", 0)
             .unwrap_err()
             .to_string();
-        assert!(!err.contains("aa9f676f") && !err.contains("s3cr3t"), "{err}");
+        assert!(
+            !err.contains("aa9f676f") && !err.contains("s3cr3t"),
+            "{err}"
+        );
     }
 }

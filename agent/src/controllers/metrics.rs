@@ -51,7 +51,11 @@ impl Metrics {
         let reconciles = Family::<ControllerLabels, Counter>::default();
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         let errors = Family::<ErrorLabels, Counter>::default();
-        registry.register("reconcile_errors", "Reconciles that failed, by error", errors.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by error",
+            errors.clone(),
+        );
         let duration = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
         });

@@ -133,12 +133,12 @@ pub struct Context {
     pub namespaces: reflector::Store<Namespace>,
     /// Serialises operation admission per target (namespace/name), so two
     /// conflicting operations cannot start at the same moment.
-    pub(crate) target_locks: std::sync::Mutex<
-        std::collections::HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
-    >,
+    pub(crate) target_locks:
+        std::sync::Mutex<std::collections::HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
     /// Discovery answers per kind, kept for [`SERVED_TTL`] so reconciles do
     /// not hit discovery every time, yet notice a CRD installed later.
-    served: std::sync::Mutex<std::collections::HashMap<resources::Kind, (bool, std::time::Instant)>>,
+    served:
+        std::sync::Mutex<std::collections::HashMap<resources::Kind, (bool, std::time::Instant)>>,
 }
 
 /// How long a discovery answer is trusted.
@@ -185,7 +185,10 @@ impl Context {
     }
 
     /// The kinds of `kinds` that are not served.
-    pub async fn missing(&self, kinds: &[resources::Kind]) -> Result<Vec<resources::Kind>, kube::Error> {
+    pub async fn missing(
+        &self,
+        kinds: &[resources::Kind],
+    ) -> Result<Vec<resources::Kind>, kube::Error> {
         let mut out = Vec::new();
         for k in kinds {
             if !self.is_served(*k).await? {
@@ -198,12 +201,16 @@ impl Context {
     /// Whether the agent may act in `namespace` (see [`namespace_is_gated`]).
     pub async fn is_gated(&self, namespace: &str) -> bool {
         // The first list may still be in flight right after start.
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.namespaces.wait_until_ready())
-            .await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(30), self.namespaces.wait_until_ready()).await;
         let key = reflector::ObjectRef::<Namespace>::new(namespace);
         match self.namespaces.get(&key) {
             Some(ns) => namespace_is_gated(&ns, &self.config.allowed_namespaces),
-            None => self.config.allowed_namespaces.iter().any(|a| a == namespace),
+            None => self
+                .config
+                .allowed_namespaces
+                .iter()
+                .any(|a| a == namespace),
         }
     }
 
@@ -256,16 +263,19 @@ pub async fn run(
         }
     }
     let (namespaces, writer) = reflector::store();
-    let ns_watch = watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .take_until(shutdown.clone())
-        .for_each(|ev| {
-            if let Err(error) = ev {
-                warn!(%error, "Namespace watch failed");
-            }
-            future::ready(())
-        });
+    let ns_watch = watcher(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .take_until(shutdown.clone())
+    .for_each(|ev| {
+        if let Err(error) = ev {
+            warn!(%error, "Namespace watch failed");
+        }
+        future::ready(())
+    });
 
     let ctx = Arc::new(Context::new(client.clone(), config, metrics, namespaces));
     let apps = application::run(ctx.clone(), shutdown.clone()).await?;

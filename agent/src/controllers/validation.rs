@@ -20,7 +20,9 @@ pub enum SpecError {
         object: String,
     },
     /// `spec.chart.version` is not an exact semantic version.
-    #[error("spec.chart.version {0:?} must be an exact semantic version such as 1.2.3 (no ranges, no latest)")]
+    #[error(
+        "spec.chart.version {0:?} must be an exact semantic version such as 1.2.3 (no ranges, no latest)"
+    )]
     VersionNotExact(String),
     /// A field managed mode needs is missing.
     #[error("spec.{0} is required in managed mode")]
@@ -38,7 +40,9 @@ pub enum SpecError {
     #[error("spec.chart.url must start with {0} for this sourceType")]
     BadChartUrl(&'static str),
     /// A key in inline values looks like a secret; only its dotted path is named.
-    #[error("spec.values.inline.{0} looks like a secret; put it in a Secret and use values.secretRef")]
+    #[error(
+        "spec.values.inline.{0} looks like a secret; put it in a Secret and use values.secretRef"
+    )]
     InlineSecret(String),
 }
 
@@ -146,19 +150,18 @@ pub fn is_exact_semver(version: &str) -> bool {
         None => (rest, None),
     };
     let numeric = |s: &str| {
-        !s.is_empty()
-            && s.bytes().all(|b| b.is_ascii_digit())
-            && (s == "0" || !s.starts_with('0'))
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'))
     };
-    let ident = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let ident =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     let parts: Vec<&str> = core.split('.').collect();
     if parts.len() != 3 || !parts.iter().all(|p| numeric(p)) {
         return false;
     }
     if let Some(pre) = pre {
-        let ok = pre.split('.').all(|id| {
-            ident(id) && (!id.bytes().all(|b| b.is_ascii_digit()) || numeric(id))
-        });
+        let ok = pre
+            .split('.')
+            .all(|id| ident(id) && (!id.bytes().all(|b| b.is_ascii_digit()) || numeric(id)));
         if !ok {
             return false;
         }
@@ -202,8 +205,8 @@ pub fn scan_inline_secrets(values: &BTreeMap<String, serde_json::Value>) -> Resu
                 let secret_key = k.ends_with("password")
                     || k.ends_with("secret")
                     || matches!(k.as_str(), "accesskey" | "secretkey" | "apikey" | "token");
-                let pem = s.trim_start().starts_with("-----BEGIN")
-                    && s.contains("PRIVATE KEY-----");
+                let pem =
+                    s.trim_start().starts_with("-----BEGIN") && s.contains("PRIVATE KEY-----");
                 if secret_key || pem {
                     return Err(SpecError::InlineSecret(path.to_string()));
                 }
@@ -397,7 +400,10 @@ mod tests {
         }))
         .unwrap();
         let err = scan_inline_secrets(&v).unwrap_err().to_string();
-        assert!(!err.contains("secretbytes") && !err.contains("sk-verysecret"), "{err}");
+        assert!(
+            !err.contains("secretbytes") && !err.contains("sk-verysecret"),
+            "{err}"
+        );
         let ok: BTreeMap<String, serde_json::Value> = serde_json::from_value(serde_json::json!({
             "password": "<set via ExternalSecret>", "replicas": 2, "token": ""
         }))

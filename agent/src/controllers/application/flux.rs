@@ -102,7 +102,8 @@ pub fn desired(ai: &ApplicationInstance) -> Option<FluxObjects> {
         }
         ValuesSource::SecretRef => {
             if let Some(r) = &values.secret_ref {
-                spec["valuesFrom"] = json!([{ "kind": "Secret", "name": r.name, "valuesKey": r.key }]);
+                spec["valuesFrom"] =
+                    json!([{ "kind": "Secret", "name": r.name, "valuesKey": r.key }]);
             }
         }
         ValuesSource::ConfigMapRef => {
@@ -180,9 +181,7 @@ mod tests {
     use super::*;
     use kube::api::ObjectMeta;
     use std::collections::BTreeMap;
-    use vworkspace_crds::{
-        AppRef, ApplicationInstanceSpec, KeyRef, Mode, ReleaseRef, ValuesSpec,
-    };
+    use vworkspace_crds::{AppRef, ApplicationInstanceSpec, KeyRef, Mode, ReleaseRef, ValuesSpec};
 
     pub(crate) fn ai(source_type: ChartSourceType, values: ValuesSpec) -> ApplicationInstance {
         let url = match source_type {

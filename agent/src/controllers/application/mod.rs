@@ -119,22 +119,43 @@ async fn apply(ai: &ApplicationInstance, ns: &str, ctx: &Context) -> Result<Acti
     let mut st = old.clone();
     st.observed_generation = generation;
     let set = |st: &mut ApplicationInstanceStatus, t: &str, s: Status, r: &str, m: String| {
-        conditions::set_condition(
-            &mut st.conditions,
-            conditions::new(t, s, r, m, generation),
-        );
+        conditions::set_condition(&mut st.conditions, conditions::new(t, s, r, m, generation));
     };
 
     if !ctx.is_gated(ns).await {
         let msg = format!("namespace {ns} is not labelled managed-by=vworkspace");
-        set(&mut st, types::BLOCKED, Status::True, reasons::NAMESPACE_NOT_GATED, msg.clone());
-        set(&mut st, types::READY, Status::False, reasons::NAMESPACE_NOT_GATED, msg);
+        set(
+            &mut st,
+            types::BLOCKED,
+            Status::True,
+            reasons::NAMESPACE_NOT_GATED,
+            msg.clone(),
+        );
+        set(
+            &mut st,
+            types::READY,
+            Status::False,
+            reasons::NAMESPACE_NOT_GATED,
+            msg,
+        );
         write_status(ai, ns, &old, st, ctx).await?;
         return Ok(Action::requeue(ctx.config.resync));
     }
     if let Err(e) = validate_application_spec(ns, &ai.spec) {
-        set(&mut st, types::BLOCKED, Status::True, reasons::INVALID_SPEC, e.to_string());
-        set(&mut st, types::READY, Status::False, reasons::INVALID_SPEC, e.to_string());
+        set(
+            &mut st,
+            types::BLOCKED,
+            Status::True,
+            reasons::INVALID_SPEC,
+            e.to_string(),
+        );
+        set(
+            &mut st,
+            types::READY,
+            Status::False,
+            reasons::INVALID_SPEC,
+            e.to_string(),
+        );
         write_status(ai, ns, &old, st, ctx).await?;
         return Ok(Action::await_change());
     }
@@ -145,15 +166,51 @@ async fn apply(ai: &ApplicationInstance, ns: &str, ctx: &Context) -> Result<Acti
                 "this instance owns HelmRelease {}; a managed instance cannot become a placeholder: delete and recreate it",
                 r.name
             );
-            set(&mut st, types::BLOCKED, Status::True, reasons::VALIDATION_FAILED, msg.clone());
-            set(&mut st, types::READY, Status::False, reasons::VALIDATION_FAILED, msg);
+            set(
+                &mut st,
+                types::BLOCKED,
+                Status::True,
+                reasons::VALIDATION_FAILED,
+                msg.clone(),
+            );
+            set(
+                &mut st,
+                types::READY,
+                Status::False,
+                reasons::VALIDATION_FAILED,
+                msg,
+            );
             write_status(ai, ns, &old, st, ctx).await?;
             return Ok(Action::await_change());
         }
-        set(&mut st, types::READY, Status::True, reasons::PLACEHOLDER, "placeholder: nothing to install".into());
-        set(&mut st, types::RECONCILING, Status::False, reasons::STABLE, String::new());
-        set(&mut st, types::DEGRADED, Status::False, reasons::RECOVERED, String::new());
-        set(&mut st, types::BLOCKED, Status::False, reasons::UNBLOCKED, String::new());
+        set(
+            &mut st,
+            types::READY,
+            Status::True,
+            reasons::PLACEHOLDER,
+            "placeholder: nothing to install".into(),
+        );
+        set(
+            &mut st,
+            types::RECONCILING,
+            Status::False,
+            reasons::STABLE,
+            String::new(),
+        );
+        set(
+            &mut st,
+            types::DEGRADED,
+            Status::False,
+            reasons::RECOVERED,
+            String::new(),
+        );
+        set(
+            &mut st,
+            types::BLOCKED,
+            Status::False,
+            reasons::UNBLOCKED,
+            String::new(),
+        );
         st.helm_release_ref = None;
         st.last_applied_chart = None;
         st.endpoints.clear();
@@ -162,18 +219,44 @@ async fn apply(ai: &ApplicationInstance, ns: &str, ctx: &Context) -> Result<Acti
     }
 
     // Managed mode.
-    let missing = ctx.missing(&[HELM_RELEASE, HELM_REPOSITORY, OCI_REPOSITORY]).await?;
+    let missing = ctx
+        .missing(&[HELM_RELEASE, HELM_REPOSITORY, OCI_REPOSITORY])
+        .await?;
     if !missing.is_empty() {
         let names: Vec<String> = missing.iter().map(Kind::describe).collect();
         let msg = format!("Flux is not installed: {} not served", names.join(", "));
-        set(&mut st, types::BLOCKED, Status::True, reasons::MISSING_DEPENDENCIES, msg.clone());
-        set(&mut st, types::READY, Status::False, reasons::MISSING_DEPENDENCIES, msg);
+        set(
+            &mut st,
+            types::BLOCKED,
+            Status::True,
+            reasons::MISSING_DEPENDENCIES,
+            msg.clone(),
+        );
+        set(
+            &mut st,
+            types::READY,
+            Status::False,
+            reasons::MISSING_DEPENDENCIES,
+            msg,
+        );
         write_status(ai, ns, &old, st, ctx).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
     if let Some(msg) = missing_values(ai, ns, ctx).await? {
-        set(&mut st, types::BLOCKED, Status::True, reasons::WAITING_FOR_SECRET, msg.clone());
-        set(&mut st, types::READY, Status::False, reasons::WAITING_FOR_SECRET, msg);
+        set(
+            &mut st,
+            types::BLOCKED,
+            Status::True,
+            reasons::WAITING_FOR_SECRET,
+            msg.clone(),
+        );
+        set(
+            &mut st,
+            types::READY,
+            Status::False,
+            reasons::WAITING_FOR_SECRET,
+            msg,
+        );
         write_status(ai, ns, &old, st, ctx).await?;
         return Ok(Action::requeue(WAITING_FOR_VALUES_REQUEUE));
     }
@@ -192,7 +275,11 @@ async fn apply(ai: &ApplicationInstance, ns: &str, ctx: &Context) -> Result<Acti
         .patch(&source_name, &pp, &Patch::Apply(&desired.source))
         .await?;
     // A source of the other kind left from before a sourceType change.
-    let stale_kind = if desired.source_kind == HELM_REPOSITORY { OCI_REPOSITORY } else { HELM_REPOSITORY };
+    let stale_kind = if desired.source_kind == HELM_REPOSITORY {
+        OCI_REPOSITORY
+    } else {
+        HELM_REPOSITORY
+    };
     if old
         .last_applied_chart
         .as_ref()
@@ -209,10 +296,21 @@ async fn apply(ai: &ApplicationInstance, ns: &str, ctx: &Context) -> Result<Acti
 
     let view = status::ReleaseView::from_object(hr.metadata.generation, &hr.data);
     let source_conditions = status::flux_conditions(&source.data["status"]);
-    for c in status::map(Some(&view), &source_conditions, generation, &conditions::now()) {
+    for c in status::map(
+        Some(&view),
+        &source_conditions,
+        generation,
+        &conditions::now(),
+    ) {
         conditions::set_condition(&mut st.conditions, c);
     }
-    set(&mut st, types::BLOCKED, Status::False, reasons::UNBLOCKED, String::new());
+    set(
+        &mut st,
+        types::BLOCKED,
+        Status::False,
+        reasons::UNBLOCKED,
+        String::new(),
+    );
     st.helm_release_ref = Some(HelmReleaseRef {
         name: hr_name,
         namespace: ns.to_string(),
@@ -224,18 +322,28 @@ async fn apply(ai: &ApplicationInstance, ns: &str, ctx: &Context) -> Result<Acti
 
 /// Checks that the values Secret or ConfigMap and its key exist. The message
 /// names only the object and key, never content.
-async fn missing_values(ai: &ApplicationInstance, ns: &str, ctx: &Context) -> Result<Option<String>, Error> {
+async fn missing_values(
+    ai: &ApplicationInstance,
+    ns: &str,
+    ctx: &Context,
+) -> Result<Option<String>, Error> {
     let Some(values) = ai.spec.values.as_ref() else {
         return Ok(None);
     };
     match values.source {
         ValuesSource::Inline => Ok(None),
         ValuesSource::SecretRef => {
-            let Some(r) = values.secret_ref.as_ref() else { return Ok(None) };
-            let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns).get_opt(&r.name).await?;
+            let Some(r) = values.secret_ref.as_ref() else {
+                return Ok(None);
+            };
+            let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+                .get_opt(&r.name)
+                .await?;
             let has_key = secret.as_ref().is_some_and(|s| {
                 s.data.as_ref().is_some_and(|d| d.contains_key(&r.key))
-                    || s.string_data.as_ref().is_some_and(|d| d.contains_key(&r.key))
+                    || s.string_data
+                        .as_ref()
+                        .is_some_and(|d| d.contains_key(&r.key))
             });
             Ok(match (secret.is_some(), has_key) {
                 (false, _) => Some(format!("waiting for Secret {} (key {})", r.name, r.key)),
@@ -244,9 +352,15 @@ async fn missing_values(ai: &ApplicationInstance, ns: &str, ctx: &Context) -> Re
             })
         }
         ValuesSource::ConfigMapRef => {
-            let Some(r) = values.config_map_ref.as_ref() else { return Ok(None) };
-            let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), ns).get_opt(&r.name).await?;
-            let has_key = cm.as_ref().is_some_and(|c| c.data.as_ref().is_some_and(|d| d.contains_key(&r.key)));
+            let Some(r) = values.config_map_ref.as_ref() else {
+                return Ok(None);
+            };
+            let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
+                .get_opt(&r.name)
+                .await?;
+            let has_key = cm
+                .as_ref()
+                .is_some_and(|c| c.data.as_ref().is_some_and(|d| d.contains_key(&r.key)));
             Ok(match (cm.is_some(), has_key) {
                 (false, _) => Some(format!("waiting for ConfigMap {} (key {})", r.name, r.key)),
                 (true, false) => Some(format!("ConfigMap {} has no key {}", r.name, r.key)),
@@ -311,7 +425,12 @@ async fn wait_for_children(
     Ok(Some(Action::requeue(DELETING_REQUEUE)))
 }
 
-async fn delete_ignoring_missing(ctx: &Context, ns: &str, kind: Kind, name: &str) -> Result<(), Error> {
+async fn delete_ignoring_missing(
+    ctx: &Context,
+    ns: &str,
+    kind: Kind,
+    name: &str,
+) -> Result<(), Error> {
     if !ctx.is_served(kind).await? {
         return Ok(());
     }
@@ -354,7 +473,11 @@ async fn write_status(
         "status": new,
     });
     Api::<ApplicationInstance>::namespaced(ctx.client.clone(), ns)
-        .patch_status(&ai.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .patch_status(
+            &ai.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
         .await?;
     ctx.metrics.status_write(CONTROLLER);
     Ok(())
@@ -373,7 +496,14 @@ mod tests {
             k8s_openapi::jiff::Timestamp::from_second(2).unwrap(),
         );
         let c = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| {
-            conditions::new_at(types::READY, Status::True, reasons::PLACEHOLDER, "", Some(1), t.clone())
+            conditions::new_at(
+                types::READY,
+                Status::True,
+                reasons::PLACEHOLDER,
+                "",
+                Some(1),
+                t.clone(),
+            )
         };
         let a = ApplicationInstanceStatus {
             conditions: vec![c(&t1)],

@@ -153,7 +153,12 @@ pub fn map(
                     reasons::CHART_SOURCE_SYNCING,
                     "waiting for the chart source".into(),
                 ),
-                c(types::DEGRADED, Status::False, reasons::RECOVERED, String::new()),
+                c(
+                    types::DEGRADED,
+                    Status::False,
+                    reasons::RECOVERED,
+                    String::new(),
+                ),
             ];
         }
         return vec![
@@ -169,7 +174,12 @@ pub fn map(
                 reasons::HELM_RELEASE_INSTALLING,
                 "HelmRelease created".into(),
             ),
-            c(types::DEGRADED, Status::False, reasons::RECOVERED, String::new()),
+            c(
+                types::DEGRADED,
+                Status::False,
+                reasons::RECOVERED,
+                String::new(),
+            ),
         ];
     };
 
@@ -184,9 +194,25 @@ pub fn map(
         .condition("Reconciling")
         .is_some_and(|c| c.status == "True");
     let stalled = hr.condition("Stalled").is_some_and(|c| c.status == "True");
-    let released_false = hr.condition("Released").is_some_and(|c| c.status == "False");
-    let degraded_false = || c(types::DEGRADED, Status::False, reasons::RECOVERED, String::new());
-    let stable = || c(types::RECONCILING, Status::False, reasons::STABLE, String::new());
+    let released_false = hr
+        .condition("Released")
+        .is_some_and(|c| c.status == "False");
+    let degraded_false = || {
+        c(
+            types::DEGRADED,
+            Status::False,
+            reasons::RECOVERED,
+            String::new(),
+        )
+    };
+    let stable = || {
+        c(
+            types::RECONCILING,
+            Status::False,
+            reasons::STABLE,
+            String::new(),
+        )
+    };
 
     if hr.is_stale() || ready.is_none_or(|r| r.status == "Unknown") {
         let message = match ready {
@@ -208,7 +234,12 @@ pub fn map(
         };
         return vec![
             c(types::READY, Status::False, progress_ready, message.clone()),
-            c(types::RECONCILING, Status::True, progress_reconciling, message),
+            c(
+                types::RECONCILING,
+                Status::True,
+                progress_reconciling,
+                message,
+            ),
             degraded,
         ];
     }
@@ -219,9 +250,19 @@ pub fn map(
     if ready.reason == "RollbackSucceeded" || (ready.status == "True" && remediated.is_some()) {
         let message = remediated.map_or(ready.message.clone(), |r| r.message.clone());
         return vec![
-            c(types::READY, Status::True, reasons::ROLLED_BACK, message.clone()),
+            c(
+                types::READY,
+                Status::True,
+                reasons::ROLLED_BACK,
+                message.clone(),
+            ),
             stable(),
-            c(types::DEGRADED, Status::True, reasons::UPGRADE_FAILED, message),
+            c(
+                types::DEGRADED,
+                Status::True,
+                reasons::UPGRADE_FAILED,
+                message,
+            ),
         ];
     }
     if ready.status == "True" {
@@ -315,79 +356,214 @@ mod tests {
                 "no HelmRelease status yet",
                 None,
                 vec![],
-                [("Unknown", "Reconciling"), ("True", "HelmReleaseInstalling"), ("False", "Recovered")],
+                [
+                    ("Unknown", "Reconciling"),
+                    ("True", "HelmReleaseInstalling"),
+                    ("False", "Recovered"),
+                ],
             ),
             (
                 "HelmRelease without conditions",
                 Some(view(1, 1, vec![], &[])),
                 vec![],
-                [("Unknown", "Reconciling"), ("True", "HelmReleaseInstalling"), ("False", "Recovered")],
+                [
+                    ("Unknown", "Reconciling"),
+                    ("True", "HelmReleaseInstalling"),
+                    ("False", "Recovered"),
+                ],
             ),
             (
                 "source cannot be fetched before any release status",
                 None,
                 vec![fc("Ready", "False", "FetchFailed", "404")],
-                [("False", "ChartUnreachable"), ("True", "ChartSourceSyncing"), ("False", "Recovered")],
+                [
+                    ("False", "ChartUnreachable"),
+                    ("True", "ChartSourceSyncing"),
+                    ("False", "Recovered"),
+                ],
             ),
             (
                 "installing",
-                Some(view(1, 1, vec![fc("Ready", "Unknown", "Progressing", "Fresh install in progress"), fc("Reconciling", "True", "Progressing", "")], &[])),
+                Some(view(
+                    1,
+                    1,
+                    vec![
+                        fc(
+                            "Ready",
+                            "Unknown",
+                            "Progressing",
+                            "Fresh install in progress",
+                        ),
+                        fc("Reconciling", "True", "Progressing", ""),
+                    ],
+                    &[],
+                )),
                 vec![],
-                [("False", "Installing"), ("True", "HelmReleaseInstalling"), ("False", "Recovered")],
+                [
+                    ("False", "Installing"),
+                    ("True", "HelmReleaseInstalling"),
+                    ("False", "Recovered"),
+                ],
             ),
             (
                 "upgrading",
-                Some(view(2, 2, vec![fc("Ready", "Unknown", "Progressing", "Upgrade in progress")], &deployed)),
+                Some(view(
+                    2,
+                    2,
+                    vec![fc("Ready", "Unknown", "Progressing", "Upgrade in progress")],
+                    &deployed,
+                )),
                 vec![],
-                [("False", "Upgrading"), ("True", "HelmReleaseUpgrading"), ("False", "Recovered")],
+                [
+                    ("False", "Upgrading"),
+                    ("True", "HelmReleaseUpgrading"),
+                    ("False", "Recovered"),
+                ],
             ),
             (
                 "new generation not yet observed hides an old Ready=True",
-                Some(view(3, 2, vec![fc("Ready", "True", "UpgradeSucceeded", "")], &deployed)),
+                Some(view(
+                    3,
+                    2,
+                    vec![fc("Ready", "True", "UpgradeSucceeded", "")],
+                    &deployed,
+                )),
                 vec![],
-                [("False", "Upgrading"), ("True", "HelmReleaseUpgrading"), ("False", "Recovered")],
+                [
+                    ("False", "Upgrading"),
+                    ("True", "HelmReleaseUpgrading"),
+                    ("False", "Recovered"),
+                ],
             ),
             (
                 "ready",
-                Some(view(1, 1, vec![fc("Ready", "True", "InstallSucceeded", "Helm install succeeded"), fc("Released", "True", "InstallSucceeded", "")], &deployed)),
+                Some(view(
+                    1,
+                    1,
+                    vec![
+                        fc(
+                            "Ready",
+                            "True",
+                            "InstallSucceeded",
+                            "Helm install succeeded",
+                        ),
+                        fc("Released", "True", "InstallSucceeded", ""),
+                    ],
+                    &deployed,
+                )),
                 vec![],
-                [("True", "HelmReleaseReady"), ("False", "Stable"), ("False", "Recovered")],
+                [
+                    ("True", "HelmReleaseReady"),
+                    ("False", "Stable"),
+                    ("False", "Recovered"),
+                ],
             ),
             (
                 "install failed relays the Flux reason",
-                Some(view(1, 1, vec![fc("Ready", "False", "InstallFailed", "timed out"), fc("Stalled", "True", "RetriesExceeded", "")], &[("1.0.0", "failed")])),
+                Some(view(
+                    1,
+                    1,
+                    vec![
+                        fc("Ready", "False", "InstallFailed", "timed out"),
+                        fc("Stalled", "True", "RetriesExceeded", ""),
+                    ],
+                    &[("1.0.0", "failed")],
+                )),
                 vec![],
-                [("False", "InstallFailed"), ("False", "Stable"), ("False", "Recovered")],
+                [
+                    ("False", "InstallFailed"),
+                    ("False", "Stable"),
+                    ("False", "Recovered"),
+                ],
             ),
             (
                 "upgrade failed after an earlier success is degraded",
-                Some(view(2, 2, vec![fc("Ready", "False", "UpgradeFailed", "hook failed"), fc("Released", "False", "UpgradeFailed", "")], &failed_upgrade)),
+                Some(view(
+                    2,
+                    2,
+                    vec![
+                        fc("Ready", "False", "UpgradeFailed", "hook failed"),
+                        fc("Released", "False", "UpgradeFailed", ""),
+                    ],
+                    &failed_upgrade,
+                )),
                 vec![],
-                [("False", "UpgradeFailed"), ("False", "Stable"), ("True", "HelmReleaseDegraded")],
+                [
+                    ("False", "UpgradeFailed"),
+                    ("False", "Stable"),
+                    ("True", "HelmReleaseDegraded"),
+                ],
             ),
             (
                 "failure while Flux retries keeps Reconciling",
-                Some(view(1, 1, vec![fc("Ready", "False", "InstallFailed", "x"), fc("Reconciling", "True", "ProgressingWithRetry", "")], &[])),
+                Some(view(
+                    1,
+                    1,
+                    vec![
+                        fc("Ready", "False", "InstallFailed", "x"),
+                        fc("Reconciling", "True", "ProgressingWithRetry", ""),
+                    ],
+                    &[],
+                )),
                 vec![],
-                [("False", "InstallFailed"), ("True", "HelmReleaseInstalling"), ("False", "Recovered")],
+                [
+                    ("False", "InstallFailed"),
+                    ("True", "HelmReleaseInstalling"),
+                    ("False", "Recovered"),
+                ],
             ),
             (
                 "unknown Flux reason wraps into HelmReleaseFailed",
-                Some(view(1, 1, vec![fc("Ready", "False", "TestFailed", "test pod failed")], &[])),
+                Some(view(
+                    1,
+                    1,
+                    vec![fc("Ready", "False", "TestFailed", "test pod failed")],
+                    &[],
+                )),
                 vec![],
-                [("False", "HelmReleaseFailed"), ("False", "Stable"), ("False", "Recovered")],
+                [
+                    ("False", "HelmReleaseFailed"),
+                    ("False", "Stable"),
+                    ("False", "Recovered"),
+                ],
             ),
             (
                 "artifact failure is ChartUnreachable",
-                Some(view(1, 1, vec![fc("Ready", "False", "ArtifactFailed", "no artifact")], &[])),
+                Some(view(
+                    1,
+                    1,
+                    vec![fc("Ready", "False", "ArtifactFailed", "no artifact")],
+                    &[],
+                )),
                 vec![fc("Ready", "False", "FetchFailed", "401 from registry")],
-                [("False", "ChartUnreachable"), ("False", "Stable"), ("False", "Recovered")],
+                [
+                    ("False", "ChartUnreachable"),
+                    ("False", "Stable"),
+                    ("False", "Recovered"),
+                ],
             ),
             (
                 "remediation rolled back",
-                Some(view(2, 2, vec![fc("Ready", "True", "UpgradeSucceeded", ""), fc("Remediated", "True", "RollbackSucceeded", "rolled back to v1")], &failed_upgrade)),
+                Some(view(
+                    2,
+                    2,
+                    vec![
+                        fc("Ready", "True", "UpgradeSucceeded", ""),
+                        fc(
+                            "Remediated",
+                            "True",
+                            "RollbackSucceeded",
+                            "rolled back to v1",
+                        ),
+                    ],
+                    &failed_upgrade,
+                )),
                 vec![],
-                [("True", "RolledBack"), ("False", "Stable"), ("True", "UpgradeFailed")],
+                [
+                    ("True", "RolledBack"),
+                    ("False", "Stable"),
+                    ("True", "UpgradeFailed"),
+                ],
             ),
         ];
         for (name, hr, source, want) in cases {
@@ -410,7 +586,12 @@ mod tests {
 
     #[test]
     fn failure_keeps_flux_message_and_observed_generation() {
-        let hr = view(1, 1, vec![fc("Ready", "False", "UpgradeFailed", "boom: hook failed")], &[]);
+        let hr = view(
+            1,
+            1,
+            vec![fc("Ready", "False", "UpgradeFailed", "boom: hook failed")],
+            &[],
+        );
         let got = map(Some(&hr), &[], Some(4), &at());
         assert_eq!(got[0].message, "boom: hook failed");
         assert!(got.iter().all(|c| c.observed_generation == Some(4)));

@@ -40,7 +40,9 @@ use self::engines::{
     Observation, OpInfo, Outcome, ParamError, helm, job, snapshot, velero, volsync, workflow,
 };
 use super::{
-    Context, Error, FIELD_MANAGER, application::status::ReleaseView, approval,
+    Context, Error, FIELD_MANAGER,
+    application::status::ReleaseView,
+    approval,
     resources::{
         HELM_RELEASE, Kind, REPLICATION_SOURCE, VELERO_BACKUP, VELERO_RESTORE, VOLUME_SNAPSHOT,
         WORKFLOW,
@@ -66,11 +68,15 @@ pub async fn run(
     // A finished or started sibling may unblock the pending ones on its target.
     let s = store.clone();
     let mut controller = controller.watches(ops, watcher::Config::default(), move |op| {
-        let Some(ns) = op.namespace() else { return Vec::new() };
+        let Some(ns) = op.namespace() else {
+            return Vec::new();
+        };
         if op.phase() == OperationPhase::Pending {
             return Vec::new();
         }
-        on_target(&s, &ns, &op.spec.target_ref.name, |o| o.phase() == OperationPhase::Pending)
+        on_target(&s, &ns, &op.spec.target_ref.name, |o| {
+            o.phase() == OperationPhase::Pending
+        })
     });
     // A target that appears, becomes Ready or changes its chart.
     let s = store.clone();
@@ -78,13 +84,21 @@ pub async fn run(
         Api::<ApplicationInstance>::all(client.clone()),
         watcher::Config::default(),
         move |ai| {
-            let Some(ns) = ai.namespace() else { return Vec::new() };
+            let Some(ns) = ai.namespace() else {
+                return Vec::new();
+            };
             on_target(&s, &ns, &ai.name_any(), |o| !o.phase().is_terminal())
         },
     );
     // Engine workloads, by the Operation UID label.
     let by_uid = watcher::Config::default().labels(labels::OPERATION);
-    for kind in [VELERO_BACKUP, VELERO_RESTORE, VOLUME_SNAPSHOT, REPLICATION_SOURCE, WORKFLOW] {
+    for kind in [
+        VELERO_BACKUP,
+        VELERO_RESTORE,
+        VOLUME_SNAPSHOT,
+        REPLICATION_SOURCE,
+        WORKFLOW,
+    ] {
         if !ctx.is_served(kind).await? {
             info!(kind = %kind.describe(), "Engine CRD not installed; its operations report DependencyMissing");
             continue;
@@ -111,7 +125,10 @@ pub async fn run(
             ar,
             watcher::Config::default().labels(labels::APPLICATION_INSTANCE),
             move |hr| {
-                let (Some(ns), Some(ai)) = (hr.namespace(), hr.labels().get(labels::APPLICATION_INSTANCE)) else {
+                let (Some(ns), Some(ai)) = (
+                    hr.namespace(),
+                    hr.labels().get(labels::APPLICATION_INSTANCE),
+                ) else {
                     return Vec::new();
                 };
                 on_target(&s, &ns, ai, |o| {
@@ -142,7 +159,9 @@ fn on_target(
     store
         .state()
         .iter()
-        .filter(|o| o.namespace().as_deref() == Some(ns) && o.spec.target_ref.name == target && pick(o))
+        .filter(|o| {
+            o.namespace().as_deref() == Some(ns) && o.spec.target_ref.name == target && pick(o)
+        })
         .map(|o| ObjectRef::from_obj(o.as_ref()))
         .collect()
 }
@@ -211,11 +230,21 @@ enum Prepared {
     },
 }
 
-async fn admit(op: &Operation, info: &OpInfo, ctx: &Context, mut w: Writer) -> Result<Action, Error> {
+async fn admit(
+    op: &Operation,
+    info: &OpInfo,
+    ctx: &Context,
+    mut w: Writer,
+) -> Result<Action, Error> {
     let ns = &info.namespace;
     if !ctx.is_gated(ns).await {
         return w
-            .block(ctx, reasons::NAMESPACE_NOT_GATED, format!("namespace {ns} is not labelled managed-by=vworkspace"), ctx.config.resync)
+            .block(
+                ctx,
+                reasons::NAMESPACE_NOT_GATED,
+                format!("namespace {ns} is not labelled managed-by=vworkspace"),
+                ctx.config.resync,
+            )
             .await;
     }
     if !engines::supports(info.engine, info.type_) {
@@ -230,19 +259,35 @@ async fn admit(op: &Operation, info: &OpInfo, ctx: &Context, mut w: Writer) -> R
         .get_opt(&info.target)
         .await?
     else {
-        w.set(types::ACCEPTED, Status::False, reasons::TARGET_NOT_FOUND, format!("ApplicationInstance {} not found", info.target));
+        w.set(
+            types::ACCEPTED,
+            Status::False,
+            reasons::TARGET_NOT_FOUND,
+            format!("ApplicationInstance {} not found", info.target),
+        );
         return w
-            .block(ctx, reasons::TARGET_NOT_READY, format!("waiting for ApplicationInstance {}", info.target), BLOCKED_REQUEUE)
+            .block(
+                ctx,
+                reasons::TARGET_NOT_READY,
+                format!("waiting for ApplicationInstance {}", info.target),
+                BLOCKED_REQUEUE,
+            )
             .await;
     };
-    let missing = ctx.missing(&engines::required_kinds(info.engine, info.type_)).await?;
+    let missing = ctx
+        .missing(&engines::required_kinds(info.engine, info.type_))
+        .await?;
     if !missing.is_empty() {
         let names: Vec<String> = missing.iter().map(Kind::describe).collect();
         return w
             .block(
                 ctx,
                 reasons::DEPENDENCY_MISSING,
-                format!("engine {} needs {}, which is not installed in the cluster", info.engine.as_str(), names.join(", ")),
+                format!(
+                    "engine {} needs {}, which is not installed in the cluster",
+                    info.engine.as_str(),
+                    names.join(", ")
+                ),
                 BLOCKED_REQUEUE,
             )
             .await;
@@ -263,7 +308,14 @@ async fn admit(op: &Operation, info: &OpInfo, ctx: &Context, mut w: Writer) -> R
             &info.name,
             now,
         ) {
-            return w.block(ctx, reasons::AWAITING_APPROVAL, e.to_string(), ctx.config.resync).await;
+            return w
+                .block(
+                    ctx,
+                    reasons::AWAITING_APPROVAL,
+                    e.to_string(),
+                    ctx.config.resync,
+                )
+                .await;
         }
     }
     if op.spec.policy.as_ref().and_then(|p| p.require_ready) == Some(true)
@@ -273,7 +325,12 @@ async fn admit(op: &Operation, info: &OpInfo, ctx: &Context, mut w: Writer) -> R
             .is_some_and(|s| conditions::is_true(&s.conditions, types::READY))
     {
         return w
-            .block(ctx, reasons::TARGET_NOT_READY, format!("ApplicationInstance {} is not Ready", info.target), BLOCKED_REQUEUE)
+            .block(
+                ctx,
+                reasons::TARGET_NOT_READY,
+                format!("ApplicationInstance {} is not Ready", info.target),
+                BLOCKED_REQUEUE,
+            )
             .await;
     }
 
@@ -301,23 +358,51 @@ async fn admit(op: &Operation, info: &OpInfo, ctx: &Context, mut w: Writer) -> R
             .block(
                 ctx,
                 reasons::CONFLICTING_OPERATION,
-                format!("waiting for running {} on {}", blockers.join(", "), info.target),
+                format!(
+                    "waiting for running {} on {}",
+                    blockers.join(", "),
+                    info.target
+                ),
                 BLOCKED_REQUEUE,
             )
             .await;
     }
     let (engine_ref, outputs) = match start(info, &prepared, ctx).await? {
         Ok(r) => r,
-        Err(msg) => return w.fail(ctx, info, reasons::WORKLOAD_OWNERSHIP_CONFLICT, msg).await,
+        Err(msg) => {
+            return w
+                .fail(ctx, info, reasons::WORKLOAD_OWNERSHIP_CONFLICT, msg)
+                .await;
+        }
     };
     w.st.phase = Some(OperationPhase::Running);
     w.st.started_at = Some(conditions::now());
     w.st.engine_ref = Some(engine_ref);
     w.st.outputs = Some(outputs);
-    w.set(types::ACCEPTED, Status::True, reasons::ADMISSION_PASSED, String::new());
-    w.set(types::RUNNING, Status::True, reasons::ENGINE_STARTED, format!("engine {} started", info.engine.as_str()));
-    w.set(types::BLOCKED, Status::False, reasons::UNBLOCKED, String::new());
-    w.set(types::SUCCEEDED, Status::False, reasons::NOT_YET_SUCCEEDED, String::new());
+    w.set(
+        types::ACCEPTED,
+        Status::True,
+        reasons::ADMISSION_PASSED,
+        String::new(),
+    );
+    w.set(
+        types::RUNNING,
+        Status::True,
+        reasons::ENGINE_STARTED,
+        format!("engine {} started", info.engine.as_str()),
+    );
+    w.set(
+        types::BLOCKED,
+        Status::False,
+        reasons::UNBLOCKED,
+        String::new(),
+    );
+    w.set(
+        types::SUCCEEDED,
+        Status::False,
+        reasons::NOT_YET_SUCCEEDED,
+        String::new(),
+    );
     w.write(ctx).await?;
     info!(engine = info.engine.as_str(), "Operation started");
     Ok(Action::requeue(timeout_of(op, ctx).min(ctx.config.resync)))
@@ -334,9 +419,8 @@ async fn prepare(
         Engine::Velero => velero::desired_object(info, &ctx.config.velero_namespace)
             .map(|o| Prepared::Dynamic(vec![o])),
         Engine::Volsync => volsync::desired_object(info).map(|o| Prepared::Dynamic(vec![o])),
-        Engine::Workflow => {
-            workflow::desired_object(info, job::Shape::default()).map(|o| Prepared::Dynamic(vec![o]))
-        }
+        Engine::Workflow => workflow::desired_object(info, job::Shape::default())
+            .map(|o| Prepared::Dynamic(vec![o])),
         Engine::Job | Engine::HelmHookJob => {
             job::desired_object(info, job::Shape::default()).map(|j| Prepared::Job(Box::new(j)))
         }
@@ -351,7 +435,10 @@ async fn prepare(
                         .as_ref()
                         .map_or(info.target.clone(), |r| r.name.clone());
                     Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &info.namespace)
-                        .list(&ListParams::default().labels(&format!("{}={instance}", snapshot::INSTANCE_LABEL)))
+                        .list(
+                            &ListParams::default()
+                                .labels(&format!("{}={instance}", snapshot::INSTANCE_LABEL)),
+                        )
                         .await?
                         .items
                         .iter()
@@ -374,7 +461,11 @@ async fn prepare(
         Engine::Helm => {
             let release = match target.spec.release.as_ref() {
                 Some(r) => r.name.clone(),
-                None => return Ok(Err(ParamError("the target has no release to upgrade".into()))),
+                None => {
+                    return Ok(Err(ParamError(
+                        "the target has no release to upgrade".into(),
+                    )));
+                }
             };
             let view = helm_release(ctx, &info.namespace, &release).await?;
             helm::plan(info, &target.spec, view.as_ref()).map(|plan| Prepared::Helm {
@@ -387,7 +478,8 @@ async fn prepare(
 }
 
 async fn helm_release(ctx: &Context, ns: &str, name: &str) -> Result<Option<ReleaseView>, Error> {
-    let api = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), ns, &HELM_RELEASE.api_resource());
+    let api =
+        Api::<DynamicObject>::namespaced_with(ctx.client.clone(), ns, &HELM_RELEASE.api_resource());
     Ok(api
         .get_opt(name)
         .await?
@@ -396,11 +488,20 @@ async fn helm_release(ctx: &Context, ns: &str, name: &str) -> Result<Option<Rele
 
 fn dyn_api(ctx: &Context, obj: &DynamicObject) -> Api<DynamicObject> {
     let types = obj.types.clone().unwrap_or_default();
-    let (group, version) = types.api_version.split_once('/').unwrap_or(("", &types.api_version));
-    let kind = [VELERO_BACKUP, VELERO_RESTORE, VOLUME_SNAPSHOT, REPLICATION_SOURCE, WORKFLOW]
-        .into_iter()
-        .find(|k| k.kind == types.kind && k.group == group && k.version == version)
-        .unwrap_or(WORKFLOW);
+    let (group, version) = types
+        .api_version
+        .split_once('/')
+        .unwrap_or(("", &types.api_version));
+    let kind = [
+        VELERO_BACKUP,
+        VELERO_RESTORE,
+        VOLUME_SNAPSHOT,
+        REPLICATION_SOURCE,
+        WORKFLOW,
+    ]
+    .into_iter()
+    .find(|k| k.kind == types.kind && k.group == group && k.version == version)
+    .unwrap_or(WORKFLOW);
     Api::namespaced_with(
         ctx.client.clone(),
         obj.metadata.namespace.as_deref().unwrap_or_default(),
@@ -409,7 +510,10 @@ fn dyn_api(ctx: &Context, obj: &DynamicObject) -> Api<DynamicObject> {
 }
 
 fn kind_of(obj: &DynamicObject) -> String {
-    obj.types.as_ref().map(|t| t.kind.clone()).unwrap_or_default()
+    obj.types
+        .as_ref()
+        .map(|t| t.kind.clone())
+        .unwrap_or_default()
 }
 
 /// Creates the workloads. The inner error is an ownership conflict: an object
@@ -420,12 +524,13 @@ async fn start(
     ctx: &Context,
 ) -> Result<Result<(EngineRef, engines::Outputs), String>, Error> {
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let foreign = |labels: &BTreeMap<String, String>, what: String| {
-        match labels.get(labels::OPERATION) {
-            Some(uid) if uid != &info.uid => Some(format!("{what} already exists and belongs to another operation")),
+    let foreign =
+        |labels: &BTreeMap<String, String>, what: String| match labels.get(labels::OPERATION) {
+            Some(uid) if uid != &info.uid => Some(format!(
+                "{what} already exists and belongs to another operation"
+            )),
             _ => None,
-        }
-    };
+        };
     let mut outputs = engines::Outputs::new();
     let engine_ref = match prepared {
         Prepared::Dynamic(objs) => {
@@ -433,7 +538,9 @@ async fn start(
                 let api = dyn_api(ctx, obj);
                 let name = obj.name_any();
                 if let Some(existing) = api.get_opt(&name).await? {
-                    if let Some(msg) = foreign(existing.labels(), format!("{} {name}", kind_of(obj))) {
+                    if let Some(msg) =
+                        foreign(existing.labels(), format!("{} {name}", kind_of(obj)))
+                    {
                         return Ok(Err(msg));
                     }
                 }
@@ -464,7 +571,11 @@ async fn start(
             sa_body["apiVersion"] = json!("v1");
             sa_body["kind"] = json!("ServiceAccount");
             Api::<ServiceAccount>::namespaced(ctx.client.clone(), &info.namespace)
-                .patch(OPERATION_RUNNER_SERVICE_ACCOUNT, &pp, &Patch::Apply(&sa_body))
+                .patch(
+                    OPERATION_RUNNER_SERVICE_ACCOUNT,
+                    &pp,
+                    &Patch::Apply(&sa_body),
+                )
                 .await?;
             let api = Api::<Job>::namespaced(ctx.client.clone(), &info.namespace);
             if let Some(existing) = api.get_opt(&info.name).await? {
@@ -472,7 +583,8 @@ async fn start(
                     return Ok(Err(msg));
                 }
             }
-            api.patch(&info.name, &pp, &Patch::Apply(job_body(j)?)).await?;
+            api.patch(&info.name, &pp, &Patch::Apply(job_body(j)?))
+                .await?;
             outputs.insert("jobName".into(), json!(info.name));
             EngineRef {
                 kind: Some("Job".into()),
@@ -480,7 +592,11 @@ async fn start(
                 namespace: Some(info.namespace.clone()),
             }
         }
-        Prepared::Helm { plan, release, target } => {
+        Prepared::Helm {
+            plan,
+            release,
+            target,
+        } => {
             apply_target_version(ctx, target, &plan.target_version).await?;
             outputs.insert("helmReleaseName".into(), json!(release));
             outputs.insert("chartVersion".into(), json!(plan.target_version));
@@ -504,16 +620,27 @@ fn job_body(j: &Job) -> Result<serde_json::Value, Error> {
 
 /// Writes the target's whole spec with a new chart version (whole spec, so
 /// the shared field manager keeps owning every field).
-async fn apply_target_version(ctx: &Context, target: &ApplicationInstance, version: &str) -> Result<(), Error> {
+async fn apply_target_version(
+    ctx: &Context,
+    target: &ApplicationInstance,
+    version: &str,
+) -> Result<(), Error> {
     let body = json!({
         "apiVersion": ApplicationInstance::api_version(&()),
         "kind": ApplicationInstance::kind(&()),
         "metadata": { "name": target.name_any(), "namespace": target.namespace() },
         "spec": helm::desired_spec(&target.spec, version),
     });
-    Api::<ApplicationInstance>::namespaced(ctx.client.clone(), &target.namespace().unwrap_or_default())
-        .patch(&target.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-        .await?;
+    Api::<ApplicationInstance>::namespaced(
+        ctx.client.clone(),
+        &target.namespace().unwrap_or_default(),
+    )
+    .patch(
+        &target.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
     Ok(())
 }
 
@@ -522,9 +649,13 @@ async fn read(op: &Operation, info: &OpInfo, ctx: &Context) -> Result<Option<Obs
     let st = op.status.clone().unwrap_or_default();
     let eref = st.engine_ref.clone().unwrap_or_default();
     let name = eref.name.clone().unwrap_or_else(|| info.name.clone());
-    let ns = eref.namespace.clone().unwrap_or_else(|| info.namespace.clone());
+    let ns = eref
+        .namespace
+        .clone()
+        .unwrap_or_else(|| info.namespace.clone());
     let get = |kind: Kind| {
-        let api = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &kind.api_resource());
+        let api =
+            Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &kind.api_resource());
         let name = name.clone();
         async move { api.get_opt(&name).await }
     };
@@ -543,7 +674,11 @@ async fn read(op: &Operation, info: &OpInfo, ctx: &Context) -> Result<Option<Obs
             .filter(owned)
             .map(|o| workflow::outcome_from_status(&name, o.uid().as_deref(), &o.data["status"])),
         Engine::Snapshot => {
-            let api = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &VOLUME_SNAPSHOT.api_resource());
+            let api = Api::<DynamicObject>::namespaced_with(
+                ctx.client.clone(),
+                &ns,
+                &VOLUME_SNAPSHOT.api_resource(),
+            );
             let list = api
                 .list(&ListParams::default().labels(&format!("{}={}", labels::OPERATION, info.uid)))
                 .await?;
@@ -569,7 +704,12 @@ async fn read(op: &Operation, info: &OpInfo, ctx: &Context) -> Result<Option<Obs
 
 fn helm_plan_from_outputs(st: &OperationStatus) -> helm::Plan {
     let out = st.outputs.clone().unwrap_or_default();
-    let s = |k: &str| out.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let s = |k: &str| {
+        out.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
     helm::Plan {
         target_version: s("chartVersion"),
         previous_version: s("previousVersion"),
@@ -583,18 +723,24 @@ fn timeout_of(op: &Operation, ctx: &Context) -> Duration {
         .map_or(ctx.config.default_operation_timeout, Duration::from_secs)
 }
 
-async fn observe(op: &Operation, info: &OpInfo, ctx: &Context, mut w: Writer) -> Result<Action, Error> {
+async fn observe(
+    op: &Operation,
+    info: &OpInfo,
+    ctx: &Context,
+    mut w: Writer,
+) -> Result<Action, Error> {
     let timeout = timeout_of(op, ctx);
-    let started = w
-        .st
-        .started_at
-        .as_ref()
-        .map_or(0, |t| t.0.as_second());
+    let started = w.st.started_at.as_ref().map_or(0, |t| t.0.as_second());
     let elapsed = (k8s_openapi::jiff::Timestamp::now().as_second() - started).max(0) as u64;
     if elapsed >= timeout.as_secs() {
         stop(op, info, ctx, true).await?;
         return w
-            .fail(ctx, info, reasons::TIMED_OUT, format!("did not finish within {}s", timeout.as_secs()))
+            .fail(
+                ctx,
+                info,
+                reasons::TIMED_OUT,
+                format!("did not finish within {}s", timeout.as_secs()),
+            )
             .await;
     }
     let Some(obs) = read(op, info, ctx).await? else {
@@ -624,7 +770,8 @@ async fn observe(op: &Operation, info: &OpInfo, ctx: &Context, mut w: Writer) ->
             Ok(Action::requeue(left.min(ctx.config.resync)))
         }
         Outcome::Succeeded { reason, message } => {
-            w.finish(ctx, info, OperationPhase::Succeeded, reason, message).await
+            w.finish(ctx, info, OperationPhase::Succeeded, reason, message)
+                .await
         }
         Outcome::Failed { reason, message } => {
             keep_for_logs(info, ctx).await?;
@@ -637,14 +784,18 @@ async fn observe(op: &Operation, info: &OpInfo, ctx: &Context, mut w: Writer) ->
 /// in flight and its objects are kept.
 async fn stop(op: &Operation, info: &OpInfo, ctx: &Context, orphan: bool) -> Result<(), Error> {
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let shape = job::Shape { suspend: true, orphan };
+    let shape = job::Shape {
+        suspend: true,
+        orphan,
+    };
     match info.engine {
         Engine::Velero => {}
         Engine::Job | Engine::HelmHookJob => {
             if let Ok(j) = job::desired_object(info, shape) {
                 let api = Api::<Job>::namespaced(ctx.client.clone(), &info.namespace);
                 if api.get_opt(&info.name).await?.is_some() {
-                    api.patch(&info.name, &pp, &Patch::Apply(job_body(&j)?)).await?;
+                    api.patch(&info.name, &pp, &Patch::Apply(job_body(&j)?))
+                        .await?;
                 }
             }
         }
@@ -657,15 +808,27 @@ async fn stop(op: &Operation, info: &OpInfo, ctx: &Context, orphan: bool) -> Res
             }
         }
         Engine::Volsync => {
-            let api = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &info.namespace, &REPLICATION_SOURCE.api_resource());
+            let api = Api::<DynamicObject>::namespaced_with(
+                ctx.client.clone(),
+                &info.namespace,
+                &REPLICATION_SOURCE.api_resource(),
+            );
             delete_ignoring_missing(&api, &info.name).await?;
         }
         Engine::Snapshot => {
-            let api = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &info.namespace, &VOLUME_SNAPSHOT.api_resource());
+            let api = Api::<DynamicObject>::namespaced_with(
+                ctx.client.clone(),
+                &info.namespace,
+                &VOLUME_SNAPSHOT.api_resource(),
+            );
             let list = api
                 .list(&ListParams::default().labels(&format!("{}={}", labels::OPERATION, info.uid)))
                 .await?;
-            for s in list.items.iter().filter(|s| s.data["status"]["readyToUse"].as_bool() != Some(true)) {
+            for s in list
+                .items
+                .iter()
+                .filter(|s| s.data["status"]["readyToUse"].as_bool() != Some(true))
+            {
                 delete_ignoring_missing(&api, &s.name_any()).await?;
             }
         }
@@ -674,7 +837,9 @@ async fn stop(op: &Operation, info: &OpInfo, ctx: &Context, orphan: bool) -> Res
             let api = Api::<ApplicationInstance>::namespaced(ctx.client.clone(), &info.namespace);
             if let Some(target) = api.get_opt(&info.target).await? {
                 let current = target.spec.chart.as_ref().map(|c| c.version.clone());
-                if current.as_deref() == Some(plan.target_version.as_str()) && !plan.previous_version.is_empty() {
+                if current.as_deref() == Some(plan.target_version.as_str())
+                    && !plan.previous_version.is_empty()
+                {
                     apply_target_version(ctx, &target, &plan.previous_version).await?;
                 }
             }
@@ -687,13 +852,17 @@ async fn stop(op: &Operation, info: &OpInfo, ctx: &Context, orphan: bool) -> Res
 /// Operation (history cleanup) does not take its logs; its TTL reclaims it.
 async fn keep_for_logs(info: &OpInfo, ctx: &Context) -> Result<(), Error> {
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let shape = job::Shape { suspend: false, orphan: true };
+    let shape = job::Shape {
+        suspend: false,
+        orphan: true,
+    };
     match info.engine {
         Engine::Job | Engine::HelmHookJob => {
             if let Ok(j) = job::desired_object(info, shape) {
                 let api = Api::<Job>::namespaced(ctx.client.clone(), &info.namespace);
                 if api.get_opt(&info.name).await?.is_some() {
-                    api.patch(&info.name, &pp, &Patch::Apply(job_body(&j)?)).await?;
+                    api.patch(&info.name, &pp, &Patch::Apply(job_body(&j)?))
+                        .await?;
                 }
             }
         }
@@ -755,8 +924,15 @@ pub fn beyond_history(ops: &[Operation], limit: usize) -> Vec<String> {
             .and_then(|s| s.finished_at.as_ref().map(|t| t.0))
             .or(o.metadata.creation_timestamp.as_ref().map(|t| t.0))
     };
-    done.sort_by(|a, b| key(b).cmp(&key(a)).then_with(|| b.name_any().cmp(&a.name_any())));
-    done.into_iter().skip(limit).map(ResourceExt::name_any).collect()
+    done.sort_by(|a, b| {
+        key(b)
+            .cmp(&key(a))
+            .then_with(|| b.name_any().cmp(&a.name_any()))
+    });
+    done.into_iter()
+        .skip(limit)
+        .map(ResourceExt::name_any)
+        .collect()
 }
 
 async fn delete_op(api: &Api<Operation>, name: &str) -> Result<(), Error> {
@@ -797,11 +973,18 @@ impl Writer {
         );
     }
 
-    async fn block(mut self, ctx: &Context, reason: &str, message: String, requeue: Duration) -> Result<Action, Error> {
+    async fn block(
+        mut self,
+        ctx: &Context,
+        reason: &str,
+        message: String,
+        requeue: Duration,
+    ) -> Result<Action, Error> {
         self.st.phase = Some(OperationPhase::Pending);
         self.set(types::BLOCKED, Status::True, reason, message.clone());
         if reason != reasons::TARGET_NOT_READY
-            || !conditions::find(&self.st.conditions, types::ACCEPTED).is_some_and(|c| c.reason == reasons::TARGET_NOT_FOUND)
+            || !conditions::find(&self.st.conditions, types::ACCEPTED)
+                .is_some_and(|c| c.reason == reasons::TARGET_NOT_FOUND)
         {
             self.set(types::ACCEPTED, Status::False, reason, message);
         }
@@ -809,13 +992,31 @@ impl Writer {
         Ok(Action::requeue(requeue))
     }
 
-    async fn invalid(mut self, ctx: &Context, info: &OpInfo, message: String) -> Result<Action, Error> {
-        self.set(types::ACCEPTED, Status::False, reasons::VALIDATION_FAILED, message.clone());
-        self.fail(ctx, info, reasons::VALIDATION_FAILED, message).await
+    async fn invalid(
+        mut self,
+        ctx: &Context,
+        info: &OpInfo,
+        message: String,
+    ) -> Result<Action, Error> {
+        self.set(
+            types::ACCEPTED,
+            Status::False,
+            reasons::VALIDATION_FAILED,
+            message.clone(),
+        );
+        self.fail(ctx, info, reasons::VALIDATION_FAILED, message)
+            .await
     }
 
-    async fn fail(self, ctx: &Context, info: &OpInfo, reason: &str, message: String) -> Result<Action, Error> {
-        self.finish(ctx, info, OperationPhase::Failed, reason, message).await
+    async fn fail(
+        self,
+        ctx: &Context,
+        info: &OpInfo,
+        reason: &str,
+        message: String,
+    ) -> Result<Action, Error> {
+        self.finish(ctx, info, OperationPhase::Failed, reason, message)
+            .await
     }
 
     async fn finish(
@@ -841,7 +1042,12 @@ impl Writer {
             self.set(types::RUNNING, Status::False, reason, message.clone());
         }
         if conditions::is_true(&self.st.conditions, types::BLOCKED) {
-            self.set(types::BLOCKED, Status::False, reasons::UNBLOCKED, String::new());
+            self.set(
+                types::BLOCKED,
+                Status::False,
+                reasons::UNBLOCKED,
+                String::new(),
+            );
         }
         self.write(ctx).await?;
         ctx.metrics.finished(info.engine.as_str(), phase.as_str());
@@ -859,7 +1065,11 @@ impl Writer {
             "status": self.st,
         });
         Api::<Operation>::namespaced(ctx.client.clone(), &self.namespace)
-            .patch_status(&self.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+            .patch_status(
+                &self.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
             .await?;
         ctx.metrics.status_write(CONTROLLER);
         self.old = self.st.clone();
@@ -888,7 +1098,9 @@ mod tests {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("ns".into()),
-                creation_timestamp: Some(Time(k8s_openapi::jiff::Timestamp::from_second(1).unwrap())),
+                creation_timestamp: Some(Time(
+                    k8s_openapi::jiff::Timestamp::from_second(1).unwrap(),
+                )),
                 ..Default::default()
             },
             spec: OperationSpec {
@@ -907,7 +1119,8 @@ mod tests {
             },
             status: Some(OperationStatus {
                 phase,
-                finished_at: finished.map(|s| Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap())),
+                finished_at: finished
+                    .map(|s| Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap())),
                 ..Default::default()
             }),
         }
@@ -924,7 +1137,10 @@ mod tests {
             op("e", Some(Succeeded), Some(40)),
             op("f", None, None),
         ];
-        assert_eq!(beyond_history(&ops, 2), vec!["d".to_string(), "a".to_string()]);
+        assert_eq!(
+            beyond_history(&ops, 2),
+            vec!["d".to_string(), "a".to_string()]
+        );
         assert_eq!(beyond_history(&ops, 0).len(), 4);
         assert!(beyond_history(&ops, 10).is_empty());
     }
@@ -933,7 +1149,14 @@ mod tests {
     fn status_change_ignores_condition_time() {
         let t = |s| Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap());
         let a = OperationStatus {
-            conditions: vec![conditions::new_at(types::RUNNING, Status::True, reasons::ENGINE_STARTED, "", None, t(1))],
+            conditions: vec![conditions::new_at(
+                types::RUNNING,
+                Status::True,
+                reasons::ENGINE_STARTED,
+                "",
+                None,
+                t(1),
+            )],
             ..Default::default()
         };
         let mut b = a.clone();

@@ -29,10 +29,13 @@ pub fn plan(
         .chart
         .as_ref()
         .map(|c| c.version.clone())
-        .ok_or_else(|| ParamError("the target is a placeholder: it has no chart to upgrade".into()))?;
+        .ok_or_else(|| {
+            ParamError("the target is a placeholder: it has no chart to upgrade".into())
+        })?;
     if op.params.contains_key("valuesPatch") {
         return Err(ParamError(
-            "parameters.valuesPatch is not supported: change values on the ApplicationInstance".into(),
+            "parameters.valuesPatch is not supported: change values on the ApplicationInstance"
+                .into(),
         ));
     }
     let target_version = match (op.type_, op.str_param("targetVersion")?) {
@@ -44,7 +47,9 @@ pub fn plan(
                     .find(|(v, s)| v != &current && (s == "superseded" || s == "deployed"))
                     .map(|(v, _)| v.clone())
             })
-            .ok_or_else(|| ParamError("no earlier release in the HelmRelease history to roll back to".into()))?,
+            .ok_or_else(|| {
+                ParamError("no earlier release in the HelmRelease history to roll back to".into())
+            })?,
         (_, None) => return Err(ParamError("parameters.targetVersion is required".into())),
     };
     if !is_exact_semver(&target_version) {
@@ -114,7 +119,10 @@ pub fn outcome_from_status(name: &str, release: Option<&ReleaseView>, plan: &Pla
                 )),
             }
         }
-        Some(_) => running(format!("waiting for helm-controller to pick up {}", plan.target_version)),
+        Some(_) => running(format!(
+            "waiting for helm-controller to pick up {}",
+            plan.target_version
+        )),
     };
     Observation { outcome, outputs }
 }
@@ -123,8 +131,8 @@ pub fn outcome_from_status(name: &str, release: Option<&ReleaseView>, plan: &Pla
 mod tests {
     use super::*;
     use crate::controllers::application::status::FluxCondition;
-    use std::collections::BTreeMap;
     use serde_json::Value;
+    use std::collections::BTreeMap;
     use vworkspace_crds::{AppRef, ChartSource, ChartSourceType, Engine};
 
     fn op(type_: OperationType, params: Value) -> OpInfo {
@@ -142,7 +150,9 @@ mod tests {
 
     fn spec(version: &str) -> ApplicationInstanceSpec {
         ApplicationInstanceSpec {
-            app_ref: AppRef { catalog_id: "nc".into() },
+            app_ref: AppRef {
+                catalog_id: "nc".into(),
+            },
             chart: Some(ChartSource {
                 source_type: ChartSourceType::Helm,
                 url: "https://c".into(),
@@ -153,51 +163,175 @@ mod tests {
         }
     }
 
-    fn view(g: i64, obs: i64, conds: &[(&str, &str, &str)], history: &[(&str, &str)]) -> ReleaseView {
+    fn view(
+        g: i64,
+        obs: i64,
+        conds: &[(&str, &str, &str)],
+        history: &[(&str, &str)],
+    ) -> ReleaseView {
         ReleaseView {
             generation: Some(g),
             observed_generation: Some(obs),
             conditions: conds
                 .iter()
-                .map(|(t, s, r)| FluxCondition { type_: t.to_string(), status: s.to_string(), reason: r.to_string(), message: "m".into() })
+                .map(|(t, s, r)| FluxCondition {
+                    type_: t.to_string(),
+                    status: s.to_string(),
+                    reason: r.to_string(),
+                    message: "m".into(),
+                })
                 .collect(),
-            history: history.iter().map(|(v, s)| (v.to_string(), s.to_string())).collect(),
+            history: history
+                .iter()
+                .map(|(v, s)| (v.to_string(), s.to_string()))
+                .collect(),
         }
     }
 
     #[test]
     fn plan_table() {
         let hist = view(1, 1, &[], &[("2.0.0", "deployed"), ("1.0.0", "superseded")]);
-        let ok = plan(&op(OperationType::Upgrade, json!({"targetVersion": "2.1.0"})), &spec("2.0.0"), None).unwrap();
-        assert_eq!(ok, Plan { target_version: "2.1.0".into(), previous_version: "2.0.0".into() });
-        let rb = plan(&op(OperationType::Rollback, json!({})), &spec("2.0.0"), Some(&hist)).unwrap();
+        let ok = plan(
+            &op(OperationType::Upgrade, json!({"targetVersion": "2.1.0"})),
+            &spec("2.0.0"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            ok,
+            Plan {
+                target_version: "2.1.0".into(),
+                previous_version: "2.0.0".into()
+            }
+        );
+        let rb = plan(
+            &op(OperationType::Rollback, json!({})),
+            &spec("2.0.0"),
+            Some(&hist),
+        )
+        .unwrap();
         assert_eq!(rb.target_version, "1.0.0");
         let errors = [
-            (op(OperationType::Upgrade, json!({})), "parameters.targetVersion is required"),
-            (op(OperationType::Upgrade, json!({"targetVersion": "^2"})), "parameters.targetVersion \"^2\" must be an exact semantic version"),
-            (op(OperationType::Upgrade, json!({"targetVersion": "2.1.0", "valuesPatch": {}})), "parameters.valuesPatch is not supported: change values on the ApplicationInstance"),
-            (op(OperationType::Rollback, json!({})), "no earlier release in the HelmRelease history to roll back to"),
+            (
+                op(OperationType::Upgrade, json!({})),
+                "parameters.targetVersion is required",
+            ),
+            (
+                op(OperationType::Upgrade, json!({"targetVersion": "^2"})),
+                "parameters.targetVersion \"^2\" must be an exact semantic version",
+            ),
+            (
+                op(
+                    OperationType::Upgrade,
+                    json!({"targetVersion": "2.1.0", "valuesPatch": {}}),
+                ),
+                "parameters.valuesPatch is not supported: change values on the ApplicationInstance",
+            ),
+            (
+                op(OperationType::Rollback, json!({})),
+                "no earlier release in the HelmRelease history to roll back to",
+            ),
         ];
         for (o, want) in errors {
             assert_eq!(plan(&o, &spec("2.0.0"), None).unwrap_err().0, want);
         }
         let placeholder = ApplicationInstanceSpec::default();
-        assert!(plan(&op(OperationType::Upgrade, json!({"targetVersion": "1.0.0"})), &placeholder, None).is_err());
-        assert_eq!(desired_spec(&spec("1.0.0"), "1.1.0").chart.unwrap().version, "1.1.0");
+        assert!(
+            plan(
+                &op(OperationType::Upgrade, json!({"targetVersion": "1.0.0"})),
+                &placeholder,
+                None
+            )
+            .is_err()
+        );
+        assert_eq!(
+            desired_spec(&spec("1.0.0"), "1.1.0").chart.unwrap().version,
+            "1.1.0"
+        );
     }
 
     #[test]
     fn status_table() {
-        let p = Plan { target_version: "2.0.0".into(), previous_version: "1.0.0".into() };
+        let p = Plan {
+            target_version: "2.0.0".into(),
+            previous_version: "1.0.0".into(),
+        };
         let table = [
             (None, "Running", reasons::ENGINE_RUNNING),
-            (Some(view(2, 1, &[("Ready", "True", "UpgradeSucceeded")], &[("1.0.0", "deployed")])), "Running", reasons::ENGINE_RUNNING),
-            (Some(view(2, 2, &[("Ready", "Unknown", "Progressing")], &[("1.0.0", "deployed")])), "Running", reasons::ENGINE_RUNNING),
-            (Some(view(2, 2, &[("Ready", "True", "UpgradeSucceeded")], &[("2.0.0", "deployed"), ("1.0.0", "superseded")])), "Succeeded", reasons::ENGINE_COMPLETED),
-            (Some(view(2, 2, &[("Ready", "False", "UpgradeFailed"), ("Stalled", "True", "RetriesExceeded")], &[("2.0.0", "failed")])), "Failed", reasons::UPGRADE_FAILED),
-            (Some(view(2, 2, &[("Ready", "False", "ArtifactFailed")], &[])), "Failed", reasons::ENGINE_FAILED),
-            (Some(view(2, 2, &[("Ready", "False", "UpgradeFailed"), ("Reconciling", "True", "ProgressingWithRetry")], &[])), "Running", reasons::ENGINE_RUNNING),
-            (Some(view(2, 2, &[("Ready", "True", "RollbackSucceeded"), ("Remediated", "True", "RollbackSucceeded")], &[("1.0.0", "deployed")])), "Failed", reasons::ROLLED_BACK),
+            (
+                Some(view(
+                    2,
+                    1,
+                    &[("Ready", "True", "UpgradeSucceeded")],
+                    &[("1.0.0", "deployed")],
+                )),
+                "Running",
+                reasons::ENGINE_RUNNING,
+            ),
+            (
+                Some(view(
+                    2,
+                    2,
+                    &[("Ready", "Unknown", "Progressing")],
+                    &[("1.0.0", "deployed")],
+                )),
+                "Running",
+                reasons::ENGINE_RUNNING,
+            ),
+            (
+                Some(view(
+                    2,
+                    2,
+                    &[("Ready", "True", "UpgradeSucceeded")],
+                    &[("2.0.0", "deployed"), ("1.0.0", "superseded")],
+                )),
+                "Succeeded",
+                reasons::ENGINE_COMPLETED,
+            ),
+            (
+                Some(view(
+                    2,
+                    2,
+                    &[
+                        ("Ready", "False", "UpgradeFailed"),
+                        ("Stalled", "True", "RetriesExceeded"),
+                    ],
+                    &[("2.0.0", "failed")],
+                )),
+                "Failed",
+                reasons::UPGRADE_FAILED,
+            ),
+            (
+                Some(view(2, 2, &[("Ready", "False", "ArtifactFailed")], &[])),
+                "Failed",
+                reasons::ENGINE_FAILED,
+            ),
+            (
+                Some(view(
+                    2,
+                    2,
+                    &[
+                        ("Ready", "False", "UpgradeFailed"),
+                        ("Reconciling", "True", "ProgressingWithRetry"),
+                    ],
+                    &[],
+                )),
+                "Running",
+                reasons::ENGINE_RUNNING,
+            ),
+            (
+                Some(view(
+                    2,
+                    2,
+                    &[
+                        ("Ready", "True", "RollbackSucceeded"),
+                        ("Remediated", "True", "RollbackSucceeded"),
+                    ],
+                    &[("1.0.0", "deployed")],
+                )),
+                "Failed",
+                reasons::ROLLED_BACK,
+            ),
         ];
         for (r, phase, reason) in table {
             let obs = outcome_from_status("nc", r.as_ref(), &p);

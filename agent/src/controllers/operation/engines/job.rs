@@ -54,9 +54,16 @@ pub fn desired_object(op: &OpInfo, shape: Shape) -> Result<Job, ParamError> {
             )));
         }
     };
-    let hook_name = if hook { Some(op.required_str("hookName")?) } else { None };
+    let hook_name = if hook {
+        Some(op.required_str("hookName")?)
+    } else {
+        None
+    };
     let env = env_param(op.params.get("env"))?;
-    let backoff_limit = op.int_param("backoffLimit", 0)?.map(|n| n as i32).or(Some(0));
+    let backoff_limit = op
+        .int_param("backoffLimit", 0)?
+        .map(|n| n as i32)
+        .or(Some(0));
     let deadline = match op.int_param("activeDeadlineSeconds", 1)? {
         Some(n) => Some(n),
         None => op.int_param("timeoutSeconds", 1)?,
@@ -137,9 +144,13 @@ fn env_param(v: Option<&Value>) -> Result<Option<Vec<EnvVar>>, ParamError> {
                 })
                 .collect(),
         )),
-        Some(Value::Array(_)) => serde_json::from_value::<Vec<EnvVar>>(v.cloned().unwrap_or_default())
-            .map(Some)
-            .map_err(|_| ParamError("parameters.env entries need a name and a value or valueFrom".into())),
+        Some(Value::Array(_)) => {
+            serde_json::from_value::<Vec<EnvVar>>(v.cloned().unwrap_or_default())
+                .map(Some)
+                .map_err(|_| {
+                    ParamError("parameters.env entries need a name and a value or valueFrom".into())
+                })
+        }
         Some(_) => Err(ParamError("parameters.env must be a list or a map".into())),
     }
 }
@@ -157,12 +168,19 @@ pub fn outcome_from_status(engine: Engine, name: &str, status: Option<&JobStatus
             .cloned()
     };
     let outcome = if cond("Complete").is_some() {
-        outputs.insert("succeeded".into(), json!(st.succeeded.unwrap_or(1).to_string()));
+        outputs.insert(
+            "succeeded".into(),
+            json!(st.succeeded.unwrap_or(1).to_string()),
+        );
         if let Some(t) = &st.completion_time {
             outputs.insert("completionTime".into(), json!(t.0.to_string()));
         }
         Outcome::Succeeded {
-            reason: if hook { reasons::HELM_HOOK_JOB_SUCCEEDED } else { reasons::JOB_SUCCEEDED },
+            reason: if hook {
+                reasons::HELM_HOOK_JOB_SUCCEEDED
+            } else {
+                reasons::JOB_SUCCEEDED
+            },
             message: format!("Job {name} completed"),
         }
     } else if let Some(c) = cond("Failed") {
@@ -177,12 +195,19 @@ pub fn outcome_from_status(engine: Engine, name: &str, status: Option<&JobStatus
             reason,
             message: cut(&format!(
                 "Job {name} failed: {}",
-                c.message.as_deref().or(c.reason.as_deref()).unwrap_or("no message")
+                c.message
+                    .as_deref()
+                    .or(c.reason.as_deref())
+                    .unwrap_or("no message")
             )),
         }
     } else if st.active.unwrap_or(0) > 0 {
         Outcome::Running {
-            reason: if hook { reasons::HELM_HOOK_JOB_ACTIVE } else { reasons::JOB_POD_ACTIVE },
+            reason: if hook {
+                reasons::HELM_HOOK_JOB_ACTIVE
+            } else {
+                reasons::JOB_POD_ACTIVE
+            },
             message: format!("Job {name} has {} active pod(s)", st.active.unwrap_or(0)),
         }
     } else {
@@ -207,17 +232,23 @@ mod tests {
             namespace: "team-a".into(),
             uid: "uid-5".into(),
             target: "nc".into(),
-            type_: if engine == Engine::Job { OperationType::RunCommand } else { OperationType::Migration },
+            type_: if engine == Engine::Job {
+                OperationType::RunCommand
+            } else {
+                OperationType::Migration
+            },
             engine,
             params: serde_json::from_value::<BTreeMap<String, Value>>(params).unwrap(),
-            owner: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-                api_version: "ops.vworkspace.io/v1alpha1".into(),
-                kind: "Operation".into(),
-                name: "run-1".into(),
-                uid: "uid-5".into(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }),
+            owner: Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: "ops.vworkspace.io/v1alpha1".into(),
+                    kind: "Operation".into(),
+                    name: "run-1".into(),
+                    uid: "uid-5".into(),
+                    controller: Some(true),
+                    block_owner_deletion: Some(true),
+                },
+            ),
         }
     }
 
@@ -230,19 +261,44 @@ mod tests {
         .unwrap();
         let spec = j.spec.as_ref().unwrap();
         let pod = spec.template.spec.as_ref().unwrap();
-        assert_eq!(pod.service_account_name.as_deref(), Some(OPERATION_RUNNER_SERVICE_ACCOUNT));
+        assert_eq!(
+            pod.service_account_name.as_deref(),
+            Some(OPERATION_RUNNER_SERVICE_ACCOUNT)
+        );
         assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
         assert_eq!(pod.containers[0].name, "runner");
         assert_eq!(pod.containers[0].env.as_ref().unwrap().len(), 2);
-        assert_eq!(spec.ttl_seconds_after_finished, Some(TTL_SECONDS_AFTER_FINISHED));
-        assert_eq!(spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap()[labels::OPERATION], "uid-5");
-        assert_eq!(j.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-5");
+        assert_eq!(
+            spec.ttl_seconds_after_finished,
+            Some(TTL_SECONDS_AFTER_FINISHED)
+        );
+        assert_eq!(
+            spec.template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .labels
+                .as_ref()
+                .unwrap()[labels::OPERATION],
+            "uid-5"
+        );
+        assert_eq!(
+            j.metadata.owner_references.as_ref().unwrap()[0].uid,
+            "uid-5"
+        );
         assert!(spec.suspend.is_none());
     }
 
     #[test]
     fn shapes_suspend_and_orphan() {
-        let j = desired_object(&op(Engine::Job, json!({"image": "i"})), Shape { suspend: true, orphan: true }).unwrap();
+        let j = desired_object(
+            &op(Engine::Job, json!({"image": "i"})),
+            Shape {
+                suspend: true,
+                orphan: true,
+            },
+        )
+        .unwrap();
         assert_eq!(j.spec.as_ref().unwrap().suspend, Some(true));
         assert!(j.metadata.owner_references.is_none());
     }
@@ -251,21 +307,55 @@ mod tests {
     fn parameter_errors() {
         let table = [
             (Engine::Job, json!({}), "parameters.image is required"),
-            (Engine::Job, json!({"image": "i", "serviceAccountName": "default"}), "parameters.serviceAccountName may only be vworkspace-operation-runner"),
-            (Engine::Job, json!({"image": "i", "backoffLimit": -1}), "parameters.backoffLimit must be an integer >= 0"),
-            (Engine::Job, json!({"image": "i", "env": "A=1"}), "parameters.env must be a list or a map"),
-            (Engine::HelmHookJob, json!({"image": "i"}), "parameters.hookName is required"),
+            (
+                Engine::Job,
+                json!({"image": "i", "serviceAccountName": "default"}),
+                "parameters.serviceAccountName may only be vworkspace-operation-runner",
+            ),
+            (
+                Engine::Job,
+                json!({"image": "i", "backoffLimit": -1}),
+                "parameters.backoffLimit must be an integer >= 0",
+            ),
+            (
+                Engine::Job,
+                json!({"image": "i", "env": "A=1"}),
+                "parameters.env must be a list or a map",
+            ),
+            (
+                Engine::HelmHookJob,
+                json!({"image": "i"}),
+                "parameters.hookName is required",
+            ),
         ];
         for (engine, params, want) in table {
-            assert_eq!(desired_object(&op(engine, params), Shape::default()).unwrap_err().0, want);
+            assert_eq!(
+                desired_object(&op(engine, params), Shape::default())
+                    .unwrap_err()
+                    .0,
+                want
+            );
         }
     }
 
     #[test]
     fn hook_job_carries_hook_label() {
-        let j = desired_object(&op(Engine::HelmHookJob, json!({"image": "i", "hookName": "db-migrate"})), Shape::default()).unwrap();
-        assert_eq!(j.metadata.labels.as_ref().unwrap()[labels::HOOK_NAME], "db-migrate");
-        assert_eq!(j.spec.unwrap().template.spec.unwrap().containers[0].name, "hook");
+        let j = desired_object(
+            &op(
+                Engine::HelmHookJob,
+                json!({"image": "i", "hookName": "db-migrate"}),
+            ),
+            Shape::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            j.metadata.labels.as_ref().unwrap()[labels::HOOK_NAME],
+            "db-migrate"
+        );
+        assert_eq!(
+            j.spec.unwrap().template.spec.unwrap().containers[0].name,
+            "hook"
+        );
     }
 
     fn status(conds: &[(&str, &str)], active: i32) -> JobStatus {
@@ -291,13 +381,54 @@ mod tests {
     fn status_table() {
         let table = [
             (Engine::Job, None, "Running", reasons::ENGINE_STARTED),
-            (Engine::Job, Some(status(&[], 1)), "Running", reasons::JOB_POD_ACTIVE),
-            (Engine::HelmHookJob, Some(status(&[], 1)), "Running", reasons::HELM_HOOK_JOB_ACTIVE),
-            (Engine::Job, Some(status(&[("SuccessCriteriaMet", ""), ("Complete", "")], 0)), "Succeeded", reasons::JOB_SUCCEEDED),
-            (Engine::HelmHookJob, Some(status(&[("Complete", "")], 0)), "Succeeded", reasons::HELM_HOOK_JOB_SUCCEEDED),
-            (Engine::Job, Some(status(&[("FailureTarget", "BackoffLimitExceeded"), ("Failed", "BackoffLimitExceeded")], 0)), "Failed", reasons::JOB_FAILED_BACKOFF_EXCEEDED),
-            (Engine::Job, Some(status(&[("Failed", "DeadlineExceeded")], 0)), "Failed", reasons::JOB_ACTIVE_DEADLINE_EXCEEDED),
-            (Engine::HelmHookJob, Some(status(&[("Failed", "BackoffLimitExceeded")], 0)), "Failed", reasons::HELM_HOOK_JOB_FAILED),
+            (
+                Engine::Job,
+                Some(status(&[], 1)),
+                "Running",
+                reasons::JOB_POD_ACTIVE,
+            ),
+            (
+                Engine::HelmHookJob,
+                Some(status(&[], 1)),
+                "Running",
+                reasons::HELM_HOOK_JOB_ACTIVE,
+            ),
+            (
+                Engine::Job,
+                Some(status(&[("SuccessCriteriaMet", ""), ("Complete", "")], 0)),
+                "Succeeded",
+                reasons::JOB_SUCCEEDED,
+            ),
+            (
+                Engine::HelmHookJob,
+                Some(status(&[("Complete", "")], 0)),
+                "Succeeded",
+                reasons::HELM_HOOK_JOB_SUCCEEDED,
+            ),
+            (
+                Engine::Job,
+                Some(status(
+                    &[
+                        ("FailureTarget", "BackoffLimitExceeded"),
+                        ("Failed", "BackoffLimitExceeded"),
+                    ],
+                    0,
+                )),
+                "Failed",
+                reasons::JOB_FAILED_BACKOFF_EXCEEDED,
+            ),
+            (
+                Engine::Job,
+                Some(status(&[("Failed", "DeadlineExceeded")], 0)),
+                "Failed",
+                reasons::JOB_ACTIVE_DEADLINE_EXCEEDED,
+            ),
+            (
+                Engine::HelmHookJob,
+                Some(status(&[("Failed", "BackoffLimitExceeded")], 0)),
+                "Failed",
+                reasons::HELM_HOOK_JOB_FAILED,
+            ),
         ];
         for (engine, st, phase, reason) in table {
             let obs = outcome_from_status(engine, "j", st.as_ref());

@@ -145,7 +145,10 @@ impl OpInfo {
         BTreeMap::from([
             (labels::OPERATION.to_string(), self.uid.clone()),
             (labels::TARGET.to_string(), self.target.clone()),
-            (labels::APPLICATION_INSTANCE.to_string(), self.target.clone()),
+            (
+                labels::APPLICATION_INSTANCE.to_string(),
+                self.target.clone(),
+            ),
             (
                 labels::MANAGED_BY.to_string(),
                 labels::MANAGED_BY_OPERATOR.to_string(),
@@ -217,7 +220,9 @@ impl OpInfo {
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Some),
-            Some(_) => Err(ParamError(format!("parameters.{key} must be a list of strings"))),
+            Some(_) => Err(ParamError(format!(
+                "parameters.{key} must be a list of strings"
+            ))),
         }
     }
 

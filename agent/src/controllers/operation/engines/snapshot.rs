@@ -59,10 +59,11 @@ pub fn outcome_from_status(snapshots: &[(String, Value)]) -> Observation {
             outputs,
         };
     }
-    if let Some((name, st)) = snapshots
-        .iter()
-        .find(|(_, st)| st["error"]["message"].as_str().is_some_and(|m| !m.is_empty()))
-    {
+    if let Some((name, st)) = snapshots.iter().find(|(_, st)| {
+        st["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    }) {
         return Observation {
             outcome: Outcome::Failed {
                 reason: reasons::ENGINE_FAILED,
@@ -113,10 +114,17 @@ mod tests {
 
     #[test]
     fn snapshot_object_per_pvc() {
-        let s = desired_object(&op(json!({"volumeSnapshotClassName": "csi-snap"})), "data-nc-0").unwrap();
+        let s = desired_object(
+            &op(json!({"volumeSnapshotClassName": "csi-snap"})),
+            "data-nc-0",
+        )
+        .unwrap();
         assert_eq!(s.metadata.name.as_deref(), Some("snap-1-data-nc-0"));
         assert!(s.metadata.owner_references.is_none());
-        assert_eq!(s.data["spec"]["source"]["persistentVolumeClaimName"], "data-nc-0");
+        assert_eq!(
+            s.data["spec"]["source"]["persistentVolumeClaimName"],
+            "data-nc-0"
+        );
         assert_eq!(s.data["spec"]["volumeSnapshotClassName"], "csi-snap");
     }
 
@@ -125,12 +133,25 @@ mod tests {
         let ready = json!({"readyToUse": true, "restoreSize": "1Gi", "boundVolumeSnapshotContentName": "c1"});
         let pending = json!({"readyToUse": false});
         let error = json!({"readyToUse": false, "error": {"message": "driver failed"}});
-        let s = |v: &[Value]| v.iter().enumerate().map(|(i, v)| (format!("s{i}"), v.clone())).collect::<Vec<_>>();
+        let s = |v: &[Value]| {
+            v.iter()
+                .enumerate()
+                .map(|(i, v)| (format!("s{i}"), v.clone()))
+                .collect::<Vec<_>>()
+        };
         let table = [
             (s(&[]), "Failed", reasons::SOURCE_PVC_NOT_FOUND),
             (s(&[json!({})]), "Running", reasons::SNAPSHOT_IN_PROGRESS),
-            (s(&[ready.clone(), pending]), "Running", reasons::SNAPSHOT_IN_PROGRESS),
-            (s(&[ready.clone(), ready.clone()]), "Succeeded", reasons::SNAPSHOT_READY),
+            (
+                s(&[ready.clone(), pending]),
+                "Running",
+                reasons::SNAPSHOT_IN_PROGRESS,
+            ),
+            (
+                s(&[ready.clone(), ready.clone()]),
+                "Succeeded",
+                reasons::SNAPSHOT_READY,
+            ),
             (s(&[ready.clone(), error]), "Failed", reasons::ENGINE_FAILED),
         ];
         for (snaps, phase, reason) in table {

@@ -60,8 +60,10 @@ pub fn desired_object(
             }
         }
         _ => {
-            spec["storageLocation"] =
-                json!(op.str_param("storageLocation")?.unwrap_or_else(|| "default".into()));
+            spec["storageLocation"] = json!(
+                op.str_param("storageLocation")?
+                    .unwrap_or_else(|| "default".into())
+            );
             if let Some(b) = op.bool_param("snapshotVolumes")? {
                 spec["snapshotVolumes"] = json!(b);
             }
@@ -81,7 +83,11 @@ pub fn desired_object(
 /// Maps a Backup/Restore `status` to an outcome.
 pub fn outcome_from_status(type_: OperationType, name: &str, status: &Value) -> Observation {
     let mut outputs = Outputs::new();
-    let key = if type_ == OperationType::Restore { "restoreName" } else { "backupName" };
+    let key = if type_ == OperationType::Restore {
+        "restoreName"
+    } else {
+        "backupName"
+    };
     outputs.insert(key.into(), json!(name));
     if let Some(n) = status["progress"]["itemsBackedUp"].as_i64() {
         outputs.insert("backupItemCount".into(), json!(n.to_string()));
@@ -92,7 +98,11 @@ pub fn outcome_from_status(type_: OperationType, name: &str, status: &Value) -> 
     let warnings = status["warnings"].as_i64().unwrap_or(0);
     let errors = status["errors"].as_i64().unwrap_or(0);
     let phase = status["phase"].as_str().unwrap_or("");
-    let what = if type_ == OperationType::Restore { "restore" } else { "backup" };
+    let what = if type_ == OperationType::Restore {
+        "restore"
+    } else {
+        "backup"
+    };
     let outcome = match phase {
         "Completed" => {
             if warnings > 0 {
@@ -195,7 +205,10 @@ mod tests {
         assert_eq!(o.metadata.namespace.as_deref(), Some("velero"));
         assert_eq!(o.metadata.name.as_deref(), Some("team-a-backup-1"));
         assert!(o.metadata.owner_references.is_none());
-        assert_eq!(o.metadata.labels.as_ref().unwrap()["ops.vworkspace.io/operation"], "uid-9");
+        assert_eq!(
+            o.metadata.labels.as_ref().unwrap()["ops.vworkspace.io/operation"],
+            "uid-9"
+        );
         let s = &o.data["spec"];
         assert_eq!(s["includedNamespaces"], json!(["team-a"]));
         assert_eq!(s["storageLocation"], "default");
@@ -209,12 +222,21 @@ mod tests {
         let err = desired_object(&op(OperationType::Restore, json!({})), "velero").unwrap_err();
         assert_eq!(err.0, "parameters.backupName is required");
         let bad = desired_object(
-            &op(OperationType::Restore, json!({"backupName": "b", "existingResourcePolicy": "merge"})),
+            &op(
+                OperationType::Restore,
+                json!({"backupName": "b", "existingResourcePolicy": "merge"}),
+            ),
             "velero",
         );
         assert!(bad.is_err());
-        let wrong_type = desired_object(&op(OperationType::Backup, json!({"snapshotVolumes": "yes"})), "velero");
-        assert_eq!(wrong_type.unwrap_err().0, "parameters.snapshotVolumes must be a boolean");
+        let wrong_type = desired_object(
+            &op(OperationType::Backup, json!({"snapshotVolumes": "yes"})),
+            "velero",
+        );
+        assert_eq!(
+            wrong_type.unwrap_err().0,
+            "parameters.snapshotVolumes must be a boolean"
+        );
         let o = desired_object(
             &op(OperationType::Restore, json!({"backupName": "team-a-b1", "restorePVs": true, "existingResourcePolicy": "update", "namespaceMapping": {"team-a": "team-b"}})),
             "velero",
@@ -230,16 +252,66 @@ mod tests {
         use OperationType::{Backup, Restore};
         let table: Vec<(OperationType, Value, &str, &str)> = vec![
             (Backup, json!({}), "Running", reasons::ENGINE_STARTED),
-            (Backup, json!({"phase": "New"}), "Running", reasons::ENGINE_STARTED),
-            (Backup, json!({"phase": "InProgress"}), "Running", reasons::VELERO_BACKUP_IN_PROGRESS),
-            (Backup, json!({"phase": "WaitingForPluginOperations"}), "Running", reasons::VELERO_BACKUP_IN_PROGRESS),
-            (Backup, json!({"phase": "Finalizing"}), "Running", reasons::VELERO_BACKUP_IN_PROGRESS),
-            (Backup, json!({"phase": "Completed"}), "Succeeded", reasons::VELERO_BACKUP_COMPLETED),
-            (Restore, json!({"phase": "Completed"}), "Succeeded", reasons::ENGINE_COMPLETED),
-            (Backup, json!({"phase": "PartiallyFailed", "errors": 2, "warnings": 1}), "Succeeded", reasons::VELERO_BACKUP_COMPLETED),
-            (Backup, json!({"phase": "Failed", "failureReason": "bsl unavailable"}), "Failed", reasons::ENGINE_FAILED),
-            (Backup, json!({"phase": "FailedValidation", "validationErrors": ["bad"]}), "Failed", reasons::VELERO_BACKUP_VALIDATION_FAILED),
-            (Restore, json!({"phase": "Deleting"}), "Failed", reasons::EXTERNAL_DELETION),
+            (
+                Backup,
+                json!({"phase": "New"}),
+                "Running",
+                reasons::ENGINE_STARTED,
+            ),
+            (
+                Backup,
+                json!({"phase": "InProgress"}),
+                "Running",
+                reasons::VELERO_BACKUP_IN_PROGRESS,
+            ),
+            (
+                Backup,
+                json!({"phase": "WaitingForPluginOperations"}),
+                "Running",
+                reasons::VELERO_BACKUP_IN_PROGRESS,
+            ),
+            (
+                Backup,
+                json!({"phase": "Finalizing"}),
+                "Running",
+                reasons::VELERO_BACKUP_IN_PROGRESS,
+            ),
+            (
+                Backup,
+                json!({"phase": "Completed"}),
+                "Succeeded",
+                reasons::VELERO_BACKUP_COMPLETED,
+            ),
+            (
+                Restore,
+                json!({"phase": "Completed"}),
+                "Succeeded",
+                reasons::ENGINE_COMPLETED,
+            ),
+            (
+                Backup,
+                json!({"phase": "PartiallyFailed", "errors": 2, "warnings": 1}),
+                "Succeeded",
+                reasons::VELERO_BACKUP_COMPLETED,
+            ),
+            (
+                Backup,
+                json!({"phase": "Failed", "failureReason": "bsl unavailable"}),
+                "Failed",
+                reasons::ENGINE_FAILED,
+            ),
+            (
+                Backup,
+                json!({"phase": "FailedValidation", "validationErrors": ["bad"]}),
+                "Failed",
+                reasons::VELERO_BACKUP_VALIDATION_FAILED,
+            ),
+            (
+                Restore,
+                json!({"phase": "Deleting"}),
+                "Failed",
+                reasons::EXTERNAL_DELETION,
+            ),
         ];
         for (t, status, phase, reason) in table {
             let obs = outcome_from_status(t, "n", &status);
@@ -263,6 +335,11 @@ mod tests {
         assert_eq!(obs.outputs["backupName"], "b");
         assert_eq!(obs.outputs["backupItemCount"], "40");
         assert_eq!(obs.outputs["partiallyFailed"], "true");
-        assert!(obs.outputs["warnings"][0].as_str().unwrap().contains("2 errors"));
+        assert!(
+            obs.outputs["warnings"][0]
+                .as_str()
+                .unwrap()
+                .contains("2 errors")
+        );
     }
 }

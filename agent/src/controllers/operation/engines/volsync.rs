@@ -21,9 +21,13 @@ pub fn desired_object(op: &OpInfo) -> Result<DynamicObject, ParamError> {
         _ => None,
     }
     .ok_or_else(|| ParamError("parameters.repository.secretName is required".into()))?;
-    let copy_method = op.str_param("copyMethod")?.unwrap_or_else(|| "Snapshot".into());
+    let copy_method = op
+        .str_param("copyMethod")?
+        .unwrap_or_else(|| "Snapshot".into());
     if !["Snapshot", "Clone", "Direct"].contains(&copy_method.as_str()) {
-        return Err(ParamError("parameters.copyMethod must be Snapshot, Clone or Direct".into()));
+        return Err(ParamError(
+            "parameters.copyMethod must be Snapshot, Clone or Direct".into(),
+        ));
     }
     let mut restic = json!({ "repository": repository, "copyMethod": copy_method });
     if let Some(class) = op.str_param("volumeSnapshotClassName")? {
@@ -49,7 +53,9 @@ pub fn outcome_from_status(name: &str, trigger: &str, status: &Value) -> Observa
     if let Some(t) = status["lastSyncTime"].as_str() {
         outputs.insert("lastSyncTime".into(), json!(t));
     }
-    let result = status["latestMoverStatus"]["result"].as_str().unwrap_or_default();
+    let result = status["latestMoverStatus"]["result"]
+        .as_str()
+        .unwrap_or_default();
     let outcome = if status["lastManualSync"].as_str() == Some(trigger) {
         Outcome::Succeeded {
             reason: reasons::VOLSYNC_LAST_SYNC_SUCCEEDED,
@@ -60,7 +66,9 @@ pub fn outcome_from_status(name: &str, trigger: &str, status: &Value) -> Observa
             reason: reasons::ENGINE_FAILED,
             message: cut(&format!(
                 "VolSync mover failed: {}",
-                status["latestMoverStatus"]["logs"].as_str().unwrap_or("no logs")
+                status["latestMoverStatus"]["logs"]
+                    .as_str()
+                    .unwrap_or("no logs")
             )),
         }
     } else if status["lastSyncStartTime"].is_string() {
@@ -107,8 +115,14 @@ mod tests {
         assert_eq!(s["restic"]["retain"]["daily"], 7);
         let errs = [
             (json!({}), "parameters.pvc is required"),
-            (json!({"pvc": "d"}), "parameters.repository.secretName is required"),
-            (json!({"pvc": "d", "repository": "r", "copyMethod": "Teleport"}), "parameters.copyMethod must be Snapshot, Clone or Direct"),
+            (
+                json!({"pvc": "d"}),
+                "parameters.repository.secretName is required",
+            ),
+            (
+                json!({"pvc": "d", "repository": "r", "copyMethod": "Teleport"}),
+                "parameters.copyMethod must be Snapshot, Clone or Direct",
+            ),
         ];
         for (p, want) in errs {
             assert_eq!(desired_object(&op(p)).unwrap_err().0, want);
@@ -118,11 +132,31 @@ mod tests {
     #[test]
     fn status_table() {
         let table = [
-            (json!({}), "Running", reasons::VOLSYNC_FIRST_SYNC_IN_PROGRESS),
-            (json!({"lastSyncStartTime": "2026-01-01T00:00:00Z"}), "Running", reasons::VOLSYNC_SYNCHRONIZING),
-            (json!({"lastManualSync": "older"}), "Running", reasons::VOLSYNC_FIRST_SYNC_IN_PROGRESS),
-            (json!({"lastManualSync": "t", "latestMoverStatus": {"result": "Successful"}}), "Succeeded", reasons::VOLSYNC_LAST_SYNC_SUCCEEDED),
-            (json!({"latestMoverStatus": {"result": "Failed", "logs": "repo locked"}}), "Failed", reasons::ENGINE_FAILED),
+            (
+                json!({}),
+                "Running",
+                reasons::VOLSYNC_FIRST_SYNC_IN_PROGRESS,
+            ),
+            (
+                json!({"lastSyncStartTime": "2026-01-01T00:00:00Z"}),
+                "Running",
+                reasons::VOLSYNC_SYNCHRONIZING,
+            ),
+            (
+                json!({"lastManualSync": "older"}),
+                "Running",
+                reasons::VOLSYNC_FIRST_SYNC_IN_PROGRESS,
+            ),
+            (
+                json!({"lastManualSync": "t", "latestMoverStatus": {"result": "Successful"}}),
+                "Succeeded",
+                reasons::VOLSYNC_LAST_SYNC_SUCCEEDED,
+            ),
+            (
+                json!({"latestMoverStatus": {"result": "Failed", "logs": "repo locked"}}),
+                "Failed",
+                reasons::ENGINE_FAILED,
+            ),
         ];
         for (st, phase, reason) in table {
             let obs = outcome_from_status("r", "t", &st);

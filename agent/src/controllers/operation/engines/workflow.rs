@@ -23,7 +23,9 @@ pub fn desired_object(op: &OpInfo, shape: Shape) -> Result<DynamicObject, ParamE
             .str_param("workflowTemplate")?
             .ok_or_else(|| ParamError("parameters.template is required".into()))?,
     };
-    let mut params = op.map_param("workflowTemplateParameters")?.unwrap_or_default();
+    let mut params = op
+        .map_param("workflowTemplateParameters")?
+        .unwrap_or_default();
     for key in ["targetChartVersion", "snapshotClassName", "failureAction"] {
         if let Some(v) = op.str_param(key)? {
             params.entry(key.to_string()).or_insert(v);
@@ -77,7 +79,11 @@ pub fn outcome_from_status(name: &str, uid: Option<&str>, status: &Value) -> Obs
         },
         "Running" => Outcome::Running {
             reason: reasons::WORKFLOW_IN_PROGRESS,
-            message: if message.is_empty() { format!("Workflow {name} is running") } else { cut(message) },
+            message: if message.is_empty() {
+                format!("Workflow {name} is running")
+            } else {
+                cut(message)
+            },
         },
         _ => Outcome::Running {
             reason: reasons::ENGINE_STARTED,
@@ -119,19 +125,47 @@ mod tests {
         assert_eq!(s["arguments"]["parameters"][0]["name"], "a");
         assert_eq!(s["activeDeadlineSeconds"], 600);
         assert!(s.get("shutdown").is_none());
-        let t = desired_object(&op(json!({"workflowTemplate": "x"})), Shape { suspend: true, orphan: false }).unwrap();
+        let t = desired_object(
+            &op(json!({"workflowTemplate": "x"})),
+            Shape {
+                suspend: true,
+                orphan: false,
+            },
+        )
+        .unwrap();
         assert_eq!(t.data["spec"]["shutdown"], "Terminate");
-        assert_eq!(desired_object(&op(json!({})), Shape::default()).unwrap_err().0, "parameters.template is required");
+        assert_eq!(
+            desired_object(&op(json!({})), Shape::default())
+                .unwrap_err()
+                .0,
+            "parameters.template is required"
+        );
     }
 
     #[test]
     fn status_table() {
         let table = [
             (json!({}), "Running", reasons::ENGINE_STARTED),
-            (json!({"phase": "Pending"}), "Running", reasons::ENGINE_STARTED),
-            (json!({"phase": "Running"}), "Running", reasons::WORKFLOW_IN_PROGRESS),
-            (json!({"phase": "Succeeded"}), "Succeeded", reasons::WORKFLOW_SUCCEEDED),
-            (json!({"phase": "Failed", "message": "step 2"}), "Failed", reasons::WORKFLOW_FAILED),
+            (
+                json!({"phase": "Pending"}),
+                "Running",
+                reasons::ENGINE_STARTED,
+            ),
+            (
+                json!({"phase": "Running"}),
+                "Running",
+                reasons::WORKFLOW_IN_PROGRESS,
+            ),
+            (
+                json!({"phase": "Succeeded"}),
+                "Succeeded",
+                reasons::WORKFLOW_SUCCEEDED,
+            ),
+            (
+                json!({"phase": "Failed", "message": "step 2"}),
+                "Failed",
+                reasons::WORKFLOW_FAILED,
+            ),
             (json!({"phase": "Error"}), "Failed", reasons::WORKFLOW_ERROR),
         ];
         for (st, phase, reason) in table {

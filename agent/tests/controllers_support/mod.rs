@@ -1,0 +1,482 @@
+//! Shared setup of the controller tests: one real control plane per test
+//! binary with our CRDs and the upstream CRDs installed, the controllers and
+//! the stand-ins running on their own runtime for the whole binary, and every
+//! log line captured so tests can scan it for secrets.
+
+#![allow(dead_code)]
+
+use std::{
+    io::Write,
+    sync::{Mutex, OnceLock, mpsc},
+    time::Duration,
+};
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{
+        ApiResource, DynamicObject, GroupVersionKind, ListParams, ObjectMeta, Patch, PatchParams,
+        PostParams,
+    },
+};
+use serde_json::{Value, json};
+use vworkspace_agent::controllers::{self, Config, Metrics};
+use vworkspace_crds::{ApplicationInstance, Operation, manifests};
+use vworkspace_e2e::standins::{self, StandInConfig};
+
+/// Shared approval secret of the test agent.
+pub const APPROVAL_SECRET: &[u8] = b"controllers-test-approval-secret";
+/// History limit per target of the test agent.
+pub const HISTORY_LIMIT: usize = 3;
+/// How long tests wait for a condition.
+pub const WAIT: Duration = Duration::from_secs(60);
+/// Namespace Velero objects go to.
+pub const VELERO_NS: &str = "velero";
+
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        if std::env::var_os("VWS_TEST_LOG").is_some() {
+            let _ = std::io::stderr().write_all(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Everything the controllers and stand-ins logged so far.
+pub fn logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+}
+
+/// What the optional-CRD variants install.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// Every upstream CRD.
+    All,
+    /// Only Flux (HelmRelease and sources): engines like Velero are missing.
+    FluxOnly,
+}
+
+/// Starts (once per binary) the control plane, CRDs, controllers and stand-ins.
+pub fn start(upstream: Upstream) {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info,vworkspace_agent=debug,kube_runtime=warn")
+            .with_writer(|| Capture)
+            .with_ansi(false)
+            .try_init();
+        let cp = vworkspace_e2e::shared();
+        let (tx, rx) = mpsc::channel::<Result<(), String>>();
+        std::thread::Builder::new()
+            .name("controllers".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime for the controllers");
+                rt.block_on(async move {
+                    let client = match cp.client() {
+                        Ok(c) => c,
+                        Err(e) => return tx.send(Err(e.to_string())).unwrap_or(()),
+                    };
+                    if let Err(e) = install(&client, upstream).await {
+                        return tx.send(Err(e)).unwrap_or(());
+                    }
+                    let _standins = standins::run_all(
+                        client.clone(),
+                        StandInConfig {
+                            slow_delay: Duration::from_secs(2),
+                            ..Default::default()
+                        },
+                    );
+                    let mut registry = prometheus_client::registry::Registry::default();
+                    let metrics = Metrics::register(&mut registry);
+                    let config = Config {
+                        velero_namespace: VELERO_NS.into(),
+                        history_limit: HISTORY_LIMIT,
+                        approval_secret: Some(APPROVAL_SECRET.to_vec()),
+                        resync: Duration::from_secs(60),
+                        ..Config::default()
+                    };
+                    let run = controllers::run(client, config, metrics, futures::future::pending());
+                    let _ = tx.send(Ok(()));
+                    if let Err(e) = run.await {
+                        panic!("controllers stopped: {e}");
+                    }
+                });
+            })
+            .expect("spawning the controllers thread");
+        match rx.recv_timeout(Duration::from_secs(300)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("controller test setup failed: {e}"),
+            Err(e) => panic!("controller test setup did not finish: {e}"),
+        }
+    });
+}
+
+async fn install(client: &Client, upstream: Upstream) -> Result<(), String> {
+    let ours = [
+        manifests::application_instance_crd(),
+        manifests::operation_crd(),
+    ];
+    vworkspace_e2e::crds::install(client, &ours)
+        .await
+        .map_err(|e| format!("installing our CRDs: {e}"))?;
+    let sets = tokio::task::spawn_blocking(vworkspace_e2e::crds::upstream_crds)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("reading upstream CRDs: {e}"))?;
+    let mut crds = Vec::new();
+    for set in sets {
+        for crd in set.crds().map_err(|e| e.to_string())? {
+            let flux = crd.spec.group.ends_with("fluxcd.io");
+            if upstream == Upstream::All || flux {
+                crds.push(crd);
+            }
+        }
+    }
+    vworkspace_e2e::crds::install(client, &crds)
+        .await
+        .map_err(|e| format!("installing upstream CRDs: {e}"))?;
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(VELERO_NS.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(format!("creating the velero namespace: {e}")),
+    }
+    Ok(())
+}
+
+/// A client on the test's runtime and a fresh gated namespace.
+pub async fn env(prefix: &str) -> (Client, String) {
+    start(Upstream::All);
+    env_started(prefix).await
+}
+
+/// Like [`env`] after [`start`] was called with a variant.
+pub async fn env_started(prefix: &str) -> (Client, String) {
+    let client = vworkspace_e2e::shared_client();
+    let ns = vworkspace_e2e::test_namespace(&client, prefix)
+        .await
+        .expect("creating the test namespace");
+    (client, ns)
+}
+
+/// Sets the stand-in scenario of a namespace (optionally for one kind).
+pub async fn scenario(client: &Client, ns: &str, kind: Option<&str>, scenario: &str) {
+    let key = match kind {
+        Some(k) => format!(
+            "{}-{}",
+            standins::SCENARIO_ANNOTATION,
+            k.to_ascii_lowercase()
+        ),
+        None => standins::SCENARIO_ANNOTATION.to_string(),
+    };
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {key: scenario}}})),
+        )
+        .await
+        .expect("annotating the namespace");
+}
+
+/// An ApplicationInstance manifest from a spec.
+pub fn app(name: &str, ns: &str, spec: Value) -> ApplicationInstance {
+    serde_json::from_value(json!({
+        "apiVersion": "apps.vworkspace.io/v1alpha1",
+        "kind": "ApplicationInstance",
+        "metadata": { "name": name, "namespace": ns },
+        "spec": spec,
+    }))
+    .expect("valid ApplicationInstance")
+}
+
+/// A managed helm-source spec with inline values.
+pub fn helm_spec(release: &str, ns: &str, version: &str) -> Value {
+    json!({
+        "appRef": { "catalogId": "nextcloud" },
+        "mode": "managed",
+        "chart": { "sourceType": "helm", "url": "https://charts.example.com", "name": "nextcloud", "version": version },
+        "release": { "name": release, "namespace": ns },
+        "values": { "source": "inline", "inline": { "replicas": 1 } },
+    })
+}
+
+/// A placeholder spec.
+pub fn placeholder_spec() -> Value {
+    json!({ "appRef": { "catalogId": "cluster-ops" }, "mode": "placeholder" })
+}
+
+/// Creates an ApplicationInstance.
+pub async fn create_app(client: &Client, ns: &str, name: &str, spec: Value) -> ApplicationInstance {
+    Api::<ApplicationInstance>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &app(name, ns, spec))
+        .await
+        .expect("creating the ApplicationInstance")
+}
+
+/// Creates a placeholder target and waits for it to be Ready.
+pub async fn ready_placeholder(client: &Client, ns: &str, name: &str) {
+    create_app(client, ns, name, placeholder_spec()).await;
+    wait_app(client, ns, name, "Ready=True/Placeholder", |a| {
+        cond_is(
+            &a.status.clone().unwrap_or_default().conditions,
+            "Ready",
+            "True",
+            "Placeholder",
+        )
+    })
+    .await;
+}
+
+/// Creates an Operation from a spec.
+pub async fn create_op(client: &Client, ns: &str, name: &str, spec: Value) -> Operation {
+    let op: Operation = serde_json::from_value(json!({
+        "apiVersion": "ops.vworkspace.io/v1alpha1",
+        "kind": "Operation",
+        "metadata": { "name": name, "namespace": ns },
+        "spec": spec,
+    }))
+    .expect("valid Operation");
+    Api::<Operation>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &op)
+        .await
+        .expect("creating the Operation")
+}
+
+/// An Operation spec.
+pub fn op_spec(target: &str, type_: &str, engine: &str, params: Value) -> Value {
+    json!({
+        "targetRef": { "apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": target },
+        "type": type_,
+        "engine": engine,
+        "parameters": params,
+    })
+}
+
+/// Whether `conds` holds `type_` with `status` (and `reason` when not empty).
+pub fn cond_is(
+    conds: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> bool {
+    conds.iter().any(|c| {
+        c.type_ == type_ && c.status == status && (reason.is_empty() || c.reason == reason)
+    })
+}
+
+fn describe<T: serde::Serialize>(o: &Option<T>) -> String {
+    o.as_ref()
+        .map(|s| serde_json::to_string(s).unwrap_or_default())
+        .unwrap_or_else(|| "<none>".into())
+}
+
+/// Waits until the ApplicationInstance satisfies `check`.
+pub async fn wait_app(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+    check: impl Fn(&ApplicationInstance) -> bool,
+) -> ApplicationInstance {
+    let api = Api::<ApplicationInstance>::namespaced(client.clone(), ns);
+    vworkspace_e2e::wait::eventually(&format!("{ns}/{name} {what}"), WAIT, || {
+        let api = api.clone();
+        let check = &check;
+        async move {
+            match api.get_opt(name).await {
+                Ok(Some(a)) if check(&a) => Ok(a),
+                Ok(Some(a)) => Err(format!("status {}", describe(&a.status))),
+                Ok(None) => Err("not found".into()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await
+}
+
+/// Waits until the Operation satisfies `check`.
+pub async fn wait_op(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Operation) -> bool,
+) -> Operation {
+    let api = Api::<Operation>::namespaced(client.clone(), ns);
+    vworkspace_e2e::wait::eventually(&format!("{ns}/{name} {what}"), WAIT, || {
+        let api = api.clone();
+        let check = &check;
+        async move {
+            match api.get_opt(name).await {
+                Ok(Some(o)) if check(&o) => Ok(o),
+                Ok(Some(o)) => Err(format!("status {}", describe(&o.status))),
+                Ok(None) => Err("not found".into()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await
+}
+
+/// Waits until the Operation has `phase` and condition `type_=True/reason`.
+pub async fn wait_phase(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    phase: &str,
+    type_: &str,
+    reason: &str,
+) -> Operation {
+    wait_op(
+        client,
+        ns,
+        name,
+        &format!("phase {phase}, {type_}=True/{reason}"),
+        |o| {
+            let st = o.status.clone().unwrap_or_default();
+            st.phase.map(|p| p.as_str()) == Some(phase)
+                && cond_is(&st.conditions, type_, "True", reason)
+        },
+    )
+    .await
+}
+
+/// A dynamic API for an upstream kind.
+pub fn dyn_api(
+    client: &Client,
+    ns: &str,
+    group: &str,
+    version: &str,
+    kind: &str,
+    plural: &str,
+) -> Api<DynamicObject> {
+    let ar =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+/// HelmReleases of a namespace.
+pub fn helm_releases(client: &Client, ns: &str) -> Api<DynamicObject> {
+    dyn_api(
+        client,
+        ns,
+        "helm.toolkit.fluxcd.io",
+        "v2",
+        "HelmRelease",
+        "helmreleases",
+    )
+}
+
+/// Creates an Opaque Secret.
+pub async fn create_secret(client: &Client, ns: &str, name: &str, key: &str, value: &str) {
+    let s = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        },
+        string_data: Some([(key.to_string(), value.to_string())].into()),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &s)
+        .await
+        .expect("creating the Secret");
+}
+
+/// Fails when `needle` (or its base64) appears in any object of the namespace
+/// other than Secrets, in any of the given extra objects, or in the logs.
+pub async fn assert_not_leaked(client: &Client, ns: &str, needle: &str) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(needle);
+    let mut dumps: Vec<(String, String)> = Vec::new();
+    let kinds: &[(&str, &str, &str, &str)] = &[
+        (
+            "apps.vworkspace.io",
+            "v1alpha1",
+            "ApplicationInstance",
+            "applicationinstances",
+        ),
+        ("ops.vworkspace.io", "v1alpha1", "Operation", "operations"),
+        (
+            "helm.toolkit.fluxcd.io",
+            "v2",
+            "HelmRelease",
+            "helmreleases",
+        ),
+        (
+            "source.toolkit.fluxcd.io",
+            "v1",
+            "HelmRepository",
+            "helmrepositories",
+        ),
+        (
+            "source.toolkit.fluxcd.io",
+            "v1",
+            "OCIRepository",
+            "ocirepositories",
+        ),
+        ("batch", "v1", "Job", "jobs"),
+        ("argoproj.io", "v1alpha1", "Workflow", "workflows"),
+        ("", "v1", "ConfigMap", "configmaps"),
+        ("", "v1", "Event", "events"),
+    ];
+    for (g, v, k, p) in kinds {
+        let api = dyn_api(client, ns, g, v, k, p);
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .expect("listing for the secret scan");
+        for o in list.items {
+            dumps.push((
+                format!("{k} {}", o.name_any()),
+                serde_json::to_string(&o).unwrap_or_default(),
+            ));
+        }
+    }
+    let velero = dyn_api(client, VELERO_NS, "velero.io", "v1", "Backup", "backups");
+    for o in velero
+        .list(&ListParams::default())
+        .await
+        .expect("listing backups")
+        .items
+    {
+        dumps.push((
+            format!("Backup {}", o.name_any()),
+            serde_json::to_string(&o).unwrap_or_default(),
+        ));
+    }
+    dumps.push(("logs".into(), logs()));
+    for (what, text) in dumps {
+        assert!(!text.contains(needle), "secret value leaked into {what}");
+        assert!(
+            !text.contains(&b64),
+            "base64 of the secret value leaked into {what}"
+        );
+    }
+}
