@@ -202,6 +202,10 @@ struct Install {
     ungated: String,
     velero: String,
     cluster: String,
+    /// The ServiceAccount token `agent` carries.
+    token: String,
+    /// The junk join token stored in the join-token Secret.
+    join_token: String,
 }
 
 async fn install(prefix: &str) -> Install {
@@ -242,10 +246,12 @@ async fn install(prefix: &str) -> Install {
     render::apply(&admin, &docs, "deploy-rbac-test")
         .await
         .unwrap_or_else(|e| panic!("installing the rendered chart: {e}"));
-    // The join token Secret the operator creates, and one the agent must not read.
+    // The join token Secret the operator creates (a value that is not a JWT,
+    // unique so logs can be searched for it), and one the agent must not read.
+    let join_token = format!("jt-{:016x}", rand::random::<u64>());
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &agent_ns);
     for (name, value) in [
-        ("vworkspace-join-token", "a-join-token"),
+        ("vworkspace-join-token", join_token.as_str()),
         ("unrelated", "x"),
     ] {
         let s: Secret = serde_json::from_value(json!({
@@ -255,7 +261,7 @@ async fn install(prefix: &str) -> Install {
         .unwrap();
         secrets.create(&PostParams::default(), &s).await.unwrap();
     }
-    let agent = sa_client(cp, &admin, &agent_ns, &release).await;
+    let (agent, token) = sa_client(cp, &admin, &agent_ns, &release).await;
     // RBAC reaches the authorizer through informers: wait for the last binding.
     wait_allowed("the gated RoleBinding is active", || {
         let api = dynamic(&agent, Some(&gated), &HELM_RELEASE);
@@ -271,6 +277,8 @@ async fn install(prefix: &str) -> Install {
         ungated,
         velero,
         cluster,
+        token,
+        join_token,
     }
 }
 
@@ -280,7 +288,7 @@ async fn sa_client(
     admin: &kube::Client,
     namespace: &str,
     name: &str,
-) -> kube::Client {
+) -> (kube::Client, String) {
     let req: TokenRequest = serde_json::from_value(json!({
         "spec": {"audiences": [], "expirationSeconds": 3600}
     }))
@@ -289,9 +297,12 @@ async fn sa_client(
         .create_token_request(name, &PostParams::default(), &req)
         .await
         .unwrap_or_else(|e| panic!("TokenRequest for {namespace}/{name}: {e}"));
-    let token = issued.status.expect("TokenRequest status").token;
+    let token = issued
+        .status
+        .and_then(|s| s.token)
+        .expect("TokenRequest returned a token");
     let mut config = cp.config().clone();
-    config.auth_info = serde_json::from_value(json!({ "token": token })).unwrap();
+    config.auth_info = serde_json::from_value(json!({ "token": token.clone() })).unwrap();
     let client = kube::Client::try_from(config).unwrap();
     let who: Value = client
         .request(
@@ -313,7 +324,7 @@ async fn sa_client(
         format!("system:serviceaccount:{namespace}:{name}"),
         "{who}"
     );
-    client
+    (client, token)
 }
 
 async fn wait_allowed<F, Fut>(what: &str, mut call: F)
@@ -943,7 +954,14 @@ async fn api_server_refuses_the_agent_outside_its_grants() {
     );
     forbidden(
         "create a ServiceAccount other than vworkspace-operation-runner in a gated namespace",
-        ssa(agent, Some(&i.gated), &SERVICE_ACCOUNT, "powerful", json!({})).await,
+        ssa(
+            agent,
+            Some(&i.gated),
+            &SERVICE_ACCOUNT,
+            "powerful",
+            json!({}),
+        )
+        .await,
     );
     let other_cluster = format!("{}-other", i.cluster);
     ssa(
@@ -1130,4 +1148,185 @@ async fn hub_sim_manifests_are_accepted_by_the_api_server() {
     let sc = pod.containers[0].security_context.clone().unwrap();
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+}
+
+/// The agent binary: `VWS_AGENT_BIN`, else built now with the cargo running the tests.
+fn agent_binary() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("VWS_AGENT_BIN") {
+        return p.into();
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = render::deploy_dir().parent().unwrap().to_path_buf();
+    let out = std::process::Command::new(&cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "-p",
+            "vworkspace-agent",
+            "--bin",
+            "vworkspace-agent",
+            "--message-format=json",
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("running {cargo} build: {e}"));
+    assert!(
+        out.status.success(),
+        "building the agent failed; fix the build or set VWS_AGENT_BIN to a built vworkspace-agent"
+    );
+    // The executable path from cargo's own build messages (any target dir works).
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "vworkspace-agent")
+        .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
+        .expect("cargo reported no vworkspace-agent executable")
+}
+
+/// The real agent binary, started with only the chart ServiceAccount's token,
+/// takes the Lease, reads its join-token Secret, reports the (deliberately
+/// unusable) token on the Cluster status, keeps the token out of its logs, and
+/// vacates the Lease on SIGTERM.
+#[tokio::test]
+async fn agent_binary_runs_with_only_the_service_account_token() {
+    let i = install("rbac-run").await;
+    let cp = vworkspace_e2e::shared();
+    let bin = agent_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let b64 = |s: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\n\
+             users:\n- name: agent\n  user:\n    token: {}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: agent\ncurrent-context: c\n",
+            cp.url(),
+            b64(cp.serving_ca_pem()),
+            i.token
+        ),
+    )
+    .unwrap();
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log_path = dir.path().join("agent.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = tokio::process::Command::new(&bin)
+        .arg("run")
+        .env_clear()
+        .env("KUBECONFIG", &kubeconfig)
+        .env("VWS_AGENT_NAMESPACE", &i.agent_ns)
+        .env("VWS_AGENT_CLUSTER_OBJECT", &i.cluster)
+        .env("VWS_AGENT_LEASE_NAME", &i.release)
+        .env("VWS_AGENT_ALLOWED_NAMESPACES", &i.gated)
+        .env("VWS_AGENT_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
+        .env("VWS_AGENT_LOG_FORMAT", "plain")
+        .env("VWS_AGENT_LOG_LEVEL", "info")
+        .env("POD_NAME", "agent-pod-0")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+    let logs = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    let leases = dynamic(&i.admin, Some(&i.agent_ns), &LEASE);
+    vworkspace_e2e::wait::eventually(
+        "the agent holds the Lease",
+        Duration::from_secs(60),
+        || async {
+            match leases.get_opt(&i.release).await {
+                Ok(Some(l)) if l.data["spec"]["holderIdentity"] == "agent-pod-0" => Ok(()),
+                other => Err(format!("lease: {other:?}\nagent log:\n{}", logs())),
+            }
+        },
+    )
+    .await;
+
+    let clusters = dynamic(&i.admin, None, &CLUSTER);
+    let cluster = vworkspace_e2e::wait::eventually(
+        "the agent reports the join token on the Cluster status",
+        Duration::from_secs(60),
+        || async {
+            let c = clusters.get(&i.cluster).await.map_err(|e| e.to_string())?;
+            let conds = c.data["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if conds
+                .iter()
+                .any(|c| c["type"] == "Authenticated" && c["reason"] == "JoinTokenInvalid")
+            {
+                Ok(c)
+            } else {
+                Err(format!(
+                    "status: {}\nagent log:\n{}",
+                    c.data["status"],
+                    logs()
+                ))
+            }
+        },
+    )
+    .await;
+    assert!(
+        !cluster.data.to_string().contains(&i.join_token),
+        "the join token leaked into the Cluster object"
+    );
+
+    // Liveness answers without a hub.
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", admin_port))
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    stream.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+
+    // SIGTERM: the agent vacates the Lease and exits cleanly.
+    let pid = child.id().expect("agent is running");
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -TERM {pid}");
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the agent exits within 30 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "agent exit: {status}\n{}", logs());
+    let lease = leases.get(&i.release).await.unwrap();
+    assert!(
+        lease.data["spec"]["holderIdentity"].is_null(),
+        "not vacated: {}",
+        lease.data
+    );
+
+    let log_text = logs();
+    assert!(
+        !log_text.contains(&i.join_token),
+        "the join token appears in the agent's log"
+    );
+    assert!(
+        !log_text.contains(&i.token),
+        "the ServiceAccount token appears in the agent's log"
+    );
+    let refused: Vec<&str> = log_text
+        .lines()
+        .filter(|l| l.contains("forbidden") || l.contains("Forbidden"))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "the agent was refused by the API server with the chart's RBAC:\n{}",
+        refused.join("\n")
+    );
 }
