@@ -81,10 +81,8 @@ impl Applier {
                 }
             }
         };
-        if matches!(verdict, Verdict::Applied) {
-            if let Some(p) = &peeked {
-                tracing::info!(intent = %p.intent_id, object = %p.object, version = p.version, "Intent applied");
-            }
+        if let (Verdict::Applied, Some(p)) = (&verdict, &peeked) {
+            tracing::info!(intent = %p.intent_id, object = %p.object, version = p.version, "Intent applied");
         }
         IntentAck {
             intent_id: peeked
@@ -200,7 +198,17 @@ pub fn gate_decision(
     let Some(l) = ns_labels else {
         return Some(format!("namespace {ns} does not exist (NamespaceNotGated)"));
     };
-    if l.get(labels::NAMESPACE_GATE).map(String::as_str) != Some(labels::NAMESPACE_GATE_VALUE) {
+    // The controllers' label check, with no allow-list: for intents the
+    // allow-list narrows the labelled namespaces, it never widens them.
+    let namespace = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(ns.to_owned()),
+            labels: Some(l.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    if !crate::controllers::namespace_is_gated(&namespace, &[]) {
         return Some(format!(
             "namespace {ns} is not labelled {}={} (NamespaceNotGated)",
             labels::NAMESPACE_GATE,
@@ -240,15 +248,8 @@ pub fn validate_spec(object: &ObjectRef, spec: &serde_json::Value) -> Result<(),
         ObjectKind::ApplicationInstance => {
             let s: ApplicationInstanceSpec = serde_json::from_value(spec.clone())
                 .map_err(|e| format!("invalid ApplicationInstance spec: {e}"))?;
-            if let Some(rns) = s.release.as_ref().map(|r| r.namespace.as_str())
-                && rns != object.namespace
-            {
-                return Err(format!(
-                    "release.namespace {rns} must equal the object's namespace {}",
-                    object.namespace
-                ));
-            }
-            Ok(())
+            crate::controllers::validate_application_spec(&object.namespace, &s)
+                .map_err(|e| e.to_string())
         }
         ObjectKind::Operation => {
             let _: OperationSpec = serde_json::from_value(spec.clone())

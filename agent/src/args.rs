@@ -155,6 +155,30 @@ pub struct RunArgs {
     /// Run the ApplicationInstance/Operation controllers (behind the Lease).
     #[arg(long, env = "VWS_AGENT_CONTROLLERS", default_value_t = true, action = clap::ArgAction::Set)]
     pub controllers: bool,
+
+    /// Namespace Velero runs in (Backups and Restores are created there).
+    #[arg(long, env = "VWS_AGENT_VELERO_NAMESPACE", default_value = "velero")]
+    pub velero_namespace: String,
+
+    /// Finished Operations kept per target; older ones are deleted.
+    #[arg(long, env = "VWS_AGENT_OPERATION_HISTORY_LIMIT", default_value_t = 10)]
+    pub operation_history_limit: usize,
+
+    /// Timeout of an Operation whose spec sets none.
+    #[arg(long, env = "VWS_AGENT_OPERATION_TIMEOUT", default_value = "1h")]
+    pub operation_timeout: Dur,
+
+    /// Periodic re-reconcile of the controllers, on top of their watches.
+    #[arg(long, env = "VWS_AGENT_CONTROLLER_RESYNC", default_value = "10m")]
+    pub controller_resync: Dur,
+
+    /// Reconciles running at once, per controller.
+    #[arg(long, env = "VWS_AGENT_CONTROLLER_CONCURRENCY", default_value_t = 16)]
+    pub controller_concurrency: u16,
+
+    /// File holding the shared secret of `vws1.` approval claims (unset: approvals always block).
+    #[arg(long, env = "VWS_AGENT_APPROVAL_SECRET_FILE")]
+    pub approval_secret_file: Option<std::path::PathBuf>,
 }
 
 /// `join` flags.
@@ -241,13 +265,13 @@ impl FromStr for Dur {
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 != 0 {
+        if !ms.is_multiple_of(1000) {
             write!(f, "{ms}ms")
         } else {
             let s = ms / 1000;
-            if s != 0 && s % 3600 == 0 {
+            if s != 0 && s.is_multiple_of(3600) {
                 write!(f, "{}h", s / 3600)
-            } else if s != 0 && s % 60 == 0 {
+            } else if s != 0 && s.is_multiple_of(60) {
                 write!(f, "{}m", s / 60)
             } else {
                 write!(f, "{s}s")

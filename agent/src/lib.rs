@@ -79,11 +79,13 @@ pub struct Config {
     pub identity: String,
     /// Whether to run the controllers.
     pub controllers: bool,
+    /// Controller settings (used when `controllers` is true).
+    pub controller: controllers::Config,
 }
 
 impl args::RunArgs {
     /// The run configuration these flags describe.
-    pub fn into_config(self) -> Config {
+    pub fn into_config(self) -> Result<Config, anyhow::Error> {
         let Self {
             kube: _,
             identity,
@@ -98,16 +100,28 @@ impl args::RunArgs {
             lease_renew,
             pod_name,
             controllers,
+            velero_namespace,
+            operation_history_limit,
+            operation_timeout,
+            controller_resync,
+            controller_concurrency,
+            approval_secret_file,
         } = self;
+        let approval_secret = match approval_secret_file {
+            Some(path) => Some(std::fs::read(&path).map_err(|e| {
+                anyhow::anyhow!("reading --approval-secret-file {}: {e}", path.display())
+            })?),
+            None => None,
+        };
         let pod = pod_name
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| format!("vworkspace-agent-{}", uuid::Uuid::new_v4()));
-        Config {
+        Ok(Config {
             namespace: identity.namespace,
             cluster_object: identity.cluster_object,
             credentials_secret: identity.credentials_secret,
             hub_endpoint,
-            allowed_namespaces,
+            allowed_namespaces: allowed_namespaces.clone(),
             admin_addr,
             backoff_min: backoff_min.0,
             backoff_max: backoff_max.0.max(backoff_min.0),
@@ -120,7 +134,16 @@ impl args::RunArgs {
                 .max(Duration::from_millis(100)),
             identity: pod,
             controllers,
-        }
+            controller: controllers::Config {
+                allowed_namespaces: allowed_namespaces.0.clone(),
+                velero_namespace,
+                history_limit: operation_history_limit,
+                approval_secret,
+                default_operation_timeout: operation_timeout.0,
+                resync: controller_resync.0,
+                concurrency: controller_concurrency.max(1),
+            },
+        })
     }
 }
 
@@ -159,6 +182,7 @@ pub struct Agent {
     redactor: Redactor,
     registry: Arc<Registry>,
     metrics: metrics::Metrics,
+    controller_metrics: controllers::Metrics,
     listener: tokio::net::TcpListener,
     admin_addr: SocketAddr,
     state_tx: watch::Sender<ConnState>,
@@ -183,6 +207,9 @@ impl Agent {
     ) -> Result<Self, RunError> {
         let mut registry = Registry::default();
         let metrics = metrics::Metrics::register(&mut registry);
+        let controller_metrics = controllers::Metrics::register(
+            registry.sub_registry_with_prefix("vworkspace_agent_controllers"),
+        );
         let listener = admin::bind(cfg.admin_addr).await?;
         let admin_addr = listener.local_addr().map_err(|source| admin::BindError {
             addr: cfg.admin_addr,
@@ -196,6 +223,7 @@ impl Agent {
             redactor,
             registry: Arc::new(registry),
             metrics,
+            controller_metrics,
             listener,
             admin_addr,
             state_tx,
@@ -226,6 +254,7 @@ impl Agent {
             redactor,
             registry,
             metrics,
+            controller_metrics,
             listener,
             admin_addr,
             state_tx,
@@ -273,6 +302,7 @@ impl Agent {
                 client.clone(),
                 redactor.clone(),
                 metrics.clone(),
+                controller_metrics.clone(),
                 state_tx.clone(),
                 stop_rx,
             ));
@@ -313,6 +343,7 @@ async fn leader_work(
     client: kube::Client,
     redactor: Redactor,
     metrics: metrics::Metrics,
+    controller_metrics: controllers::Metrics,
     state_tx: watch::Sender<ConnState>,
     stop: watch::Receiver<bool>,
 ) {
@@ -351,9 +382,27 @@ async fn leader_work(
         hub,
         stop.clone(),
     );
+    let controllers = async {
+        if !cfg.controllers {
+            return;
+        }
+        let mut stop = stop.clone();
+        let shutdown = async move { signaled(&mut stop).await };
+        let run = controllers::run(
+            client.clone(),
+            cfg.controller.clone(),
+            controller_metrics,
+            shutdown,
+        );
+        if let Err(error) = run.await {
+            // The tunnel keeps running: intents still land and statuses still flow.
+            tracing::error!(%error, "Controllers stopped");
+        }
+    };
     tokio::join!(
         enroller.run(stop.clone()),
         tunnel.run(stop.clone()),
         statuses,
+        controllers,
     );
 }

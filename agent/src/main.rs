@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
     match args.command {
         Command::Run(run) => {
             let client = vworkspace_agent::kube_client(&run.kube).await?;
-            let agent = Agent::build(run.into_config(), client, redactor).await?;
+            let agent = Agent::build(run.into_config()?, client, redactor).await?;
             let (tx, rx) = tokio::sync::watch::channel(false);
             let mut task = tokio::spawn(agent.run(rx));
             let mut term =

@@ -146,6 +146,7 @@ pub fn agent_config(cp: &Cluster_, identity: &str) -> Config {
         lease_renew: Duration::from_millis(500),
         identity: identity.into(),
         controllers: false,
+        controller: vworkspace_agent::controllers::Config::default(),
     }
 }
 
