@@ -632,6 +632,43 @@ impl Store {
         )?)
     }
 
+    /// Makes the newest intent of an object pending again if it was applied
+    /// (or no-op'd) before; returns its seq if it is now pending. A rejected
+    /// newest intent stays settled (resending would only be refused again).
+    pub fn requeue_latest(
+        &self,
+        cluster: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let latest: Option<(i64, Option<i64>, Option<String>)> = tx
+            .query_row(
+                "SELECT seq, acked_at, outcome FROM intents
+                 WHERE cluster = ?1 AND kind = ?2 AND namespace = ?3 AND name = ?4
+                 ORDER BY version DESC LIMIT 1",
+                params![cluster, kind, namespace, name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let result = match latest {
+            None => None,
+            Some((seq, None, _)) => Some(seq),
+            Some((seq, Some(_), Some(outcome))) if outcome == "applied" || outcome == "noop" => {
+                tx.execute(
+                    "UPDATE intents SET acked_at = NULL, outcome = NULL, outcome_message = NULL WHERE seq = ?1",
+                    [seq],
+                )?;
+                Some(seq)
+            }
+            Some(_) => None,
+        };
+        tx.commit()?;
+        Ok(result)
+    }
+
     pub fn objects(
         &self,
         cluster: Option<&str>,

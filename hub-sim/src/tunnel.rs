@@ -135,12 +135,18 @@ pub(crate) fn upgrade(
         .collect();
     let offered_refs: Vec<&str> = offered.iter().map(String::as_str).collect();
     let Some(version) = proto::negotiate(&offered_refs, Version::SUPPORTED) else {
-        let mut resp = refuse(
-            http::StatusCode::BAD_REQUEST,
-            "unsupported_subprotocol",
-            &format!("offer WebSocket subprotocol {}", proto::SUBPROTOCOL_V1),
+        // The protocol asks for a plain-text reason here.
+        let mut resp = hyper::Response::new(Full::new(Bytes::from(format!(
+            "no common protocol version: offer WebSocket subprotocol {}\n",
+            proto::SUBPROTOCOL_V1
+        ))));
+        *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        resp.headers_mut().insert(
+        h.insert(
             http::header::SEC_WEBSOCKET_PROTOCOL,
             http::HeaderValue::from_static(proto::SUBPROTOCOL_V1),
         );
@@ -535,6 +541,10 @@ where
                 let (outcome, message) = match &ack.outcome {
                     IntentOutcome::Applied => ("applied", None),
                     IntentOutcome::Noop => ("noop", None),
+                    IntentOutcome::Rejected { code, message } if code == "replayed" => {
+                        let m: String = format!("replayed: {message}").chars().take(500).collect();
+                        ("noop", Some(m))
+                    }
                     IntentOutcome::Rejected { code, message } => {
                         let m: String = format!("{code}: {message}").chars().take(500).collect();
                         ("rejected", Some(m))
@@ -596,6 +606,33 @@ where
                 for entry in &inv.objects {
                     self.settle(&entry.object, entry.version);
                 }
+                // Objects whose newest intent is newer than what the agent holds
+                // get that intent again, even if it was acked before (the cluster
+                // lost it). Intents the agent rejected are not resent.
+                let declared = hub.store.objects(Some(&cluster), None).unwrap_or_default();
+                for obj in declared {
+                    let held = inv
+                        .objects
+                        .iter()
+                        .find(|e| {
+                            e.object.kind.as_str() == obj.kind
+                                && e.object.namespace == obj.namespace
+                                && e.object.name == obj.name
+                        })
+                        .map(|e| e.version);
+                    if (obj.deleted && held.is_none()) || held.unwrap_or(0) >= obj.version {
+                        continue;
+                    }
+                    match hub
+                        .store
+                        .requeue_latest(&cluster, &obj.kind, &obj.namespace, &obj.name)
+                    {
+                        Ok(Some(seq)) => self.cursor = self.cursor.min(seq - 1),
+                        Ok(None) => {}
+                        Err(e) => tracing::error!(error = %e, "requeue failed"),
+                    }
+                }
+                self.pump().await?;
                 // Status digest: ask only for objects whose status hash differs
                 // from (or is missing in) the hub's copy.
                 let known = hub.store.statuses(Some(&cluster), None).unwrap_or_default();
@@ -772,23 +809,33 @@ where
         let window = self.hub.cfg.window;
         while self.in_flight.len() < window {
             let want = window - self.in_flight.len();
-            let batch = match self
-                .hub
-                .store
-                .pending_intents(&self.id.cluster, self.cursor, want)
-            {
+            // In-flight intents may sit after the cursor again after a requeue; skip them.
+            let fetched = match self.hub.store.pending_intents(
+                &self.id.cluster,
+                self.cursor,
+                want + self.in_flight.len(),
+            ) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "reading pending intents failed");
                     return Ok(());
                 }
             };
-            if batch.is_empty() {
+            if fetched.is_empty() {
                 return Ok(());
             }
+            let mut batch = Vec::with_capacity(want);
+            for intent in fetched {
+                self.cursor = intent.seq;
+                if self.in_flight.iter().any(|(_, _, id)| *id == intent.id) {
+                    continue;
+                }
+                batch.push(intent);
+                if batch.len() == want {
+                    break;
+                }
+            }
             let faults = self.hub.faults_for(&self.id.cluster);
-            self.cursor = batch.last().map(|i| i.seq).unwrap_or(self.cursor);
-            let mut batch = batch;
             if faults.reorder && batch.len() > 1 {
                 batch.reverse();
             }

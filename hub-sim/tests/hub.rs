@@ -503,6 +503,51 @@ async fn protocol_violations_get_error_frames() {
     let hub = start_hub(dir.path()).await;
     let creds = enroll_cluster(&hub, "edge-1", "acme").await;
 
+    // No common subprotocol: 400 before any upgrade.
+    {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let cfg = {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(hub.hub.ca().cert_der().clone()).unwrap();
+            let chain = vec![
+                rustls_pki_types::CertificateDer::from_pem_slice(creds.cert_pem.as_bytes())
+                    .unwrap(),
+            ];
+            let key =
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(creds.key_pem.as_bytes()).unwrap();
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap()
+        };
+        let tcp = tokio::net::TcpStream::connect(hub.tls_addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            .connect(
+                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        let mut req = "wss://localhost/v1/tunnel".into_client_request().unwrap();
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            http::HeaderValue::from_static("vworkspace.v9+msgpack"),
+        );
+        match tokio_tungstenite::client_async(req, tls).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 400);
+                let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default())
+                    .into_owned();
+                assert!(body.contains(proto::SUBPROTOCOL_V1), "{body}");
+            }
+            other => panic!("expected 400, got {:?}", other.map(|_| ())),
+        }
+    }
+
     // Frame before Hello.
     let mut a = TestAgent::open(
         hub.tls_addr,
@@ -733,6 +778,90 @@ async fn idle_tunnels_are_dropped_and_connections_are_capped() {
     assert!(err.contains("idle timeout"), "{err}");
     eventually("tunnel unregistered", || async {
         !hub.hub.is_connected("edge-1")
+    })
+    .await;
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn inventory_behind_the_hub_gets_acked_intents_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(dir.path()).await;
+    let creds = enroll_cluster(&hub, "edge-1", "acme").await;
+    hub.hub
+        .apply(Some("edge-1"), &app("kept", "team", 1))
+        .unwrap();
+    hub.hub
+        .apply(Some("edge-1"), &app("lost", "team", 1))
+        .unwrap();
+    hub.hub
+        .apply(Some("edge-1"), &app("refused", "team", 1))
+        .unwrap();
+    let mut a = TestAgent::connect(hub.tls_addr, &creds, vec![]).await;
+    let mut first = vec![];
+    for _ in 0..3 {
+        let (seq, _, p) = a.recv_intent().await;
+        let outcome = if p.object.name == "refused" {
+            IntentOutcome::Rejected {
+                code: "forbidden".into(),
+                message: "namespace not gated".into(),
+            }
+        } else {
+            IntentOutcome::Applied
+        };
+        a.ack(seq, &p, outcome).await;
+        first.push(p);
+    }
+    eventually("all acked", || async {
+        hub.hub
+            .store()
+            .pending_intents("edge-1", 0, 10)
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    // The agent's inventory holds only "kept": "lost" comes again (same intent),
+    // "refused" does not.
+    a.send(Frame::Inventory(proto::Inventory {
+        objects: vec![proto::InventoryEntry {
+            object: ObjectRef::new(ObjectKind::ApplicationInstance, "team", "kept"),
+            version: 1,
+            status_hash: String::new(),
+        }],
+    }))
+    .await;
+    let (seq, _, again) = a.recv_intent().await;
+    let lost = first.iter().find(|p| p.object.name == "lost").unwrap();
+    assert_eq!(again.intent_id, lost.intent_id);
+    assert_eq!(again.version, 1);
+    // Next: the digest answer for "kept" (no stored status), not "refused".
+    match a.recv().await.body {
+        Frame::ResyncRequest(r) => assert_eq!(
+            r.objects,
+            vec![ObjectRef::new(
+                ObjectKind::ApplicationInstance,
+                "team",
+                "kept"
+            )]
+        ),
+        other => panic!("expected resync request, got {other:?}"),
+    }
+    // A replayed rejection counts as delivered.
+    a.ack(
+        seq,
+        &again,
+        IntentOutcome::Rejected {
+            code: "replayed".into(),
+            message: "version 1 is not newer than applied version 1".into(),
+        },
+    )
+    .await;
+    eventually("replayed settles as noop", || async {
+        hub.hub
+            .store()
+            .intent(&again.intent_id)
+            .unwrap()
+            .is_some_and(|i| i.outcome.as_deref() == Some("noop"))
     })
     .await;
     hub.shutdown().await;
