@@ -459,7 +459,7 @@ impl Tunnel {
                         if let Some(na) = na {
                             self.metrics.cert_expiry.set(na);
                         }
-                        *renewal = Renewal::new(&new);
+                        *renewal = Renewal::after_renewal(&new);
                         tracing::info!(not_after = ?na, "Client certificate renewed");
                         let _ = self
                             .cluster_status
@@ -856,10 +856,25 @@ struct Renewal {
 }
 
 impl Renewal {
+    /// Schedules renewal at two thirds of the certificate's lifetime.
     fn new(creds: &Credentials) -> Self {
+        Self::scheduled(creds, false)
+    }
+
+    /// After a renewal, also wait at least half of what is left, so a hub
+    /// that backdates `notBefore` (clock skew) cannot cause a renewal storm.
+    fn after_renewal(creds: &Credentials) -> Self {
+        Self::scheduled(creds, true)
+    }
+
+    fn scheduled(creds: &Credentials, just_renewed: bool) -> Self {
+        let now = vworkspace_protocol::unix_now();
         let at = creds.validity().map(|(nb, na)| {
-            let renew_unix = nb + (na - nb) * 2 / 3;
-            let wait = (renew_unix - vworkspace_protocol::unix_now()).max(0) as u64;
+            let mut renew_unix = nb + (na - nb) * 2 / 3;
+            if just_renewed {
+                renew_unix = renew_unix.max(now + (na - now) / 2);
+            }
+            let wait = (renew_unix - now).max(0) as u64;
             Instant::now() + Duration::from_secs(wait)
         });
         Self { at, pending: None }
