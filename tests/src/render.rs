@@ -20,8 +20,8 @@
 //! is an error here, where Helm would print an empty string.
 //!
 //! The plain manifests for kubectl users (`deploy/manifests/vworkspace-agent.yaml`)
-//! are [`plain_bundle`] of the default values; the chart's `crds/` directory is
-//! a copy of `crds/manifests/`. [`check_committed`] fails when either is stale,
+//! are [`plain_bundle`] of the default values; the chart's `crds/` directory and
+//! `templates/policies.yaml` are copies of `crds/manifests/`. [`check_committed`] fails when either is stale,
 //! and `VWS_UPDATE_DEPLOY=1` with the test in [`REGENERATE`] rewrites them.
 
 use kube::api::{DynamicObject, Patch, PatchParams};
@@ -38,6 +38,10 @@ pub const CRD_FILES: &[&str] = &[
     "operations.ops.vworkspace.io.yaml",
     "clusters.ops.vworkspace.io.yaml",
 ];
+
+/// Generated manifests the chart ships as templates (no template syntax in
+/// them), copied from `crds/manifests/` into `templates/`.
+pub const COPIED_TEMPLATES: &[&str] = &["policies.yaml"];
 
 /// Release name and namespace of the committed plain manifests.
 pub const DEFAULT_RELEASE: Release<'static> = Release {
@@ -259,20 +263,32 @@ pub fn plain_bundle(
         let path = chart.join("crds").join(file);
         let text = read(&path)?;
         out.push_str(&format!("---\n# Source: {chart_name}/crds/{file}\n"));
-        // Drop the copy's own comment header and leading separator.
-        let body: Vec<&str> = text
-            .lines()
-            .skip_while(|l| l.starts_with('#') || l.trim() == "---")
-            .collect();
-        out.push_str(&body.join("\n"));
+        out.push_str(&strip_generated_header(&text));
         out.push('\n');
     }
     for r in render_chart(chart, release, overrides)? {
         out.push_str(&format!("---\n# Source: {chart_name}/{}\n", r.source));
-        out.push_str(r.text.trim_start_matches("---\n").trim_matches('\n'));
+        let copied = COPIED_TEMPLATES
+            .iter()
+            .any(|f| r.source == format!("templates/{f}"));
+        let text = if copied {
+            strip_generated_header(&r.text)
+        } else {
+            r.text.trim_start_matches("---\n").to_string()
+        };
+        out.push_str(text.trim_matches('\n'));
         out.push('\n');
     }
     Ok(out)
+}
+
+/// Drops a generated file's comment header and leading `---`.
+fn strip_generated_header(text: &str) -> String {
+    let body: Vec<&str> = text
+        .lines()
+        .skip_while(|l| l.starts_with('#') || l.trim() == "---")
+        .collect();
+    body.join("\n")
 }
 
 /// Parses a multi-document YAML text into its non-empty documents.
@@ -284,13 +300,17 @@ pub fn documents(text: &str) -> Result<Vec<Value>, RenderError> {
     Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
 }
 
-/// Every committed file derived from another: the chart's CRD copies and the plain manifests.
+/// Every committed file copied from `crds/manifests/`: the chart's CRDs and admission policy.
 pub fn expected_files() -> Result<Vec<(PathBuf, String)>, RenderError> {
     let chart = chart_dir();
     let mut files = Vec::new();
     for file in CRD_FILES {
         let src = crds_source_dir().join(file);
         files.push((chart.join("crds").join(file), read(&src)?));
+    }
+    for file in COPIED_TEMPLATES {
+        let src = crds_source_dir().join(file);
+        files.push((chart.join("templates").join(file), read(&src)?));
     }
     Ok(files)
 }

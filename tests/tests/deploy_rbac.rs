@@ -115,6 +115,15 @@ fn chart_renders_a_hardened_deployment_and_one_binding_per_gated_namespace() {
         "metadata.namespace"
     );
 
+    assert_eq!(
+        find(
+            &docs,
+            "ValidatingAdmissionPolicy",
+            "applicationinstances.apps.vworkspace.io"
+        )
+        .len(),
+        1
+    );
     let cluster = find(&docs, "Cluster", "vworkspace")[0];
     assert_eq!(
         cluster["spec"]["controlPlaneEndpoint"],
@@ -243,6 +252,16 @@ async fn install(prefix: &str) -> Install {
             "cluster": {"name": cluster},
         }),
     );
+    // The admission policy is one cluster-wide object whatever the release;
+    // the kubectl test installs it (it grants the agent nothing).
+    let docs: Vec<Value> = docs
+        .into_iter()
+        .filter(|d| {
+            !d["kind"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("ValidatingAdmissionPolicy"))
+        })
+        .collect();
     render::apply(&admin, &docs, "deploy-rbac-test")
         .await
         .unwrap_or_else(|e| panic!("installing the rendered chart: {e}"));
@@ -1104,6 +1123,8 @@ fn committed_plain_manifests_install_with_kubectl() {
         "role.rbac.authorization.k8s.io/vworkspace-agent",
         "deployment.apps/vworkspace-agent",
         "cluster.ops.vworkspace.io/vworkspace",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/applicationinstances.apps.vworkspace.io",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/applicationinstances.apps.vworkspace.io",
     ] {
         assert!(out.contains(expected), "{expected} not in:\n{out}");
     }
