@@ -375,7 +375,13 @@ where
                     );
                 }
                 changed = kill.changed() => {
-                    let why = if changed.is_ok() { *kill.borrow_and_update() } else { None };
+                    // A dropped sender means the registry let go of this
+                    // connection: treat it as replaced rather than spin.
+                    let why = if changed.is_ok() {
+                        *kill.borrow_and_update()
+                    } else {
+                        Some(Kill::Replaced)
+                    };
                     match why {
                         Some(Kill::Revoked) => {
                             let _ = hub.store.audit("tunnel.close", Some(&self.id.cluster), "revoked", "live tunnel closed by revoke");
