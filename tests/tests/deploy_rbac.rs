@@ -1206,8 +1206,10 @@ fn agent_binary() -> std::path::PathBuf {
 
 /// The real agent binary, started with only the chart ServiceAccount's token,
 /// takes the Lease, reads its join-token Secret, reports the (deliberately
-/// unusable) token on the Cluster status, keeps the token out of its logs, and
-/// vacates the Lease on SIGTERM.
+/// unusable) token on the Cluster status, runs its controllers in the gated
+/// namespace, is refused by the API server (403) in a labelled namespace
+/// that has no RoleBinding, keeps the token out of its logs, and vacates the
+/// Lease on SIGTERM.
 #[tokio::test]
 async fn agent_binary_runs_with_only_the_service_account_token() {
     let i = install("rbac-run").await;
@@ -1230,6 +1232,30 @@ async fn agent_binary_runs_with_only_the_service_account_token() {
         ),
     )
     .unwrap();
+    // Work for the controllers: a placeholder and a chart in the gated
+    // namespace, and the same chart in the namespace that carries the label
+    // but has no RoleBinding (the agent's own gate lets it through; the API
+    // server must not).
+    let managed = |ns: &str| {
+        json!({"spec": {
+            "appRef": {"catalogId": "nextcloud"},
+            "mode": "managed",
+            "chart": {"sourceType": "helm", "url": "https://charts.example.com", "name": "nextcloud", "version": "1.0.0"},
+            "release": {"name": "web", "namespace": ns},
+            "values": {"source": "inline", "inline": {"replicas": 1}},
+        }})
+    };
+    for (ns, name, fields) in [
+        (
+            &i.gated,
+            "placeholder",
+            json!({"spec": {"appRef": {"catalogId": "ops"}, "mode": "placeholder"}}),
+        ),
+        (&i.gated, "web", managed(&i.gated)),
+        (&i.ungated, "web", managed(&i.ungated)),
+    ] {
+        ssa(&i.admin, Some(ns), &AI, name, fields).await.unwrap();
+    }
     let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -1248,6 +1274,7 @@ async fn agent_binary_runs_with_only_the_service_account_token() {
         .env("VWS_AGENT_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
         .env("VWS_AGENT_LOG_FORMAT", "plain")
         .env("VWS_AGENT_LOG_LEVEL", "info")
+        .env("VWS_AGENT_VELERO_NAMESPACE", &i.velero)
         .env("POD_NAME", "agent-pod-0")
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -1300,6 +1327,84 @@ async fn agent_binary_runs_with_only_the_service_account_token() {
         "the join token leaked into the Cluster object"
     );
 
+    // The controllers run with the same token: status, finalizer and Flux
+    // objects in the gated namespace ...
+    let ais = dynamic(&i.admin, Some(&i.gated), &AI);
+    vworkspace_e2e::wait::eventually(
+        "the agent marks the placeholder Ready",
+        Duration::from_secs(60),
+        || async {
+            let ai = ais.get("placeholder").await.map_err(|e| e.to_string())?;
+            let conds = ai.data["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if conds.iter().any(|c| {
+                c["type"] == "Ready" && c["status"] == "True" && c["reason"] == "Placeholder"
+            }) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "status: {}\nagent log:\n{}",
+                    ai.data["status"],
+                    logs()
+                ))
+            }
+        },
+    )
+    .await;
+    let releases = dynamic(&i.admin, Some(&i.gated), &HELM_RELEASE);
+    let hr = vworkspace_e2e::wait::eventually(
+        "the agent creates the HelmRelease in the gated namespace",
+        Duration::from_secs(60),
+        || async {
+            releases
+                .get_opt("web")
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no HelmRelease yet\nagent log:\n{}", logs()))
+        },
+    )
+    .await;
+    assert!(
+        hr.metadata
+            .managed_fields
+            .unwrap_or_default()
+            .iter()
+            .any(|m| m.manager.as_deref() == Some("vworkspace-agent")),
+        "the HelmRelease was not written by the agent"
+    );
+    // ... and the API server refusing the same writes where no RoleBinding exists.
+    let refused_there = format!("in the namespace \"{}\"", i.ungated);
+    vworkspace_e2e::wait::eventually(
+        "the API server refuses the agent's Flux objects in the unbound namespace",
+        Duration::from_secs(60),
+        || async {
+            let text = logs();
+            if text
+                .lines()
+                .any(|l| l.contains("forbidden") && l.contains(&refused_there))
+            {
+                Ok(())
+            } else {
+                Err(format!("no refusal logged yet\nagent log:\n{text}"))
+            }
+        },
+    )
+    .await;
+    for res in [&HELM_RELEASE, &HELM_REPOSITORY] {
+        let left = dynamic(&i.admin, Some(&i.ungated), res)
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+        assert!(
+            left.items.is_empty(),
+            "a {} was written in {}",
+            res.kind,
+            i.ungated
+        );
+    }
+
     // Liveness answers without a hub.
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", admin_port))
         .await
@@ -1341,9 +1446,11 @@ async fn agent_binary_runs_with_only_the_service_account_token() {
         !log_text.contains(&i.token),
         "the ServiceAccount token appears in the agent's log"
     );
+    // Every refusal is the expected one: nothing the agent needs was refused.
     let refused: Vec<&str> = log_text
         .lines()
         .filter(|l| l.contains("forbidden") || l.contains("Forbidden"))
+        .filter(|l| !l.contains(&refused_there))
         .collect();
     assert!(
         refused.is_empty(),
