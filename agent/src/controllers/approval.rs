@@ -207,13 +207,14 @@ mod tests {
                 hex::encode(hmac::sign(&key, body.as_bytes()).as_ref())
             )
         };
-        let table: Vec<(
-            &str,
-            Option<&[u8]>,
-            Option<&str>,
+        type Case<'a> = (
+            &'a str,
+            Option<&'a [u8]>,
+            Option<&'a str>,
             i64,
             Result<(), ClaimError>,
-        )> = vec![
+        );
+        let table: Vec<Case<'_>> = vec![
             ("valid", Some(SECRET), Some(good), now, Ok(())),
             (
                 "valid at expiry",

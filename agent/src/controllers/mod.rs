@@ -121,6 +121,9 @@ impl Error {
     }
 }
 
+/// One async lock per (namespace, target).
+type TargetLocks = std::collections::HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>;
+
 /// State shared by the reconcilers.
 pub struct Context {
     /// API client.
@@ -133,8 +136,7 @@ pub struct Context {
     pub namespaces: reflector::Store<Namespace>,
     /// Serialises operation admission per target (namespace/name), so two
     /// conflicting operations cannot start at the same moment.
-    pub(crate) target_locks:
-        std::sync::Mutex<std::collections::HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    pub(crate) target_locks: std::sync::Mutex<TargetLocks>,
     /// Discovery answers per kind, kept for [`SERVED_TTL`] so reconciles do
     /// not hit discovery every time, yet notice a CRD installed later.
     served:
@@ -171,10 +173,9 @@ impl Context {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&kind)
+            && at.elapsed() < SERVED_TTL
         {
-            if at.elapsed() < SERVED_TTL {
-                return Ok(*served);
-            }
+            return Ok(*served);
         }
         let served = kind.is_served(&self.client).await?;
         self.served

@@ -55,13 +55,13 @@ pub fn validate_application_spec(
     if spec.app_ref.catalog_id.trim().is_empty() {
         return Err(SpecError::BlankCatalogId);
     }
-    if let Some(release) = &spec.release {
-        if release.namespace != namespace {
-            return Err(SpecError::ReleaseNamespaceMismatch {
-                release: release.namespace.clone(),
-                object: namespace.to_string(),
-            });
-        }
+    if let Some(release) = &spec.release
+        && release.namespace != namespace
+    {
+        return Err(SpecError::ReleaseNamespaceMismatch {
+            release: release.namespace.clone(),
+            object: namespace.to_string(),
+        });
     }
     if spec.is_placeholder() {
         if spec.chart.is_some() {
@@ -166,12 +166,7 @@ pub fn is_exact_semver(version: &str) -> bool {
             return false;
         }
     }
-    if let Some(build) = build {
-        if !build.split('.').all(ident) {
-            return false;
-        }
-    }
-    true
+    build.is_none_or(|b| b.split('.').all(ident))
 }
 
 /// Placeholder values upstream allows in place of a secret.

@@ -266,20 +266,19 @@ async fn scenario(obj: &DynamicObject, ctx: &Ctx) -> Result<Scenario, kube::Erro
     } else {
         obj.namespace()
     };
-    if let Some(ns) = subject {
-        if let Some(n) = Api::<Namespace>::all(ctx.client.clone())
+    if let Some(ns) = subject
+        && let Some(n) = Api::<Namespace>::all(ctx.client.clone())
             .get_opt(&ns)
             .await?
+    {
+        let a = n.annotations();
+        let per_kind = format!("{SCENARIO_ANNOTATION}-{}", ctx.kind.to_ascii_lowercase());
+        if let Some(s) = a
+            .get(&per_kind)
+            .or_else(|| a.get(SCENARIO_ANNOTATION))
+            .and_then(|s| Scenario::parse(s))
         {
-            let a = n.annotations();
-            let per_kind = format!("{SCENARIO_ANNOTATION}-{}", ctx.kind.to_ascii_lowercase());
-            if let Some(s) = a
-                .get(&per_kind)
-                .or_else(|| a.get(SCENARIO_ANNOTATION))
-                .and_then(|s| Scenario::parse(s))
-            {
-                return Ok(s);
-            }
+            return Ok(s);
         }
     }
     Ok(ctx.config.default_scenario)
@@ -590,7 +589,7 @@ async fn helm_release(
             return Ok(requeue_for_slow(Scenario::Slow, waited, ctx));
         }
         let msg = if upgrade {
-            format!("Running 'upgrade' action with timeout of 5m0s")
+            "Running 'upgrade' action with timeout of 5m0s".to_string()
         } else {
             "Fresh install in progress".to_string()
         };

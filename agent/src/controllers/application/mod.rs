@@ -86,10 +86,11 @@ pub async fn reconcile(ai: Arc<ApplicationInstance>, ctx: Arc<Context>) -> Resul
     let ns = ai
         .namespace()
         .ok_or_else(|| Error::MissingNamespace(ai.name_any()))?;
-    if ai.meta().deletion_timestamp.is_some() && ai.finalizers().iter().any(|f| f == FINALIZER) {
-        if let Some(action) = wait_for_children(&ai, &ns, &ctx).await? {
-            return Ok(action);
-        }
+    if ai.meta().deletion_timestamp.is_some()
+        && ai.finalizers().iter().any(|f| f == FINALIZER)
+        && let Some(action) = wait_for_children(&ai, &ns, &ctx).await?
+    {
+        return Ok(action);
     }
     let api = Api::<ApplicationInstance>::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, ai, |event| async {

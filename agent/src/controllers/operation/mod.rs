@@ -537,12 +537,11 @@ async fn start(
             for obj in objs {
                 let api = dyn_api(ctx, obj);
                 let name = obj.name_any();
-                if let Some(existing) = api.get_opt(&name).await? {
-                    if let Some(msg) =
+                if let Some(existing) = api.get_opt(&name).await?
+                    && let Some(msg) =
                         foreign(existing.labels(), format!("{} {name}", kind_of(obj)))
-                    {
-                        return Ok(Err(msg));
-                    }
+                {
+                    return Ok(Err(msg));
                 }
                 api.patch(&name, &pp, &Patch::Apply(obj)).await?;
             }
@@ -578,10 +577,10 @@ async fn start(
                 )
                 .await?;
             let api = Api::<Job>::namespaced(ctx.client.clone(), &info.namespace);
-            if let Some(existing) = api.get_opt(&info.name).await? {
-                if let Some(msg) = foreign(existing.labels(), format!("Job {}", info.name)) {
-                    return Ok(Err(msg));
-                }
+            if let Some(existing) = api.get_opt(&info.name).await?
+                && let Some(msg) = foreign(existing.labels(), format!("Job {}", info.name))
+            {
+                return Ok(Err(msg));
             }
             api.patch(&info.name, &pp, &Patch::Apply(job_body(j)?))
                 .await?;
@@ -983,8 +982,8 @@ impl Writer {
         self.st.phase = Some(OperationPhase::Pending);
         self.set(types::BLOCKED, Status::True, reason, message.clone());
         if reason != reasons::TARGET_NOT_READY
-            || !conditions::find(&self.st.conditions, types::ACCEPTED)
-                .is_some_and(|c| c.reason == reasons::TARGET_NOT_FOUND)
+            || conditions::find(&self.st.conditions, types::ACCEPTED)
+                .is_none_or(|c| c.reason != reasons::TARGET_NOT_FOUND)
         {
             self.set(types::ACCEPTED, Status::False, reason, message);
         }

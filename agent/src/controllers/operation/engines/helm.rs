@@ -96,7 +96,7 @@ pub fn outcome_from_status(name: &str, release: Option<&ReleaseView>, plan: &Pla
             let rolled_back = cond("Remediated")
                 .is_some_and(|c| c.status == "True" && c.reason == "RollbackSucceeded");
             let retrying = cond("Reconciling").is_some_and(|c| c.status == "True")
-                && !cond("Stalled").is_some_and(|c| c.status == "True");
+                && cond("Stalled").is_none_or(|c| c.status != "True");
             match ready {
                 _ if rolled_back => Outcome::Failed {
                     reason: reasons::ROLLED_BACK,
