@@ -24,6 +24,7 @@ use vworkspace_protocol::{
 use crate::FIELD_MANAGER;
 use crate::args::NamespaceList;
 use crate::metrics::Metrics;
+use crate::tombstones::Tombstones;
 
 /// What the applier knows about this cluster.
 #[derive(Clone)]
@@ -42,6 +43,8 @@ pub struct Applier {
     pub limits: Limits,
     /// Metrics.
     pub metrics: Metrics,
+    /// Versions of deleted objects.
+    pub tombstones: Tombstones,
 }
 
 /// The outcome of one intent before it is wrapped in an ack.
@@ -126,10 +129,20 @@ impl Applier {
             Ok(o) => o,
             Err(e) => return apply_failed("reading the object", &e),
         };
-        let applied = live.as_ref().and_then(applied_version);
+        let (applied, applied_id) = match &live {
+            Some(o) => (applied_version(o), applied_intent_id(o)),
+            None => match self.tombstones.get(&p.object).await {
+                Ok(Some((v, id))) => (Some(v), Some(id)),
+                Ok(None) => (None, None),
+                Err(e) => return apply_failed("reading the tombstones", &e),
+            },
+        };
         match applied {
-            Some(a) if p.version == a => return Verdict::Noop,
-            Some(a) if p.version < a => {
+            // The same intent delivered again (at-least-once): nothing to do.
+            Some(a) if p.version == a && applied_id.as_deref() == Some(p.intent_id.as_str()) => {
+                return Verdict::Noop;
+            }
+            Some(a) if p.version <= a => {
                 return reject(Rejection::Replayed {
                     version: p.version,
                     applied: a,
@@ -144,6 +157,14 @@ impl Applier {
         }
         match p.action {
             IntentAction::Delete => {
+                // Remember the version first: an older apply must not bring the object back.
+                if let Err(e) = self
+                    .tombstones
+                    .record(&p.object, p.version, &p.intent_id)
+                    .await
+                {
+                    return apply_failed("recording the deletion", &e);
+                }
                 if live.is_none() {
                     return Verdict::Noop;
                 }
@@ -164,7 +185,14 @@ impl Applier {
                 let body = manifest(&p.object, &spec, &self.cluster_id, p.version, &p.intent_id);
                 let pp = PatchParams::apply(FIELD_MANAGER).force();
                 match api.patch(&p.object.name, &pp, &Patch::Apply(body)).await {
-                    Ok(_) => Verdict::Applied,
+                    Ok(_) => {
+                        if live.is_none()
+                            && let Err(error) = self.tombstones.clear(&p.object).await
+                        {
+                            tracing::warn!(%error, object = %p.object, "Failed to clear a tombstone");
+                        }
+                        Verdict::Applied
+                    }
                     Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
                         Verdict::Rejected(
                             RejectionCode::InvalidSpec,
@@ -311,6 +339,15 @@ pub fn applied_version(o: &DynamicObject) -> Option<u64> {
         .get(annotations::APPLIED_INTENT_VERSION)?
         .parse()
         .ok()
+}
+
+/// The id of the intent an object was last written from.
+pub fn applied_intent_id(o: &DynamicObject) -> Option<String> {
+    o.metadata
+        .annotations
+        .as_ref()?
+        .get(annotations::APPLIED_INTENT_ID)
+        .cloned()
 }
 
 /// The server-side apply body for an intent.

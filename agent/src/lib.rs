@@ -24,6 +24,7 @@ pub mod lease;
 pub mod logging;
 pub mod metrics;
 pub mod status;
+pub mod tombstones;
 pub mod tunnel;
 
 use std::net::SocketAddr;
@@ -375,6 +376,7 @@ async fn leader_work(
         state: state_tx,
         creds: creds_rx,
         redactor,
+        tombstones: tombstones::Tombstones::new(client.clone(), &cfg.namespace),
     };
     let statuses = status::run(
         client.clone(),

@@ -128,12 +128,19 @@ impl StatusHub {
         self.metrics.queue("status_pending", s.dirty.len());
     }
 
-    /// The hub asked for everything again: forget what it confirmed.
-    pub fn resync_all(&self) {
+    /// The hub asked for these statuses again: forget what it confirmed.
+    /// Objects the agent does not hold are answered as deleted.
+    pub fn resync(&self, objects: &[ObjectRef]) {
         let mut s = self.lock();
-        s.confirmed.clear();
-        let keys: Vec<_> = s.current.keys().cloned().collect();
-        s.dirty.extend(keys);
+        for o in objects {
+            s.confirmed.remove(o);
+            if !s.current.contains_key(o) {
+                let mut gone = tombstone(o);
+                gone.hash = hash_of(&gone);
+                s.current.insert(o.clone(), (gone, 0));
+            }
+            s.dirty.insert(o.clone());
+        }
         self.metrics.queue("status_pending", s.dirty.len());
         drop(s);
         self.changed.notify_one();

@@ -142,6 +142,8 @@ pub struct Tunnel {
     pub creds: watch::Receiver<Option<Arc<Credentials>>>,
     /// Secrets to keep out of logs.
     pub redactor: Redactor,
+    /// Versions of deleted objects.
+    pub tombstones: crate::tombstones::Tombstones,
 }
 
 fn set_state(tx: &watch::Sender<ConnState>, metrics: &Metrics, s: ConnState) {
@@ -302,6 +304,7 @@ impl Tunnel {
             allowed_namespaces: self.allowed_namespaces.clone(),
             limits: limits.clone(),
             metrics: self.metrics.clone(),
+            tombstones: self.tombstones.clone(),
         };
         // Room for the hub's whole window twice over (duplicates); a hub that
         // exceeds it is broken and gets an error, not unbounded memory.
@@ -370,9 +373,12 @@ impl Tunnel {
                             self.metrics.queue("intents", depth - intent_tx.capacity());
                         }
                         Frame::ResyncRequest(r) => {
-                            tracing::info!(reason = r.reason.as_deref().unwrap_or(""), "Hub asked for a resync");
-                            self.status.resync_all();
-                            conn.send_inventory(self.status.inventory()).await?;
+                            tracing::info!(reason = r.reason.as_deref().unwrap_or(""), objects = r.objects.len(), "Hub asked for a resync");
+                            if r.objects.is_empty() {
+                                conn.send_inventory(self.status.inventory()).await?;
+                            } else {
+                                self.status.resync(&r.objects);
+                            }
                         }
                         Frame::CertIssued(c) => self.renewed(&creds, &mut renewal, c).await,
                         Frame::Goodbye(Goodbye { reason, retry_after_secs }) => {

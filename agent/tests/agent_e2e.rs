@@ -388,8 +388,9 @@ async fn forged_expired_foreign_ungated_invalid_and_replayed_intents_are_rejecte
     let mut agent = start_agent(&cp.client, agent_config(&cp, "replica-1")).await;
     agent.wait_state(ConnState::Connected, CONNECT).await;
     assert_eq!(outcome(&hub, cluster, &v3.id).await.0, "applied");
+    // The agent rejects with `replayed`; the hub records that as delivered (protocol.md §5).
     let (o, msg) = outcome(&hub, cluster, &v2.id).await;
-    assert_eq!(o, "rejected");
+    assert!(o == "rejected" || o == "noop", "{o}");
     assert!(msg.starts_with("replayed"), "{msg}");
     let ai = get_ai(&cp.client, &ns, "x").await.unwrap();
     assert_eq!(applied_version(&ai), Some(v3.version));
@@ -400,6 +401,40 @@ async fn forged_expired_foreign_ungated_invalid_and_replayed_intents_are_rejecte
             .await,
         Some(1.0)
     );
+
+    // An older apply replayed after a newer delete does not bring the object back.
+    agent.stop().await;
+    let v4 = hub
+        .hub
+        .apply(Some(cluster), &app_manifest(&ns, "x", "four"))
+        .unwrap();
+    let v5 = hub
+        .hub
+        .delete(cluster, "ApplicationInstance", &ns, "x")
+        .unwrap();
+    let mut agent = start_agent(&cp.client, agent_config(&cp, "replica-1")).await;
+    agent.wait_state(ConnState::Connected, CONNECT).await;
+    assert_eq!(outcome(&hub, cluster, &v5.id).await.0, "applied");
+    let (o, msg) = outcome(&hub, cluster, &v4.id).await;
+    assert!(o == "rejected" || o == "noop", "{o}");
+    assert!(msg.starts_with("replayed"), "{msg}");
+    assert_eq!(
+        agent
+            .metric("vworkspace_agent_intents_total{outcome=\"rejected\",reason=\"replayed\"}")
+            .await,
+        Some(1.0)
+    );
+    eventually(STEP, "x deleted", || async {
+        get_ai(&cp.client, &ns, "x").await.is_none().then_some(())
+    })
+    .await;
+    let tomb =
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(cp.client.clone(), &cp.agent_ns)
+            .get(vworkspace_agent::tombstones::CONFIG_MAP)
+            .await
+            .unwrap();
+    let key = format!("ApplicationInstance.{ns}.x");
+    assert!(tomb.data.unwrap()[&key].starts_with(&format!("{} ", v5.version)));
     agent.stop().await;
     assert_no_secrets_logged(&cp, &[&token]).await;
     hub.shutdown().await;

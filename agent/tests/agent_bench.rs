@@ -1,0 +1,172 @@
+//! Benchmark (ignored by default; numbers go to docs/benchmarks.md):
+//! the agent binary as its own process against the real control plane and an
+//! in-process hub-sim. Measures RSS idle and with 1,000 ApplicationInstances,
+//! and the time from `hub-sim apply` of each of 1,000 intents to its object
+//! being present in the API server (p50/p99).
+//!
+//! cargo test --release -p vworkspace-agent --test agent_bench -- --ignored --nocapture
+
+mod agent_support;
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use agent_support::*;
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::watcher;
+use vworkspace_crds::ApplicationInstance;
+
+const N: usize = 1000;
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+async fn pending_statuses(admin: std::net::SocketAddr) -> Option<f64> {
+    let (_, body) = http_get(admin, "/metrics").await;
+    body.lines()
+        .find(|l| l.starts_with("vworkspace_agent_queue_depth{queue=\"status_pending\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run explicitly with --ignored --nocapture"]
+async fn agent_rss_and_intent_to_object_latency() {
+    init();
+    let _serial = serial().await;
+    let cp = control_plane("bench").await;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(hub_config(dir.path())).await;
+    let cluster = "edge-bench";
+    let token = hub.hub.create_token(cluster, "acme", None).unwrap().token;
+    join(&cp, &token).await;
+
+    let admin = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vworkspace-agent"))
+        .arg("run")
+        .args(["--namespace", &cp.agent_ns])
+        .args(["--cluster-object", &cp.cluster_object])
+        .args(["--admin-addr", &admin.to_string()])
+        .args(["--pod-name", "bench-1"])
+        .args(["--controllers", "false"])
+        .args(["--log-level", "warn"])
+        .env("KUBECONFIG", vworkspace_e2e::shared().kubeconfig_path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting vworkspace-agent");
+    let pid = child.id().unwrap();
+
+    eventually(Duration::from_secs(120), "the agent connected", || async {
+        hub.hub.is_connected(cluster).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(30), "an idle status stream", || async {
+        pending_statuses(admin).await.filter(|n| *n == 0.0)
+    })
+    .await;
+    let idle_rss = rss_kib(pid);
+
+    let ns = vworkspace_e2e::test_namespace(&cp.client, "bench").await.unwrap();
+    // Watch the namespace and note when each object first appears.
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let api: Api<ApplicationInstance> = Api::namespaced(cp.client.clone(), &ns);
+    let watch = tokio::spawn(async move {
+        let stream = watcher(api, watcher::Config::default());
+        futures::pin_mut!(stream);
+        let mut ready = Some(ready_tx);
+        while let Some(ev) = stream.next().await {
+            let now = Instant::now();
+            match ev {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                    if let Some(n) = o.metadata.name {
+                        let _ = seen_tx.send((n, now));
+                    }
+                }
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    // The clock starts once the watch is established.
+    tokio::time::timeout(Duration::from_secs(30), ready_rx)
+        .await
+        .expect("the test watch did not start")
+        .unwrap();
+
+    let started = Instant::now();
+    let mut sent: HashMap<String, Instant> = HashMap::with_capacity(N);
+    for i in 0..N {
+        let name = format!("app-{i:04}");
+        sent.insert(name.clone(), Instant::now());
+        hub.hub
+            .apply(Some(cluster), &app_manifest(&ns, &name, "bench"))
+            .expect("hub apply");
+    }
+    let applied_in = started.elapsed();
+    let mut latencies = Vec::with_capacity(N);
+    let mut first_seen: HashMap<String, Instant> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while first_seen.len() < N {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "only {} of {N} objects appeared", first_seen.len());
+        if let Ok(Some((name, at))) = tokio::time::timeout(left, seen_rx.recv()).await
+            && let Some(t0) = sent.get(&name)
+            && !first_seen.contains_key(&name)
+        {
+            first_seen.insert(name, at);
+            latencies.push(at.duration_since(*t0));
+        }
+    }
+    let all_in = started.elapsed();
+    watch.abort();
+    latencies.sort();
+
+    // Status stream settled for 1,000 objects.
+    eventually(Duration::from_secs(120), "statuses of 1,000 objects sent", || async {
+        pending_statuses(admin).await.filter(|n| *n == 0.0)
+    })
+    .await;
+    let loaded_rss = rss_kib(pid);
+
+    let report = format!(
+        "agent RSS idle (connected, 0 objects): {:.1} MiB\n\
+         agent RSS with {N} ApplicationInstances: {:.1} MiB\n\
+         {N} intents: hub apply loop {:.2?}, all objects present after {:.2?} ({:.0} intents/s)\n\
+         intent -> object latency: p50 {:.0?}, p99 {:.0?}, max {:.0?}\n",
+        idle_rss as f64 / 1024.0,
+        loaded_rss as f64 / 1024.0,
+        applied_in,
+        all_in,
+        N as f64 / all_in.as_secs_f64(),
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        latencies[latencies.len() - 1],
+    );
+    println!("\n=== agent benchmark ===\n{report}");
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    hub.shutdown().await;
+}
