@@ -253,18 +253,31 @@ impl Hub {
     /// Opens the state dir and loads (or creates) CA, keys and store.
     pub(crate) fn open(cfg: Config, public_url: String) -> Result<Arc<Self>, HubError> {
         let dir = &cfg.state_dir;
-        std::fs::create_dir_all(dir).map_err(|source| HubError::StateDir {
-            path: dir.clone(),
-            source,
-        })?;
+        let state_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| HubError::StateDir { path, source }
+        };
+        if !dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(state_err(dir))?;
+        }
+        // The database holds the CA and signing keys: private from the first
+        // byte (SQLite gives its -wal/-shm files the same mode).
         {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(
-                |source| HubError::StateDir {
-                    path: dir.clone(),
-                    source,
-                },
-            )?;
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let db = dir.join("hub.db");
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&db)
+                .map_err(state_err(&db))?;
+            std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600))
+                .map_err(state_err(&db))?;
         }
         let store = Arc::new(Store::open(dir)?);
         let ca = Ca::load_or_create(&store)?;

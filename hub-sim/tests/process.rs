@@ -95,7 +95,9 @@ async fn acked_count(p: &Proc) -> usize {
 async fn cli_and_kill_restart_lose_and_duplicate_nothing_acked() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path();
+    // A state dir hub-sim creates itself (so its mode is hub-sim's choice).
+    let state_buf = dir.path().join("hub");
+    let state = state_buf.as_path();
     let p1 = spawn_hub(state).await;
 
     {
@@ -107,6 +109,11 @@ async fn cli_and_kill_restart_lose_and_duplicate_nothing_acked() {
         assert_eq!(mode & 0o777, 0o600, "admin token must be private");
         let dir_mode = std::fs::metadata(state).unwrap().permissions().mode();
         assert_eq!(dir_mode & 0o777, 0o700, "state dir must be private");
+        let db_mode = std::fs::metadata(state.join("hub.db"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(db_mode & 0o777, 0o600, "database holds private keys");
     }
     let token = cli(
         state,
