@@ -412,7 +412,11 @@ impl Tunnel {
                     }
                 }
                 Some(ack) = ack_rx.recv() => {
+                    let event = rejection_event(&ack);
                     conn.send(Frame::IntentAck(ack)).await?;
+                    if let Some(ev) = event {
+                        conn.send(Frame::Event(ev)).await?;
+                    }
                 }
                 _ = tokio::time::sleep_until(conn.last_rx + idle) => {
                     return Err(TunnelError::Idle(idle));
@@ -532,6 +536,21 @@ async fn intent_worker(
             return;
         }
     }
+}
+
+/// The audit event for a rejected intent (protocol: every rejection is also a Warning event).
+fn rejection_event(ack: &IntentAck) -> Option<vworkspace_protocol::Event> {
+    let vworkspace_protocol::IntentOutcome::Rejected { code, message } = &ack.outcome else {
+        return None;
+    };
+    Some(vworkspace_protocol::Event {
+        time: vworkspace_protocol::unix_now(),
+        severity: "Warning".into(),
+        reason: "IntentRejected".into(),
+        message: format!("{code}: {message}"),
+        object: ack.object.clone(),
+        intent_id: (!ack.intent_id.is_empty()).then(|| ack.intent_id.clone()),
+    })
 }
 
 /// Reads the applied intent version of every object the hub manages.

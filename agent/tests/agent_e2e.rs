@@ -321,6 +321,19 @@ async fn forged_expired_foreign_ungated_invalid_and_replayed_intents_are_rejecte
         );
     }
     hub.hub.set_faults(cluster, Faults::default()).unwrap();
+    // Every rejection is also reported as a Warning event.
+    eventually(STEP, "an IntentRejected event at the hub", || async {
+        let audits = hub.hub.store().audit_log(1000).ok()?;
+        audits
+            .iter()
+            .any(|a| {
+                a.event == "agent.event"
+                    && a.detail.contains("IntentRejected")
+                    && a.detail.contains("bad_signature")
+            })
+            .then_some(())
+    })
+    .await;
 
     // Not gated: the namespace lacks managed-by=vworkspace.
     let i = hub
