@@ -291,6 +291,11 @@ pub(crate) struct TunnelStart {
 async fn serve_conn(hub: Arc<Hub>, acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) {
     let tls = match tokio::time::timeout(hub.cfg.handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            // TCP probes and port scans: connect, then close.
+            tracing::debug!(%peer, "connection closed before the TLS handshake");
+            return;
+        }
         Ok(Err(e)) => {
             tracing::info!(%peer, error = %e, "TLS handshake refused");
             return;
