@@ -615,18 +615,28 @@ where
                 // Objects whose newest intent is newer than what the agent holds
                 // get that intent again, even if it was acked before (the cluster
                 // lost it). Intents the agent rejected are not resent.
+                let held: std::collections::HashMap<(&str, &str, &str), &proto::InventoryEntry> =
+                    inv.objects
+                        .iter()
+                        .map(|e| {
+                            (
+                                (
+                                    e.object.kind.as_str(),
+                                    e.object.namespace.as_str(),
+                                    e.object.name.as_str(),
+                                ),
+                                e,
+                            )
+                        })
+                        .collect();
                 let declared = hub.store.objects(Some(&cluster), None).unwrap_or_default();
                 for obj in declared {
-                    let held = inv
-                        .objects
-                        .iter()
-                        .find(|e| {
-                            e.object.kind.as_str() == obj.kind
-                                && e.object.namespace == obj.namespace
-                                && e.object.name == obj.name
-                        })
+                    let held_version = held
+                        .get(&(obj.kind.as_str(), obj.namespace.as_str(), obj.name.as_str()))
                         .map(|e| e.version);
-                    if (obj.deleted && held.is_none()) || held.unwrap_or(0) >= obj.version {
+                    if (obj.deleted && held_version.is_none())
+                        || held_version.unwrap_or(0) >= obj.version
+                    {
                         continue;
                     }
                     match hub
@@ -642,16 +652,25 @@ where
                 // Status digest: ask only for objects whose status hash differs
                 // from (or is missing in) the hub's copy.
                 let known = hub.store.statuses(Some(&cluster), None).unwrap_or_default();
+                let known: std::collections::HashMap<(&str, &str, &str), Option<&str>> = known
+                    .iter()
+                    .map(|s| {
+                        (
+                            (s.kind.as_str(), s.namespace.as_str(), s.name.as_str()),
+                            s.hash.as_deref(),
+                        )
+                    })
+                    .collect();
                 let differing: Vec<ObjectRef> = inv
                     .objects
                     .iter()
                     .filter(|e| {
-                        !known.iter().any(|s| {
-                            s.kind == e.object.kind.as_str()
-                                && s.namespace == e.object.namespace
-                                && s.name == e.object.name
-                                && s.hash.as_deref() == Some(e.status_hash.as_str())
-                        })
+                        let key = (
+                            e.object.kind.as_str(),
+                            e.object.namespace.as_str(),
+                            e.object.name.as_str(),
+                        );
+                        known.get(&key).copied().flatten() != Some(e.status_hash.as_str())
                     })
                     .map(|e| e.object.clone())
                     .take(MAX_RESYNC_OBJECTS)
