@@ -522,18 +522,74 @@ fn spawn_status_write(w: ClusterStatusWriter, connected: bool) {
     });
 }
 
+/// Intents applied at once (for different objects).
+const APPLY_CONCURRENCY: usize = 8;
+
 async fn intent_worker(
     applier: Applier,
     mut rx: mpsc::Receiver<(u64, SignedIntent)>,
     tx: mpsc::Sender<IntentAck>,
     metrics: Metrics,
 ) {
-    // One at a time, in arrival order: intents for one object must apply in order.
-    while let Some((seq, intent)) = rx.recv().await {
-        metrics.queue("intents", rx.len());
-        let ack = applier.handle(seq, &intent).await;
-        if tx.send(ack).await.is_err() {
+    // Intents for one object apply in arrival order; different objects apply
+    // concurrently, at most APPLY_CONCURRENCY at a time. One intent waits in
+    // `next` while its object is busy; the queue behind it stays bounded.
+    let applier = Arc::new(applier);
+    let mut running: tokio::task::JoinSet<(Option<ObjectRef>, IntentAck)> =
+        tokio::task::JoinSet::new();
+    let mut busy: std::collections::HashSet<ObjectRef> = std::collections::HashSet::new();
+    let mut ids: std::collections::HashMap<tokio::task::Id, Option<ObjectRef>> =
+        std::collections::HashMap::new();
+    let mut next: Option<(u64, SignedIntent, Option<ObjectRef>)> = None;
+    let mut closed = false;
+    loop {
+        if let Some((seq, intent, object)) = next.take() {
+            let blocked = running.len() >= APPLY_CONCURRENCY
+                || object.as_ref().is_some_and(|o| busy.contains(o));
+            if blocked {
+                next = Some((seq, intent, object));
+            } else {
+                if let Some(o) = &object {
+                    busy.insert(o.clone());
+                }
+                let applier = applier.clone();
+                let key = object.clone();
+                let handle = running.spawn(async move {
+                    let ack = applier.handle(seq, &intent).await;
+                    (object, ack)
+                });
+                ids.insert(handle.id(), key);
+            }
+        }
+        if closed && next.is_none() && running.is_empty() {
             return;
+        }
+        tokio::select! {
+            Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                let (id, ack) = match done {
+                    Ok((id, (_, ack))) => (id, Some(ack)),
+                    // A panicked apply frees its object; the hub resends the intent later.
+                    Err(e) => (e.id(), None),
+                };
+                if let Some(Some(o)) = ids.remove(&id) {
+                    busy.remove(&o);
+                }
+                if let Some(ack) = ack
+                    && tx.send(ack).await.is_err()
+                {
+                    return;
+                }
+            }
+            got = rx.recv(), if next.is_none() && !closed => {
+                match got {
+                    Some((seq, intent)) => {
+                        metrics.queue("intents", rx.len());
+                        let object = intent.peek_payload().ok().map(|p| p.object);
+                        next = Some((seq, intent, object));
+                    }
+                    None => closed = true,
+                }
+            }
         }
     }
 }

@@ -84,7 +84,9 @@ async fn agent_rss_and_intent_to_object_latency() {
     .await;
     let idle_rss = rss_kib(pid);
 
-    let ns = vworkspace_e2e::test_namespace(&cp.client, "bench").await.unwrap();
+    let ns = vworkspace_e2e::test_namespace(&cp.client, "bench")
+        .await
+        .unwrap();
     // Watch the namespace and note when each object first appears.
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
@@ -131,7 +133,11 @@ async fn agent_rss_and_intent_to_object_latency() {
     let deadline = Instant::now() + Duration::from_secs(600);
     while first_seen.len() < N {
         let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "only {} of {N} objects appeared", first_seen.len());
+        assert!(
+            !left.is_zero(),
+            "only {} of {N} objects appeared",
+            first_seen.len()
+        );
         if let Ok(Some((name, at))) = tokio::time::timeout(left, seen_rx.recv()).await
             && let Some(t0) = sent.get(&name)
             && !first_seen.contains_key(&name)
@@ -145,9 +151,11 @@ async fn agent_rss_and_intent_to_object_latency() {
     latencies.sort();
 
     // Status stream settled for 1,000 objects.
-    eventually(Duration::from_secs(120), "statuses of 1,000 objects sent", || async {
-        pending_statuses(admin).await.filter(|n| *n == 0.0)
-    })
+    eventually(
+        Duration::from_secs(120),
+        "statuses of 1,000 objects sent",
+        || async { pending_statuses(admin).await.filter(|n| *n == 0.0) },
+    )
     .await;
     let loaded_rss = rss_kib(pid);
 
@@ -155,15 +163,15 @@ async fn agent_rss_and_intent_to_object_latency() {
         "agent RSS idle (connected, 0 objects): {:.1} MiB\n\
          agent RSS with {N} ApplicationInstances: {:.1} MiB\n\
          {N} intents: hub apply loop {:.2?}, all objects present after {:.2?} ({:.0} intents/s)\n\
-         intent -> object latency: p50 {:.0?}, p99 {:.0?}, max {:.0?}\n",
+         intent -> object latency: p50 {} ms, p99 {} ms, max {} ms\n",
         idle_rss as f64 / 1024.0,
         loaded_rss as f64 / 1024.0,
         applied_in,
         all_in,
         N as f64 / all_in.as_secs_f64(),
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
-        latencies[latencies.len() - 1],
+        percentile(&latencies, 0.50).as_millis(),
+        percentile(&latencies, 0.99).as_millis(),
+        latencies[latencies.len() - 1].as_millis(),
     );
     println!("\n=== agent benchmark ===\n{report}");
     let _ = child.start_kill();
