@@ -64,6 +64,7 @@ fn chart_renders_a_hardened_deployment_and_one_binding_per_gated_namespace() {
         &json!({
             "gatedNamespaces": ["team-a", "team-b"],
             "hub": {"endpoint": "https://hub.example.com:8443"},
+            "approval": {"secretName": "hub-approval", "secretKey": "key"},
         }),
     );
 
@@ -110,6 +111,18 @@ fn chart_renders_a_hardened_deployment_and_one_binding_per_gated_namespace() {
         "https://hub.example.com:8443"
     );
     assert_eq!(env("VWS_AGENT_LEASE_NAME")["value"], "agent");
+    assert_eq!(
+        env("VWS_AGENT_APPROVAL_SECRET_FILE")["value"],
+        "/etc/vworkspace/approval/key"
+    );
+    let approval = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "approval")
+        .expect("approval volume");
+    assert_eq!(approval["secret"]["secretName"], "hub-approval");
+    assert_eq!(approval["secret"]["defaultMode"], 0o440);
     assert_eq!(
         env("VWS_AGENT_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
         "metadata.namespace"
@@ -167,6 +180,7 @@ fn chart_renders_a_hardened_deployment_and_one_binding_per_gated_namespace() {
     let deploy = find(&docs, "Deployment", "agent")[0];
     let env = deploy["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
     assert!(!env.contains("VWS_AGENT_HUB_ENDPOINT"), "{env}");
+    assert!(!env.contains("VWS_AGENT_APPROVAL_SECRET_FILE"), "{env}");
     assert_eq!(
         find(&docs, "RoleBinding", "agent-velero")[0]["metadata"]["namespace"],
         "velero"
@@ -250,6 +264,7 @@ async fn install(prefix: &str) -> Install {
             "gatedNamespaces": [gated],
             "velero": {"namespace": velero},
             "cluster": {"name": cluster},
+            "approval": {"secretName": "vworkspace-approval"},
         }),
     );
     // The admission policy is one cluster-wide object whatever the release;
