@@ -19,8 +19,8 @@ mod certs;
 pub mod controlplane;
 pub mod crds;
 mod process;
-pub mod standins;
 pub mod render;
+pub mod standins;
 pub mod wait;
 
 pub use controlplane::{ControlPlane, Error};
