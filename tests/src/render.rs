@@ -16,8 +16,11 @@
 //! - `{{ range PATH }}` … `{{ end }}` over a list (a missing value is empty);
 //! - `{{/* comments */}}` and the `{{-` / `-}}` whitespace trims.
 //!
-//! One deliberate difference: an output action whose value is missing or null
-//! is an error here, where Helm would print an empty string.
+//! Where Helm's output could differ, this renderer refuses instead: an output
+//! action whose value is missing or null is an error (Helm prints nothing), and
+//! so is a number of a million or more (Helm prints `1e+06`). `quote` escapes
+//! like JSON, which equals Go's `%q` for printable text (values with control
+//! characters would be escaped differently).
 //!
 //! The plain manifests for kubectl users (`deploy/manifests/vworkspace-agent.yaml`)
 //! are [`plain_bundle`] of the default values; the chart's `crds/` directory and
@@ -738,6 +741,16 @@ fn eval(
                     }
                     Some(Value::String(s)) => s.clone(),
                     Some(Value::Bool(b)) => b.to_string(),
+                    // Helm reads YAML numbers as float64 and prints them with Go's
+                    // %v, which switches to exponent form from one million on
+                    // (1e+06); refuse those rather than print something else.
+                    Some(Value::Number(n)) if n.as_f64().is_some_and(|f| f.abs() >= 1e6) => {
+                        return Err(value_err(format!(
+                            "{} is {n}, which Helm would print as a float in exponent form; \
+                             make it a quoted string in values.yaml",
+                            show(&pipe.path)
+                        )));
+                    }
                     Some(Value::Number(n)) => n.to_string(),
                     Some(_) => {
                         return Err(value_err(format!(
@@ -903,6 +916,9 @@ mod tests {
         assert!(err.contains("missing or null"), "{err}");
         let err = render("{{ .Values.image }}").unwrap_err().to_string();
         assert!(err.contains("list or map"), "{err}");
+        let big = json!({"Values": {"n": 1000000}});
+        let err = render_template("t.yaml", "{{ .Values.n }}", &big).unwrap_err();
+        assert!(err.to_string().contains("exponent form"), "{err}");
         for bad in [
             "{{ toYaml .Values.image }}",
             "{{ .Values.port | default 3 }}",
