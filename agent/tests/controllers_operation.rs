@@ -240,6 +240,11 @@ async fn job_runs_as_the_runner_service_account_and_succeeds() {
     .await;
     let done = wait_phase(&client, &ns, "j1", "Succeeded", "Succeeded", "JobSucceeded").await;
     assert_eq!(st(&done).outputs.unwrap()["jobName"], "j1");
+    let logs = st(&done).logs_ref.unwrap();
+    assert_eq!(
+        (logs.kind.as_deref(), logs.name.as_deref()),
+        (Some("Job"), Some("j1"))
+    );
     let job = Api::<Job>::namespaced(client.clone(), &ns)
         .get("j1")
         .await

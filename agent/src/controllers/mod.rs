@@ -141,6 +141,20 @@ pub struct Context {
     /// not hit discovery every time, yet notice a CRD installed later.
     served:
         std::sync::Mutex<std::collections::HashMap<resources::Kind, (bool, std::time::Instant)>>,
+    /// What was last applied per ApplicationInstance UID; one entry per
+    /// live instance (removed when it is released).
+    applied: std::sync::Mutex<std::collections::HashMap<String, Applied>>,
+}
+
+/// The Flux objects last applied for an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Applied {
+    /// Fingerprint of the desired objects.
+    pub(crate) hash: u64,
+    /// Source generation right after the apply.
+    pub(crate) source_generation: Option<i64>,
+    /// HelmRelease generation right after the apply.
+    pub(crate) release_generation: Option<i64>,
 }
 
 /// How long a discovery answer is trusted.
@@ -163,7 +177,30 @@ impl Context {
             namespaces,
             target_locks: Default::default(),
             served: Default::default(),
+            applied: Default::default(),
         }
+    }
+
+    pub(crate) fn applied(&self, uid: &str) -> Option<Applied> {
+        self.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .copied()
+    }
+
+    pub(crate) fn remember_applied(&self, uid: String, applied: Applied) {
+        self.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid, applied);
+    }
+
+    pub(crate) fn forget_applied(&self, uid: &str) {
+        self.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
     }
 
     /// Whether the API server serves `kind` (cached for a short while).
@@ -301,4 +338,76 @@ pub fn namespace_store(
         .reflect(writer)
         .for_each(|_| future::ready(()));
     (store, fut)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every `reasons::X` the controllers use, by file.
+    const SOURCES: &[(&str, &str)] = &[
+        ("application/mod.rs", include_str!("application/mod.rs")),
+        (
+            "application/status.rs",
+            include_str!("application/status.rs"),
+        ),
+        ("operation/mod.rs", include_str!("operation/mod.rs")),
+        (
+            "operation/engines/velero.rs",
+            include_str!("operation/engines/velero.rs"),
+        ),
+        (
+            "operation/engines/job.rs",
+            include_str!("operation/engines/job.rs"),
+        ),
+        (
+            "operation/engines/workflow.rs",
+            include_str!("operation/engines/workflow.rs"),
+        ),
+        (
+            "operation/engines/snapshot.rs",
+            include_str!("operation/engines/snapshot.rs"),
+        ),
+        (
+            "operation/engines/volsync.rs",
+            include_str!("operation/engines/volsync.rs"),
+        ),
+        (
+            "operation/engines/helm.rs",
+            include_str!("operation/engines/helm.rs"),
+        ),
+    ];
+    const VOCABULARY: &str = include_str!("../../../crds/src/conditions.rs");
+
+    fn used(src: &str) -> Vec<String> {
+        src.match_indices("reasons::")
+            .map(|(i, m)| {
+                src[i + m.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect::<String>()
+            })
+            .filter(|name| !name.is_empty() && name != "ALL")
+            .collect()
+    }
+
+    #[test]
+    fn every_reason_the_controllers_emit_is_in_the_closed_vocabulary() {
+        let all_block = &VOCABULARY[VOCABULARY
+            .find("pub const ALL: &[&str] = &[")
+            .expect("reasons::ALL in crds/src/conditions.rs")..];
+        let all_block = &all_block[..all_block.find("];").expect("end of reasons::ALL")];
+        let mut count = 0;
+        for (file, src) in SOURCES {
+            for name in used(src) {
+                count += 1;
+                assert!(
+                    all_block.contains(&format!("        {name},")),
+                    "{file} uses reasons::{name}, which is missing from reasons::ALL"
+                );
+            }
+        }
+        assert!(
+            count > 60,
+            "only {count} reason uses found; the scan is broken"
+        );
+    }
 }

@@ -377,6 +377,18 @@ async fn admit(
     };
     w.st.phase = Some(OperationPhase::Running);
     w.st.started_at = Some(conditions::now());
+    // Job and Workflow logs live with their pods: point at the workload.
+    if matches!(
+        info.engine,
+        Engine::Job | Engine::HelmHookJob | Engine::Workflow
+    ) {
+        w.st.logs_ref = Some(vworkspace_crds::operation::LogsRef {
+            kind: engine_ref.kind.clone(),
+            name: engine_ref.name.clone(),
+            namespace: engine_ref.namespace.clone(),
+            url: None,
+        });
+    }
     w.st.engine_ref = Some(engine_ref);
     w.st.outputs = Some(outputs);
     w.set(
