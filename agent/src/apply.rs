@@ -9,7 +9,9 @@
 //! object is written by server-side apply with one field manager. Nothing is
 //! written for a rejected intent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
@@ -45,6 +47,41 @@ pub struct Applier {
     pub metrics: Metrics,
     /// Versions of deleted objects.
     pub tombstones: Tombstones,
+    /// Recently read namespace labels.
+    pub ns_cache: NamespaceCache,
+}
+
+/// Namespace labels read in the last [`NamespaceCache::TTL`]: a burst of
+/// intents for one namespace reads it once, and a label removed by an
+/// operator takes effect within a second.
+#[derive(Clone, Default)]
+pub struct NamespaceCache {
+    entries: Arc<Mutex<HashMap<String, (Instant, Option<BTreeMap<String, String>>)>>>,
+}
+
+impl NamespaceCache {
+    /// How long an entry is trusted.
+    pub const TTL: Duration = Duration::from_secs(1);
+    /// Entries kept at most.
+    const MAX: usize = 1024;
+
+    fn get(&self, ns: &str) -> Option<Option<BTreeMap<String, String>>> {
+        let m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(ns)
+            .filter(|(at, _)| at.elapsed() < Self::TTL)
+            .map(|(_, l)| l.clone())
+    }
+
+    fn put(&self, ns: &str, labels: Option<BTreeMap<String, String>>) {
+        let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= Self::MAX {
+            m.retain(|_, (at, _)| at.elapsed() < Self::TTL);
+            if m.len() >= Self::MAX {
+                m.clear();
+            }
+        }
+        m.insert(ns.to_owned(), (Instant::now(), labels));
+    }
 }
 
 /// The outcome of one intent before it is wrapped in an ack.
@@ -207,11 +244,15 @@ impl Applier {
 
     /// `None` when the namespace may be written; otherwise why not.
     async fn namespace_gate(&self, ns: &str) -> Result<Option<String>, kube::Error> {
+        if let Some(labels) = self.ns_cache.get(ns) {
+            return Ok(gate_decision(ns, labels.as_ref(), &self.allowed_namespaces));
+        }
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let labels = namespaces
             .get_opt(ns)
             .await?
             .map(|n| n.metadata.labels.unwrap_or_default());
+        self.ns_cache.put(ns, labels.clone());
         Ok(gate_decision(ns, labels.as_ref(), &self.allowed_namespaces))
     }
 }

@@ -305,6 +305,7 @@ impl Tunnel {
             limits: limits.clone(),
             metrics: self.metrics.clone(),
             tombstones: self.tombstones.clone(),
+            ns_cache: Default::default(),
         };
         // Room for the hub's whole window twice over (duplicates); a hub that
         // exceeds it is broken and gets an error, not unbounded memory.

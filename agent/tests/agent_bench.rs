@@ -19,6 +19,7 @@ use kube::runtime::watcher;
 use vworkspace_crds::ApplicationInstance;
 
 const N: usize = 1000;
+const SINGLE: usize = 50;
 
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -118,6 +119,27 @@ async fn agent_rss_and_intent_to_object_latency() {
         .expect("the test watch did not start")
         .unwrap();
 
+    // Unloaded: one intent at a time, each waiting for its object.
+    let mut single = Vec::with_capacity(SINGLE);
+    for i in 0..SINGLE {
+        let name = format!("one-{i:03}");
+        let t0 = Instant::now();
+        hub.hub
+            .apply(Some(cluster), &app_manifest(&ns, &name, "bench"))
+            .expect("hub apply");
+        loop {
+            let (n, at) = tokio::time::timeout(Duration::from_secs(30), seen_rx.recv())
+                .await
+                .expect("object did not appear")
+                .expect("watch ended");
+            if n == name {
+                single.push(at.duration_since(t0));
+                break;
+            }
+        }
+    }
+    single.sort();
+
     let started = Instant::now();
     let mut sent: HashMap<String, Instant> = HashMap::with_capacity(N);
     for i in 0..N {
@@ -163,7 +185,8 @@ async fn agent_rss_and_intent_to_object_latency() {
         "agent RSS idle (connected, 0 objects): {:.1} MiB\n\
          agent RSS with {N} ApplicationInstances: {:.1} MiB\n\
          {N} intents: hub apply loop {:.2?}, all objects present after {:.2?} ({:.0} intents/s)\n\
-         intent -> object latency: p50 {} ms, p99 {} ms, max {} ms\n",
+         intent -> object latency in the burst: p50 {} ms, p99 {} ms, max {} ms\n\
+         intent -> object latency one at a time ({SINGLE} intents): p50 {} ms, p99 {} ms\n",
         idle_rss as f64 / 1024.0,
         loaded_rss as f64 / 1024.0,
         applied_in,
@@ -172,6 +195,8 @@ async fn agent_rss_and_intent_to_object_latency() {
         percentile(&latencies, 0.50).as_millis(),
         percentile(&latencies, 0.99).as_millis(),
         latencies[latencies.len() - 1].as_millis(),
+        percentile(&single, 0.50).as_millis(),
+        percentile(&single, 0.99).as_millis(),
     );
     println!("\n=== agent benchmark ===\n{report}");
     let _ = child.start_kill();
