@@ -821,6 +821,31 @@ async fn agent_service_account_may_do_everything_the_agent_does() {
         secrets.list(&by_name("vworkspace-agent-credentials")).await,
     );
 
+    // The tombstones ConfigMap (agent/src/tombstones.rs): read, created and
+    // updated by server-side apply, by name.
+    let cms = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(agent.clone(), &i.agent_ns);
+    allowed(
+        "look for the tombstones ConfigMap",
+        cms.get_opt("vworkspace-agent-tombstones").await,
+    );
+    let tomb = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "vworkspace-agent-tombstones"},
+        "data": {"ApplicationInstance.team-a.app": "3 intent-id"}});
+    for what in [
+        "create the tombstones ConfigMap",
+        "update the tombstones ConfigMap",
+    ] {
+        allowed(
+            what,
+            cms.patch(
+                "vworkspace-agent-tombstones",
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&tomb),
+            )
+            .await,
+        );
+    }
+
     // The Lease: created by POST (as agent/src/lease.rs does), read, renewed.
     let leases = dynamic(agent, Some(&i.agent_ns), &LEASE);
     let lease: DynamicObject = serde_json::from_value(LEASE.body(
@@ -957,6 +982,22 @@ async fn api_server_refuses_the_agent_outside_its_grants() {
         Api::<Secret>::namespaced(agent.clone(), &i.ungated)
             .get("anything")
             .await,
+    );
+    let cms = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(agent.clone(), &i.agent_ns);
+    forbidden(
+        "create a ConfigMap other than its tombstones in its own namespace",
+        cms.patch(
+            "planted",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "planted"}}),
+            ),
+        )
+        .await,
+    );
+    forbidden(
+        "list ConfigMaps in its own namespace",
+        cms.list(&ListParams::default()).await,
     );
     forbidden(
         "list Secrets cluster-wide",
@@ -1186,9 +1227,11 @@ async fn hub_sim_manifests_are_accepted_by_the_api_server() {
     assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
 }
 
-/// The agent binary: `VWS_AGENT_BIN`, else built now with the cargo running the tests.
-fn agent_binary() -> std::path::PathBuf {
-    if let Ok(p) = std::env::var("VWS_AGENT_BIN") {
+/// A binary of this workspace: `$env_override` if set, else built now with the
+/// cargo running the tests (the path comes from cargo's own build messages,
+/// so any target directory works).
+fn workspace_binary(env_override: &str, package: &str, bin: &str) -> std::path::PathBuf {
+    if let Ok(p) = std::env::var(env_override) {
         return p.into();
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -1198,9 +1241,9 @@ fn agent_binary() -> std::path::PathBuf {
         .args([
             "build",
             "-p",
-            "vworkspace-agent",
+            package,
             "--bin",
-            "vworkspace-agent",
+            bin,
             "--message-format=json",
         ])
         .stderr(std::process::Stdio::inherit())
@@ -1208,15 +1251,126 @@ fn agent_binary() -> std::path::PathBuf {
         .unwrap_or_else(|e| panic!("running {cargo} build: {e}"));
     assert!(
         out.status.success(),
-        "building the agent failed; fix the build or set VWS_AGENT_BIN to a built vworkspace-agent"
+        "building {bin} failed; fix the build or set {env_override} to a built {bin}"
     );
-    // The executable path from cargo's own build messages (any target dir works).
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "vworkspace-agent")
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == bin)
         .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
-        .expect("cargo reported no vworkspace-agent executable")
+        .unwrap_or_else(|| panic!("cargo reported no {bin} executable"))
+}
+
+fn agent_binary() -> std::path::PathBuf {
+    workspace_binary("VWS_AGENT_BIN", "vworkspace-agent", "vworkspace-agent")
+}
+
+/// A kubeconfig file holding only the ServiceAccount token (no client certificate).
+fn token_kubeconfig(dir: &std::path::Path, token: &str) -> std::path::PathBuf {
+    use base64::Engine as _;
+    let cp = vworkspace_e2e::shared();
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\n\
+             users:\n- name: agent\n  user:\n    token: {}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: agent\ncurrent-context: c\n",
+            cp.url(),
+            base64::engine::general_purpose::STANDARD.encode(cp.serving_ca_pem()),
+            token
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The agent binary running as the chart's ServiceAccount, its log in a file.
+struct AgentProc {
+    child: tokio::process::Child,
+    log_path: std::path::PathBuf,
+    admin_port: u16,
+}
+
+impl AgentProc {
+    fn start(i: &Install, dir: &std::path::Path) -> Self {
+        let bin = agent_binary();
+        let kubeconfig = token_kubeconfig(dir, &i.token);
+        let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log_path = dir.join("agent.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = tokio::process::Command::new(&bin)
+            .arg("run")
+            .env_clear()
+            .env("KUBECONFIG", &kubeconfig)
+            .env("VWS_AGENT_NAMESPACE", &i.agent_ns)
+            .env("VWS_AGENT_CLUSTER_OBJECT", &i.cluster)
+            .env("VWS_AGENT_LEASE_NAME", &i.release)
+            .env("VWS_AGENT_ALLOWED_NAMESPACES", &i.gated)
+            .env("VWS_AGENT_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
+            .env("VWS_AGENT_LOG_FORMAT", "plain")
+            .env("VWS_AGENT_LOG_LEVEL", "info")
+            .env("VWS_AGENT_VELERO_NAMESPACE", &i.velero)
+            .env("VWS_AGENT_BACKOFF_MAX", "2s")
+            .env("POD_NAME", "agent-pod-0")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        Self {
+            child,
+            log_path,
+            admin_port,
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    async fn stop(mut self) -> String {
+        let pid = self.child.id().expect("agent is running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the agent exits within 30 s of SIGTERM")
+            .unwrap();
+        assert!(status.success(), "agent exit: {status}\n{}", self.logs());
+        self.logs()
+    }
+}
+
+/// One agent process at a time: every agent watches ApplicationInstances
+/// cluster-wide, so two agents of different test installs in the one shared
+/// API server would reconcile each other's objects (a real cluster runs one).
+static AGENT_PROCESS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Log lines where the API server refused the agent (403), except the known
+/// enrollment watch of every Secret in its namespace (docs/security.md,
+/// "Open"), which the chart refuses by design (Secrets by name only).
+fn unexpected_refusals<'a>(log: &'a str, agent_ns: &str) -> Vec<&'a str> {
+    let secrets_watch = r#"resource \"secrets\" in API group \"\" in the namespace"#;
+    log.lines()
+        // The API server's wording in a kube error, and the agent's short form
+        // of a Status ("Forbidden (403)"); not the protocol's `forbidden` code.
+        .filter(|l| l.contains("is forbidden: User") || l.contains("Forbidden (403)"))
+        .filter(|l| {
+            let known = (l.contains(r#"cannot list"#) || l.contains(r#"cannot watch"#))
+                && l.contains(secrets_watch)
+                && l.contains(&format!(r#"\"{agent_ns}\""#));
+            !known
+        })
+        .collect()
 }
 
 /// The real agent binary, started with only the chart ServiceAccount's token,
@@ -1228,25 +1382,8 @@ fn agent_binary() -> std::path::PathBuf {
 #[tokio::test]
 async fn agent_binary_runs_with_only_the_service_account_token() {
     let i = install("rbac-run").await;
-    let cp = vworkspace_e2e::shared();
-    let bin = agent_binary();
+    let _one_agent = AGENT_PROCESS.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    let b64 = |s: &str| {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD.encode(s)
-    };
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\n\
-             users:\n- name: agent\n  user:\n    token: {}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: agent\ncurrent-context: c\n",
-            cp.url(),
-            b64(cp.serving_ca_pem()),
-            i.token
-        ),
-    )
-    .unwrap();
     // Work for the controllers: a placeholder and a chart in the gated
     // namespace, and the same chart in the namespace that carries the label
     // but has no RoleBinding (the agent's own gate lets it through; the API
@@ -1271,33 +1408,8 @@ async fn agent_binary_runs_with_only_the_service_account_token() {
     ] {
         ssa(&i.admin, Some(ns), &AI, name, fields).await.unwrap();
     }
-    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log_path = dir.path().join("agent.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = tokio::process::Command::new(&bin)
-        .arg("run")
-        .env_clear()
-        .env("KUBECONFIG", &kubeconfig)
-        .env("VWS_AGENT_NAMESPACE", &i.agent_ns)
-        .env("VWS_AGENT_CLUSTER_OBJECT", &i.cluster)
-        .env("VWS_AGENT_LEASE_NAME", &i.release)
-        .env("VWS_AGENT_ALLOWED_NAMESPACES", &i.gated)
-        .env("VWS_AGENT_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
-        .env("VWS_AGENT_LOG_FORMAT", "plain")
-        .env("VWS_AGENT_LOG_LEVEL", "info")
-        .env("VWS_AGENT_VELERO_NAMESPACE", &i.velero)
-        .env("POD_NAME", "agent-pod-0")
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-    let logs = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let agent = AgentProc::start(&i, dir.path());
+    let logs = || agent.logs();
 
     let leases = dynamic(&i.admin, Some(&i.agent_ns), &LEASE);
     vworkspace_e2e::wait::eventually(
@@ -1421,7 +1533,7 @@ async fn agent_binary_runs_with_only_the_service_account_token() {
     }
 
     // Liveness answers without a hub.
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", admin_port))
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", agent.admin_port))
         .await
         .unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1434,17 +1546,7 @@ async fn agent_binary_runs_with_only_the_service_account_token() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
 
     // SIGTERM: the agent vacates the Lease and exits cleanly.
-    let pid = child.id().expect("agent is running");
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success(), "kill -TERM {pid}");
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("the agent exits within 30 s of SIGTERM")
-        .unwrap();
-    assert!(status.success(), "agent exit: {status}\n{}", logs());
+    let log_text = agent.stop().await;
     let lease = leases.get(&i.release).await.unwrap();
     assert!(
         lease.data["spec"]["holderIdentity"].is_null(),
@@ -1452,7 +1554,6 @@ async fn agent_binary_runs_with_only_the_service_account_token() {
         lease.data
     );
 
-    let log_text = logs();
     assert!(
         !log_text.contains(&i.join_token),
         "the join token appears in the agent's log"
@@ -1462,11 +1563,257 @@ async fn agent_binary_runs_with_only_the_service_account_token() {
         "the ServiceAccount token appears in the agent's log"
     );
     // Every refusal is the expected one: nothing the agent needs was refused.
-    let refused: Vec<&str> = log_text
-        .lines()
-        .filter(|l| l.contains("forbidden") || l.contains("Forbidden"))
+    let refused: Vec<&str> = unexpected_refusals(&log_text, &i.agent_ns)
+        .into_iter()
         .filter(|l| !l.contains(&refused_there))
         .collect();
+    assert!(
+        refused.is_empty(),
+        "the agent was refused by the API server with the chart's RBAC:\n{}",
+        refused.join("\n")
+    );
+
+    // The agent left its finalizers; release the objects so no later agent
+    // in this API server trips over them.
+    for (ns, name) in [
+        (&i.gated, "placeholder"),
+        (&i.gated, "web"),
+        (&i.ungated, "web"),
+    ] {
+        let api = dynamic(&i.admin, Some(ns), &AI);
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+        api.delete(name, &Default::default()).await.unwrap();
+    }
+}
+
+/// `hub-sim serve` on loopback with a fresh state dir; killed on drop.
+struct HubProc {
+    _child: tokio::process::Child,
+    bin: std::path::PathBuf,
+    state: std::path::PathBuf,
+}
+
+impl HubProc {
+    async fn start(state: &std::path::Path) -> Self {
+        let bin = workspace_binary("VWS_HUB_SIM_BIN", "vworkspace-hub-sim", "hub-sim");
+        std::fs::create_dir_all(state).unwrap();
+        let child = tokio::process::Command::new(&bin)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .env("HUB_SIM_STATE_DIR", state)
+            .env("HUB_SIM_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        vworkspace_e2e::wait::eventually(
+            "hub-sim writes its addresses",
+            Duration::from_secs(30),
+            || async {
+                if state.join("admin-addr").exists() && state.join("hub-url").exists() {
+                    Ok(())
+                } else {
+                    Err("not yet".to_string())
+                }
+            },
+        )
+        .await;
+        Self {
+            _child: child,
+            bin,
+            state: state.to_path_buf(),
+        }
+    }
+
+    /// Runs a CLI subcommand against this hub; returns stdout.
+    fn cli(&self, args: &[&str], stdin: Option<&str>) -> String {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(&self.bin)
+            .args(args)
+            .env("HUB_SIM_STATE_DIR", &self.state)
+            .env_remove("HUB_SIM_ADMIN")
+            .env_remove("HUB_SIM_ADMIN_TOKEN")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "hub-sim {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// The whole agent path under the chart's RBAC: the agent binary, holding only
+/// the ServiceAccount token, enrolls with hub-sim (it creates its credentials
+/// Secret by name), opens the tunnel, applies a signed intent in the gated
+/// namespace, refuses one for the labelled namespace outside its allow-list,
+/// and its status reaches the hub.
+#[tokio::test]
+async fn agent_binary_enrolls_and_applies_intents_with_only_the_service_account_token() {
+    let i = install("rbac-hub").await;
+    let _one_agent = AGENT_PROCESS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(&dir.path().join("hub")).await;
+    let hub_cluster = format!("edge-{}", &i.cluster[i.cluster.len() - 8..]);
+    let token = hub
+        .cli(
+            &[
+                "token",
+                "create",
+                "--cluster",
+                &hub_cluster,
+                "--org",
+                "acme",
+            ],
+            None,
+        )
+        .trim()
+        .to_string();
+    assert!(token.starts_with("ey"), "hub-sim printed no JWT");
+    // The operator replaces the join token (section 3 of docs/operations.md).
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "vworkspace-join-token"},
+        "stringData": {"registrationToken": token},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(i.admin.clone(), &i.agent_ns)
+        .replace("vworkspace-join-token", &PostParams::default(), &secret)
+        .await
+        .unwrap();
+
+    let agent = AgentProc::start(&i, dir.path());
+    let clusters = dynamic(&i.admin, None, &CLUSTER);
+    vworkspace_e2e::wait::eventually(
+        "the Cluster is Connected",
+        Duration::from_secs(90),
+        || async {
+            let c = clusters.get(&i.cluster).await.map_err(|e| e.to_string())?;
+            if c.data["status"]["phase"] == "Connected" {
+                Ok(())
+            } else {
+                Err(format!(
+                    "status: {}\nagent log:\n{}",
+                    c.data["status"],
+                    agent.logs()
+                ))
+            }
+        },
+    )
+    .await;
+    let creds = Api::<Secret>::namespaced(i.admin.clone(), &i.agent_ns)
+        .get("vworkspace-agent-credentials")
+        .await
+        .expect("enrollment stored the credentials Secret");
+    let data = creds.data.unwrap_or_default();
+    for key in ["tls.key", "tls.crt", "ca.crt", "signing-keys.json"] {
+        assert!(data.contains_key(key), "credentials Secret lacks {key}");
+    }
+
+    let manifest = |ns: &str, name: &str| {
+        format!(
+            "apiVersion: apps.vworkspace.io/v1alpha1\nkind: ApplicationInstance\nmetadata:\n  name: {name}\n  namespace: {ns}\n\
+             spec:\n  appRef:\n    catalogId: cluster-ops\n  mode: placeholder\n"
+        )
+    };
+    hub.cli(
+        &["apply", "-f", "-", "--cluster", &hub_cluster],
+        Some(&manifest(&i.gated, "from-hub")),
+    );
+    hub.cli(
+        &["apply", "-f", "-", "--cluster", &hub_cluster],
+        Some(&manifest(&i.ungated, "from-hub")),
+    );
+
+    // Applied in the gated namespace, then Ready, and the status at the hub.
+    let ais = dynamic(&i.admin, Some(&i.gated), &AI);
+    vworkspace_e2e::wait::eventually(
+        "the intent's object is Ready in the gated namespace",
+        Duration::from_secs(60),
+        || async {
+            let Some(ai) = ais.get_opt("from-hub").await.map_err(|e| e.to_string())? else {
+                return Err(format!("not applied yet\nagent log:\n{}", agent.logs()));
+            };
+            let ready = ai.data["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+            if ready {
+                Ok(())
+            } else {
+                Err(format!("status: {}", ai.data["status"]))
+            }
+        },
+    )
+    .await;
+    let objects = || {
+        let out = hub.cli(
+            &["get", "apps", "--cluster", &hub_cluster, "-o", "json"],
+            None,
+        );
+        serde_json::from_str::<Vec<Value>>(&out).unwrap()
+    };
+    vworkspace_e2e::wait::eventually(
+        "the hub sees both outcomes and the status",
+        Duration::from_secs(60),
+        || async {
+            let rows = objects();
+            let row = |ns: &str| {
+                rows.iter()
+                    .find(|r| r["namespace"] == ns)
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let (gated, ungated) = (row(&i.gated), row(&i.ungated));
+            let ready_at_hub = gated["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+            let refused = ungated["last_outcome"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("rejected"));
+            if gated["last_outcome"] == "applied" && ready_at_hub && refused {
+                Ok(())
+            } else {
+                Err(format!("hub objects: {rows:?}"))
+            }
+        },
+    )
+    .await;
+    assert!(
+        dynamic(&i.admin, Some(&i.ungated), &AI)
+            .get_opt("from-hub")
+            .await
+            .unwrap()
+            .is_none(),
+        "an intent for a namespace outside the allow-list was applied"
+    );
+
+    let log_text = agent.stop().await;
+    assert!(
+        !log_text.contains(&token),
+        "the join token appears in the agent's log"
+    );
+    let refused = unexpected_refusals(&log_text, &i.agent_ns);
     assert!(
         refused.is_empty(),
         "the agent was refused by the API server with the chart's RBAC:\n{}",
