@@ -18,6 +18,7 @@ pub mod assets;
 mod certs;
 pub mod controlplane;
 pub mod crds;
+pub mod e2e;
 mod process;
 pub mod render;
 pub mod standins;

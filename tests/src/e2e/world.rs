@@ -1,0 +1,180 @@
+//! One enrolled cluster for an end-to-end test: the shared control plane with
+//! every CRD, the stand-ins, a hub-sim process and an agent process joined
+//! with a fresh token.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use super::procs::{AgentProc, AgentSettings, HubSim, binaries};
+use super::{E2eError, hub_connected, prepare_cluster};
+use crate::standins::{self, StandInConfig};
+
+/// hub-sim flags for tests: short pings and idle timeout, quick Goodbye retry.
+pub const HUB_TEST_FLAGS: &[&str] = &[
+    "--ping-interval",
+    "2s",
+    "--idle-timeout",
+    "10s",
+    "--retry-after",
+    "1s",
+];
+
+/// A running loop: control plane, stand-ins, hub-sim and an enrolled agent.
+pub struct World {
+    /// Admin client on the caller's runtime.
+    pub client: kube::Client,
+    /// hub-sim.
+    pub hub: HubSim,
+    /// The agent.
+    pub agent: AgentProc,
+    /// Cluster id at the hub.
+    pub cluster: String,
+    /// A gated namespace for the test's objects.
+    pub app_ns: String,
+    /// Logs and hub state live here.
+    pub dir: tempfile::TempDir,
+    join_token: String,
+    standins: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("World")
+            .field("cluster", &self.cluster)
+            .field("app_ns", &self.app_ns)
+            .finish_non_exhaustive()
+    }
+}
+
+impl World {
+    /// Builds the binaries (dev profile), prepares the shared control plane,
+    /// starts hub-sim and enrolls an agent; returns once the hub sees the
+    /// tunnel. `prefix` names the cluster and the namespaces.
+    pub async fn start(prefix: &str) -> Result<World, E2eError> {
+        let bins = tokio::task::spawn_blocking(|| binaries(false))
+            .await
+            .map_err(|e| {
+                super::procs::ProcError::Build(format!("the build thread failed: {e}"))
+            })??;
+        let cp = crate::try_shared()
+            .map_err(|e| super::procs::ProcError::Build(format!("control plane: {e}")))?;
+        let client = cp
+            .client()
+            .map_err(|e| super::procs::ProcError::Build(format!("control plane client: {e}")))?;
+        let suffix = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let agent_ns = format!("{prefix}-agent-{suffix}");
+        prepare_cluster(&client, &agent_ns).await?;
+        let app_ns = crate::test_namespace(&client, prefix).await?;
+        let standins = standins::run_all(client.clone(), StandInConfig::default());
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("vws-{prefix}-"))
+            .tempdir()
+            .map_err(|source| super::procs::ProcError::Io {
+                path: "a temporary directory".into(),
+                source,
+            })?;
+        let hub = HubSim::start(
+            &bins.hub_sim,
+            &dir.path().join("hub-state"),
+            &dir.path().join("hub-sim.log"),
+            HUB_TEST_FLAGS,
+        )
+        .await?;
+        let cluster = format!("{prefix}-{suffix}");
+        let join_token = super::create_token(hub.admin(), &cluster, "e2e-org").await?;
+        let settings = AgentSettings {
+            bin: bins.agent.clone(),
+            kubeconfig: cp.kubeconfig_path().to_path_buf(),
+            namespace: agent_ns,
+            cluster_object: cluster.clone(),
+            log: dir.path().join("agent.log"),
+            backoff_max: "2s",
+            extra_args: Vec::new(),
+        };
+        let out = settings.join(&join_token)?;
+        assert!(
+            !out.contains(&join_token),
+            "vworkspace-agent join printed the join token"
+        );
+        let agent = AgentProc::start(settings).await?;
+        let world = World {
+            client,
+            hub,
+            agent,
+            cluster,
+            app_ns,
+            dir,
+            join_token,
+            standins,
+        };
+        world.wait_connected(Duration::from_secs(90)).await;
+        Ok(world)
+    }
+
+    /// The agent's log (every incarnation).
+    pub fn agent_log(&self) -> PathBuf {
+        self.agent.settings().log.clone()
+    }
+
+    /// Waits until the hub lists the cluster as connected; panics with both logs' tails.
+    pub async fn wait_connected(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if hub_connected(self.hub.admin(), &self.cluster)
+                .await
+                .unwrap_or(false)
+            {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "the agent did not connect to hub-sim within {timeout:?}\n{}",
+                    self.log_tails()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The last lines of the agent and hub-sim logs, for failure messages.
+    pub fn log_tails(&self) -> String {
+        let tail = |p: &Path| crate::process::tail(p, 30);
+        format!(
+            "--- agent log ({}):\n{}\n--- hub-sim log ({}):\n{}",
+            self.agent_log().display(),
+            tail(&self.agent_log()),
+            self.hub.log().display(),
+            tail(self.hub.log())
+        )
+    }
+
+    /// Places where the join token or a private key shows up in a log (empty when none).
+    pub fn secret_leaks(&self) -> Vec<String> {
+        let mut leaks = Vec::new();
+        for log in [self.agent_log(), self.hub.log().to_path_buf()] {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(&self.join_token) {
+                leaks.push(format!("{} contains the join token", log.display()));
+            }
+            if text.contains("PRIVATE KEY") {
+                leaks.push(format!("{} contains a private key", log.display()));
+            }
+        }
+        leaks
+    }
+
+    /// Stops the agent and hub-sim gracefully (also done on drop).
+    pub fn stop(&mut self) {
+        self.agent.stop(Duration::from_secs(10));
+        self.hub.stop(Duration::from_secs(10));
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.stop();
+        self.standins.abort();
+    }
+}

@@ -1,0 +1,295 @@
+//! End to end with real processes: hub-sim and the `vworkspace-agent` binary
+//! against the real kube-apiserver, Flux and Velero stood in for by
+//! `vworkspace_e2e::standins`. One application goes through its whole life
+//! (enroll, deploy, upgrade, back up, restore, roll back, delete) and every
+//! step's conditions must arrive at hub-sim.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use vworkspace_e2e::e2e::{self, world::World};
+use vworkspace_e2e::wait::eventually;
+
+const STEP: Duration = Duration::from_secs(90);
+
+/// Waits until the hub's record of `kind/name` satisfies `pred`; returns it.
+async fn at_hub(
+    w: &World,
+    kind: &str,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let what = format!("{kind} {name} at the hub: {what}");
+    let found = tokio::time::timeout(
+        STEP + Duration::from_secs(5),
+        eventually(&what, STEP, || async {
+            let o = e2e::hub_object(w.hub.admin(), &w.cluster, kind, name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("not declared")?;
+            if pred(&o) { Ok(o) } else { Err(o.to_string()) }
+        }),
+    )
+    .await;
+    match found {
+        Ok(o) => o,
+        Err(_) => panic!("{what}: timed out\n{}", w.log_tails()),
+    }
+}
+
+fn ready(o: &Value) -> bool {
+    e2e::has_condition(
+        &o["status"]["conditions"],
+        "Ready",
+        "True",
+        "HelmReleaseReady",
+    )
+}
+
+fn succeeded(o: &Value) -> bool {
+    o["status"]["phase"] == "Succeeded"
+        && e2e::has_condition(&o["status"]["conditions"], "Succeeded", "True", "")
+}
+
+async fn dynamic(w: &World, gvk: (&str, &str, &str, &str), ns: &str, name: &str) -> Option<Value> {
+    let ar = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk(gvk.0, gvk.1, gvk.2),
+        gvk.3,
+    );
+    kube::Api::<kube::api::DynamicObject>::namespaced_with(w.client.clone(), ns, &ar)
+        .get_opt(name)
+        .await
+        .expect("reading a downstream object")
+        .map(|o| serde_json::to_value(o).unwrap())
+}
+
+const HELM_RELEASE: (&str, &str, &str, &str) = (
+    "helm.toolkit.fluxcd.io",
+    "v2",
+    "HelmRelease",
+    "helmreleases",
+);
+const VELERO_BACKUP: (&str, &str, &str, &str) = ("velero.io", "v1", "Backup", "backups");
+const VELERO_RESTORE: (&str, &str, &str, &str) = ("velero.io", "v1", "Restore", "restores");
+
+fn chart_version(hr: &Value) -> String {
+    hr["spec"]["chart"]["spec"]["version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_lives_its_whole_life_through_the_hub() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let w = World::start("e2e-life")
+        .await
+        .expect("starting hub-sim and the agent");
+    let ns = w.app_ns.clone();
+    let hub = w.hub.admin().clone();
+
+    // Enroll: Connected at the hub (World::start waited) and on the Cluster object.
+    let status = w
+        .agent
+        .settings()
+        .status()
+        .expect("vworkspace-agent status");
+    assert!(status.contains("Connected"), "agent status: {status}");
+    let clusters = w.hub.cli(&["get", "clusters"]).unwrap();
+    assert!(
+        clusters.contains(&w.cluster) && clusters.contains("yes"),
+        "{clusters}"
+    );
+
+    // Deploy.
+    let v1 = e2e::apply(&hub, &w.cluster, &e2e::app_manifest(&ns, "nc", "6.6.0", 1))
+        .await
+        .unwrap();
+    assert_eq!(v1["version"], 1);
+    let o = at_hub(
+        &w,
+        "ApplicationInstance",
+        "nc",
+        "v1 applied and Ready",
+        |o| o["last_outcome"] == "applied" && ready(o),
+    )
+    .await;
+    assert_eq!(o["version"], 1);
+    let hr = dynamic(&w, HELM_RELEASE, &ns, "nc")
+        .await
+        .expect("the HelmRelease exists");
+    assert_eq!(chart_version(&hr), "6.6.0");
+    let ai = e2e::cluster_object(&w.client, "ApplicationInstance", &ns, "nc")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e2e::applied_version(&ai), Some(1));
+
+    // Upgrade: a new version of the intent.
+    e2e::apply(&hub, &w.cluster, &e2e::app_manifest(&ns, "nc", "6.7.0", 2))
+        .await
+        .unwrap();
+    let gen_now = |o: &Value| o["status"]["generation"].as_i64().unwrap_or(0);
+    let o = at_hub(
+        &w,
+        "ApplicationInstance",
+        "nc",
+        "v2 applied and Ready at generation 2",
+        |o| o["version"] == 2 && o["last_outcome"] == "applied" && ready(o) && gen_now(o) >= 2,
+    )
+    .await;
+    eventually("the HelmRelease to carry chart 6.7.0", STEP, || async {
+        let hr = dynamic(&w, HELM_RELEASE, &ns, "nc")
+            .await
+            .ok_or("no HelmRelease")?;
+        (chart_version(&hr) == "6.7.0")
+            .then_some(())
+            .ok_or(chart_version(&hr))
+    })
+    .await;
+    let ai = e2e::cluster_object(&w.client, "ApplicationInstance", &ns, "nc")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e2e::applied_version(&ai), Some(2));
+    assert_eq!(
+        Some(gen_now(&o)),
+        ai.metadata.generation,
+        "hub status is for the live generation"
+    );
+
+    // Back up.
+    e2e::apply(
+        &hub,
+        &w.cluster,
+        &e2e::op_manifest(
+            &ns,
+            "backup-1",
+            "nc",
+            "Backup",
+            "velero",
+            json!({"retention": "72h"}),
+        ),
+    )
+    .await
+    .unwrap();
+    let o = at_hub(&w, "Operation", "backup-1", "Succeeded", succeeded).await;
+    let backup_name = format!("{ns}-backup-1");
+    assert_eq!(
+        o["status"]["outputs"]["backupName"],
+        backup_name.as_str(),
+        "{o}"
+    );
+    let b = dynamic(&w, VELERO_BACKUP, e2e::VELERO_NAMESPACE, &backup_name)
+        .await
+        .expect("the Velero Backup exists");
+    assert_eq!(b["status"]["phase"], "Completed");
+    assert_eq!(b["spec"]["includedNamespaces"], json!([ns]));
+
+    // Restore from that backup.
+    e2e::apply(
+        &hub,
+        &w.cluster,
+        &e2e::op_manifest(
+            &ns,
+            "restore-1",
+            "nc",
+            "Restore",
+            "velero",
+            json!({"backupName": backup_name}),
+        ),
+    )
+    .await
+    .unwrap();
+    at_hub(&w, "Operation", "restore-1", "Succeeded", succeeded).await;
+    let r = dynamic(
+        &w,
+        VELERO_RESTORE,
+        e2e::VELERO_NAMESPACE,
+        &format!("{ns}-restore-1"),
+    )
+    .await
+    .expect("the Velero Restore exists");
+    assert_eq!(r["spec"]["backupName"], backup_name.as_str());
+
+    // Roll back to the previous chart.
+    e2e::apply(
+        &hub,
+        &w.cluster,
+        &e2e::op_manifest(&ns, "rollback-1", "nc", "Rollback", "helm", json!({})),
+    )
+    .await
+    .unwrap();
+    at_hub(&w, "Operation", "rollback-1", "Succeeded", succeeded).await;
+    eventually("the HelmRelease back on chart 6.6.0", STEP, || async {
+        let hr = dynamic(&w, HELM_RELEASE, &ns, "nc")
+            .await
+            .ok_or("no HelmRelease")?;
+        (chart_version(&hr) == "6.6.0")
+            .then_some(())
+            .ok_or(chart_version(&hr))
+    })
+    .await;
+    at_hub(
+        &w,
+        "ApplicationInstance",
+        "nc",
+        "Ready after the rollback",
+        ready,
+    )
+    .await;
+
+    // Delete: an explicit intent; the agent's finalizer removes the HelmRelease first.
+    e2e::delete(&hub, &w.cluster, "ApplicationInstance", &ns, "nc")
+        .await
+        .unwrap();
+    at_hub(&w, "ApplicationInstance", "nc", "deletion applied", |o| {
+        o["deleted"] == true && o["last_outcome"] == "applied"
+    })
+    .await;
+    eventually(
+        "the ApplicationInstance and its HelmRelease to be gone",
+        STEP,
+        || async {
+            let ai = e2e::cluster_object(&w.client, "ApplicationInstance", &ns, "nc")
+                .await
+                .map_err(|e| e.to_string())?;
+            let hr = dynamic(&w, HELM_RELEASE, &ns, "nc").await;
+            match (ai, hr) {
+                (None, None) => Ok(()),
+                (ai, hr) => Err(format!(
+                    "instance present: {}, HelmRelease present: {}",
+                    ai.is_some(),
+                    hr.is_some()
+                )),
+            }
+        },
+    )
+    .await;
+
+    // Every intent acked once, nothing lost or applied twice, hub status = cluster status.
+    let report = eventually("the hub and the cluster to agree", STEP, || async {
+        let r = e2e::delivery_report(&w.client, &hub, &w.cluster, &w.agent_log())
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.problems.is_empty() {
+            Ok(r)
+        } else {
+            Err(r.problems.join("; "))
+        }
+    })
+    .await;
+    println!(
+        "lifecycle: intents sent {}, lost {}, duplicated {}",
+        report.sent, report.lost, report.duplicated
+    );
+    assert_eq!((report.sent, report.lost, report.duplicated), (6, 0, 0));
+    let intents = e2e::intents(&hub, &w.cluster).await.unwrap();
+    assert!(
+        intents.iter().all(|i| i["outcome"] == "applied"),
+        "{intents:#?}"
+    );
+    let leaks = w.secret_leaks();
+    assert!(leaks.is_empty(), "{leaks:?}");
+}
