@@ -56,8 +56,14 @@ pub struct Applier {
 /// operator takes effect within a second.
 #[derive(Clone, Default)]
 pub struct NamespaceCache {
-    entries: Arc<Mutex<HashMap<String, (Instant, Option<BTreeMap<String, String>>)>>>,
+    entries: Arc<Mutex<HashMap<String, CachedLabels>>>,
 }
+
+/// When the labels were read, and the labels (`None`: no such namespace).
+type CachedLabels = (Instant, Option<Labels>);
+
+/// Labels of one object.
+type Labels = BTreeMap<String, String>;
 
 impl NamespaceCache {
     /// How long an entry is trusted.
@@ -65,14 +71,14 @@ impl NamespaceCache {
     /// Entries kept at most.
     const MAX: usize = 1024;
 
-    fn get(&self, ns: &str) -> Option<Option<BTreeMap<String, String>>> {
+    fn get(&self, ns: &str) -> Option<Option<Labels>> {
         let m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         m.get(ns)
             .filter(|(at, _)| at.elapsed() < Self::TTL)
             .map(|(_, l)| l.clone())
     }
 
-    fn put(&self, ns: &str, labels: Option<BTreeMap<String, String>>) {
+    fn put(&self, ns: &str, labels: Option<Labels>) {
         let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if m.len() >= Self::MAX {
             m.retain(|_, (at, _)| at.elapsed() < Self::TTL);
@@ -436,12 +442,7 @@ mod tests {
         let other = labels(&[("managed-by", "someone-else")]);
         let any = NamespaceList::default();
         let only_a: NamespaceList = "team-a".parse().unwrap();
-        let cases: &[(
-            &str,
-            Option<&BTreeMap<String, String>>,
-            &NamespaceList,
-            bool,
-        )] = &[
+        let cases: &[(&str, Option<&Labels>, &NamespaceList, bool)] = &[
             ("team-a", Some(&gated), &any, true),
             ("team-a", Some(&gated), &only_a, true),
             ("team-b", Some(&gated), &only_a, false),

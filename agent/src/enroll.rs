@@ -386,13 +386,14 @@ impl Enroller {
         let mut failed: Option<(String, u32)> = None;
         loop {
             let next = self.reconcile(&mut failed).await;
-            let wait = match next {
-                Next::Idle => RESYNC,
-                Next::Retry(d) => d,
+            let (wait, wake_on_events) = match next {
+                Next::Idle => (RESYNC, true),
+                // Backing off: our own status write is a watch event too, so
+                // events must not cut the backoff short.
+                Next::Retry(d) => (d, false),
             };
             let sleep = tokio::time::sleep(wait);
             tokio::pin!(sleep);
-            // Coalesce bursts of watch events into one reconcile.
             loop {
                 tokio::select! {
                     biased;
@@ -400,8 +401,11 @@ impl Enroller {
                     _ = &mut sleep => break,
                     ev = triggers.next() => {
                         if ev.is_none() { return; }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        break;
+                        if wake_on_events {
+                            // Coalesce a burst of events into one reconcile.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            break;
+                        }
                     }
                 }
             }

@@ -181,10 +181,10 @@ impl StatusHub {
     /// A status went out in envelope `seq`.
     pub fn sent(&self, seq: u64, status: &Status) {
         let mut s = self.lock();
-        if s.unconfirmed.len() >= MAX_UNCONFIRMED {
-            if let Some((_, o, h)) = s.unconfirmed.pop_front() {
-                confirm_one(&mut s, o, h);
-            }
+        if s.unconfirmed.len() >= MAX_UNCONFIRMED
+            && let Some((_, o, h)) = s.unconfirmed.pop_front()
+        {
+            confirm_one(&mut s, o, h);
         }
         s.unconfirmed
             .push_back((seq, status.object.clone(), status.hash.clone()));

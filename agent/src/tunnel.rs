@@ -360,7 +360,7 @@ impl Tunnel {
                 msg = conn.stream.next() => {
                     conn.last_rx = Instant::now();
                     let env = match conn.incoming(msg).await? {
-                        Incoming::Envelope(env) => env,
+                        Incoming::Envelope(env) => *env,
                         Incoming::Control => continue,
                         Incoming::Closed => return Ok(Ended::Closed),
                     };
@@ -737,7 +737,7 @@ fn classify(e: tungstenite::Error) -> TunnelError {
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 enum Incoming {
-    Envelope(Envelope),
+    Envelope(Box<Envelope>),
     Control,
     Closed,
 }
@@ -891,7 +891,7 @@ impl Conn {
                 }
                 self.in_seq = env.seq;
                 self.metrics.frame("in", env.body.type_name());
-                Ok(Incoming::Envelope(env))
+                Ok(Incoming::Envelope(Box::new(env)))
             }
             Message::Text(_) => {
                 self.fail(
