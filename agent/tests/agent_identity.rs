@@ -150,3 +150,107 @@ async fn a_revoked_identity_is_reported_and_a_replaced_token_re_enrolls() {
     assert!(!logs.contains(&token) && !logs.contains(&token2));
     hub.shutdown().await;
 }
+
+/// A token the hub never issued, pointing at `hub_url` with CA pin `pin`.
+fn crafted_token(hub_url: &str, pin: &str, iat: i64, exp: i64) -> String {
+    let (issuer, _) = vworkspace_protocol::JoinTokenIssuer::generate().unwrap();
+    let claims = vworkspace_protocol::JoinClaims {
+        iss: "someone-else".into(),
+        aud: vworkspace_protocol::JOIN_TOKEN_AUDIENCE.into(),
+        hub_url: hub_url.into(),
+        ca_sha256: pin.into(),
+        cluster: "edge-crafted".into(),
+        org: "acme".into(),
+        jti: uuid::Uuid::new_v4().to_string(),
+        iat,
+        exp,
+    };
+    issuer.issue(&claims).unwrap().expose_secret().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn enrollment_failures_are_reported_on_the_cluster_without_the_token() {
+    init();
+    let _serial = serial().await;
+    let cp = control_plane("enrollfail").await;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(hub_config(dir.path())).await;
+    let url = hub.hub.public_url().to_owned();
+    let now = vworkspace_protocol::unix_now();
+
+    // The hub does not present the pinned CA: refused before any request is sent.
+    let wrong_pin = crafted_token(&url, &"ab".repeat(32), now, now + 600);
+    join(&cp, &wrong_pin).await;
+    let agent = start_agent(&cp.client, agent_config(&cp, "replica-1")).await;
+    eventually(STEP, "Authenticated=False/CaPinMismatch", || async {
+        condition(&cp, "Authenticated")
+            .await
+            .filter(|(s, r)| s == "False" && r == "CaPinMismatch")
+    })
+    .await;
+    assert_eq!(cluster_phase(&cp).await.as_deref(), Some("Error"));
+    assert_eq!(*agent.state.borrow(), ConnState::WaitingForCredentials);
+    assert!(
+        agent
+            .metric("vworkspace_agent_enrollments_total{result=\"CaPinMismatch\"}")
+            .await
+            .is_some()
+    );
+
+    // The right pin, but a token the hub never issued: the hub refuses it.
+    let pin = hub.hub.ca().sha256_hex();
+    let forged = crafted_token(&url, &pin, now, now + 600);
+    join(&cp, &forged).await;
+    eventually(STEP, "Authenticated=False/RegistrationFailed", || async {
+        condition(&cp, "Authenticated")
+            .await
+            .filter(|(s, r)| s == "False" && r == "RegistrationFailed")
+    })
+    .await;
+
+    // An expired token is refused by the agent itself.
+    let expired = crafted_token(&url, &pin, now - 7200, now - 3600);
+    join_expecting_error(&cp, &expired).await;
+
+    agent.stop().await;
+    let logs = captured_logs();
+    for t in [&wrong_pin, &forged, &expired] {
+        assert!(
+            !logs.contains(t.as_str()),
+            "a join token appears in the logs"
+        );
+    }
+    let secrets: Api<Secret> = Api::namespaced(cp.client.clone(), &cp.agent_ns);
+    assert!(
+        secrets
+            .get_opt("vworkspace-agent-credentials")
+            .await
+            .unwrap()
+            .is_none(),
+        "no credentials without a successful enrollment"
+    );
+    hub.shutdown().await;
+}
+
+async fn join_expecting_error(cp: &Cluster_, token: &str) {
+    use vworkspace_agent::args::{Dur, IdentityArgs, JoinArgs, KubeArgs};
+    let err = vworkspace_agent::cli::join(
+        cp.client.clone(),
+        JoinArgs {
+            kube: KubeArgs::default(),
+            identity: IdentityArgs {
+                namespace: cp.agent_ns.clone(),
+                cluster_object: cp.cluster_object.clone(),
+                credentials_secret: "vworkspace-agent-credentials".into(),
+            },
+            token: token.to_owned(),
+            token_secret: "vworkspace-join-token".into(),
+            wait: Dur(Duration::ZERO),
+        },
+    )
+    .await
+    .expect_err("an expired token must be refused by join");
+    let msg = err.to_string();
+    assert!(msg.contains("expired"), "{msg}");
+    assert!(!msg.contains(token));
+}
