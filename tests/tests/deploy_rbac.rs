@@ -1501,6 +1501,70 @@ async fn agent_binary_runs_with_only_the_service_account_token() {
             .any(|m| m.manager.as_deref() == Some("vworkspace-agent")),
         "the HelmRelease was not written by the agent"
     );
+    // Operations on the placeholder: a Velero Backup in Velero's namespace, a
+    // Job (and its runner ServiceAccount) in the gated namespace.
+    let op_spec = |type_: &str, engine: &str, params: Value| {
+        json!({"spec": {
+            "targetRef": {"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "placeholder"},
+            "type": type_, "engine": engine, "parameters": params,
+        }})
+    };
+    ssa(
+        &i.admin,
+        Some(&i.gated),
+        &OP,
+        "backup",
+        op_spec("Backup", "velero", json!({"retention": "72h"})),
+    )
+    .await
+    .unwrap();
+    ssa(
+        &i.admin,
+        Some(&i.gated),
+        &OP,
+        "cmd",
+        op_spec(
+            "RunCommand",
+            "job",
+            json!({"image": "busybox:1.37", "command": ["true"]}),
+        ),
+    )
+    .await
+    .unwrap();
+    let ops = dynamic(&i.admin, Some(&i.gated), &OP);
+    for (op, res, ns) in [("backup", &BACKUP, &i.velero), ("cmd", &JOB, &i.gated)] {
+        let op = op.to_string();
+        let ops = &ops;
+        let (phase, eref) = vworkspace_e2e::wait::eventually(
+            &format!("the agent starts Operation {op}"),
+            Duration::from_secs(60),
+            || {
+                let op = op.clone();
+                async move {
+                    let o = ops.get(&op).await.map_err(|e| e.to_string())?;
+                    let st = &o.data["status"];
+                    if st["phase"] == "Running" || st["phase"] == "Succeeded" {
+                        Ok((st["phase"].clone(), st["engineRef"].clone()))
+                    } else {
+                        Err(format!("status: {st}\nagent log:\n{}", logs()))
+                    }
+                }
+            },
+        )
+        .await;
+        assert_eq!(eref["kind"], res.kind, "{op}: {phase}");
+        assert_eq!(&eref["namespace"], &json!(ns), "{op}");
+        let name = eref["name"].as_str().unwrap();
+        dynamic(&i.admin, Some(ns), res)
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("{op}: the agent's {} {ns}/{name}: {e}", res.kind));
+    }
+    dynamic(&i.admin, Some(&i.gated), &SERVICE_ACCOUNT)
+        .get("vworkspace-operation-runner")
+        .await
+        .expect("the runner ServiceAccount");
+
     // ... and the API server refusing the same writes where no RoleBinding exists.
     let refused_there = format!("in the namespace \"{}\"", i.ungated);
     vworkspace_e2e::wait::eventually(
@@ -1575,12 +1639,14 @@ async fn agent_binary_runs_with_only_the_service_account_token() {
 
     // The agent left its finalizers; release the objects so no later agent
     // in this API server trips over them.
-    for (ns, name) in [
-        (&i.gated, "placeholder"),
-        (&i.gated, "web"),
-        (&i.ungated, "web"),
+    for (res, ns, name) in [
+        (&OP, &i.gated, "backup"),
+        (&OP, &i.gated, "cmd"),
+        (&AI, &i.gated, "placeholder"),
+        (&AI, &i.gated, "web"),
+        (&AI, &i.ungated, "web"),
     ] {
-        let api = dynamic(&i.admin, Some(ns), &AI);
+        let api = dynamic(&i.admin, Some(ns), res);
         api.patch(
             name,
             &PatchParams::default(),
