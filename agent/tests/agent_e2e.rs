@@ -600,19 +600,63 @@ async fn after_a_hub_restart_the_agent_waits_retry_after_reconnects_and_delivery
     assert_eq!(outcome(&hub, cluster, &b.id).await.0, "applied");
     wait_ai_version(&cp.client, &ns, "b", b.version).await;
 
-    // An abrupt hub death (no Goodbye) is survived too, with backoff.
+    // An abrupt hub death (no Goodbye) is survived too, with backoff. While
+    // the hub is away the agent stays live, and turns unready after the grace.
     hub.abort().await;
     agent.wait_state(ConnState::Disconnected, STEP).await;
     assert_eq!(agent.admin_get("/healthz").await.0, 200);
+    eventually(STEP, "/readyz 503 after the grace period", || async {
+        (agent.admin_get("/readyz").await.0 == 503).then_some(())
+    })
+    .await;
+    assert_eq!(
+        agent.metric("vworkspace_agent_connection_state").await,
+        Some(-1.0)
+    );
     let mut cfg3 = cfg.clone();
     cfg3.listen = addr;
     let hub = start_hub(cfg3).await;
     agent.wait_state(ConnState::Connected, CONNECT).await;
+    assert_eq!(agent.admin_get("/readyz").await.0, 200);
     let c = hub
         .hub
         .apply(Some(cluster), &app_manifest(&ns, "c", "three"))
         .unwrap();
     assert_eq!(outcome(&hub, cluster, &c.id).await.0, "applied");
+
+    // A hub that sends a frame over the size limit is refused by size (an
+    // error frame, then a reconnect), never buffered.
+    hub.hub
+        .set_faults(
+            cluster,
+            Faults {
+                oversized_frame: true,
+                ..Faults::default()
+            },
+        )
+        .unwrap();
+    let addr = hub.tls_addr;
+    hub.shutdown().await;
+    let mut cfg4 = cfg.clone();
+    cfg4.listen = addr;
+    let hub = start_hub(cfg4).await;
+    eventually(
+        CONNECT,
+        "an error frame for the oversized frame",
+        || async {
+            agent
+                .metric("vworkspace_agent_frames_total{direction=\"out\",type=\"error\"}")
+                .await
+                .filter(|n| *n >= 1.0)
+        },
+    )
+    .await;
+    hub.hub.set_faults(cluster, Faults::default()).unwrap();
+    let d = hub
+        .hub
+        .apply(Some(cluster), &app_manifest(&ns, "d", "four"))
+        .unwrap();
+    assert_eq!(outcome(&hub, cluster, &d.id).await.0, "applied");
 
     agent.stop().await;
     assert_no_secrets_logged(&cp, &[&token]).await;
