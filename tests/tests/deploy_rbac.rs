@@ -1195,6 +1195,54 @@ fn committed_plain_manifests_install_with_kubectl() {
         "jsonpath={.spec.template.spec.serviceAccountName}",
     ]);
     assert_eq!(run(cmd, "kubectl get deployment"), "vworkspace-agent");
+
+    // Gating a namespace without Helm, as docs/operations.md says.
+    let team = format!("team-{:08x}", rand::random::<u32>());
+    let as_agent = "--as=system:serviceaccount:vworkspace-system:vworkspace-agent";
+    let can_create_jobs = |ns: &str| {
+        let mut cmd = kubectl();
+        cmd.args(["auth", "can-i", as_agent, "create", "jobs.batch", "-n", ns]);
+        String::from_utf8_lossy(&cmd.output().unwrap().stdout)
+            .trim()
+            .to_string()
+    };
+    let mut cmd = kubectl();
+    cmd.args(["create", "namespace", &team]);
+    run(cmd, "kubectl create namespace");
+    let mut cmd = kubectl();
+    cmd.args(["label", "namespace", &team, "managed-by=vworkspace"]);
+    run(cmd, "kubectl label namespace");
+    assert_eq!(can_create_jobs(&team), "no", "before the RoleBinding");
+    let mut cmd = kubectl();
+    cmd.args([
+        "create",
+        "rolebinding",
+        "vworkspace-agent",
+        "-n",
+        &team,
+        "--clusterrole=vworkspace-agent-gated",
+        "--serviceaccount=vworkspace-system:vworkspace-agent",
+    ]);
+    run(cmd, "kubectl create rolebinding");
+    let mut cmd = kubectl();
+    cmd.args([
+        "-n",
+        "vworkspace-system",
+        "set",
+        "env",
+        "deployment/vworkspace-agent",
+        &format!("VWS_AGENT_ALLOWED_NAMESPACES={team}"),
+    ]);
+    run(cmd, "kubectl set env");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while can_create_jobs(&team) != "yes" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the RoleBinding never took effect"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(can_create_jobs("default"), "no");
 }
 
 /// deploy/hub-sim/hub-sim.yaml is accepted by the real API server.
