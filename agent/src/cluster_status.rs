@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use kube::api::{Api, Patch, PatchParams};
+use tokio::sync::watch;
 use vworkspace_crds::conditions::{self, Status as CondStatus, reasons};
 use vworkspace_crds::{Cluster, ClusterPhase, ClusterStatus};
 
@@ -20,6 +21,7 @@ pub struct ClusterStatusWriter {
     api: Api<Cluster>,
     name: String,
     lock: Arc<tokio::sync::Mutex<()>>,
+    leader: Option<watch::Receiver<bool>>,
 }
 
 impl ClusterStatusWriter {
@@ -29,7 +31,15 @@ impl ClusterStatusWriter {
             api: Api::all(client),
             name: name.into(),
             lock: Arc::default(),
+            leader: None,
         }
+    }
+
+    /// Writes only while `leader` is true (a replica that lost the Lease
+    /// leaves the status to the new leader).
+    pub fn with_leader(mut self, leader: watch::Receiver<bool>) -> Self {
+        self.leader = Some(leader);
+        self
     }
 
     /// The Cluster API.
@@ -46,6 +56,10 @@ impl ClusterStatusWriter {
     /// whether a write happened (`false` also when the Cluster does not exist).
     pub async fn update(&self, f: impl FnOnce(&mut ClusterStatus)) -> Result<bool, kube::Error> {
         let _guard = self.lock.lock().await;
+        if self.leader.as_ref().is_some_and(|l| !*l.borrow()) {
+            tracing::debug!("Not the leader; Cluster status left alone");
+            return Ok(false);
+        }
         let Some(cluster) = self.api.get_opt(&self.name).await? else {
             return Ok(false);
         };

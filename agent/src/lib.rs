@@ -274,6 +274,9 @@ impl Agent {
             shutdown.clone(),
         ));
         let tracker = tokio::spawn(admin_state.track(shutdown.clone()));
+        // The Lease is vacated only after the leader work has stopped, so its
+        // last writes (the Cluster status) still happen as the leader.
+        let (lease_stop_tx, lease_stop_rx) = watch::channel(false);
         let mut lease_task = tokio::spawn(lease::run(
             client.clone(),
             lease::LeaseConfig {
@@ -285,7 +288,7 @@ impl Agent {
             },
             leader_tx.clone(),
             metrics.clone(),
-            shutdown.clone(),
+            lease_stop_rx,
         ));
         let mut leader = leader_tx.subscribe();
         let result = loop {
@@ -299,12 +302,15 @@ impl Agent {
             }
             let (stop_tx, stop_rx) = watch::channel(false);
             let mut work = tokio::spawn(leader_work(
-                cfg.clone(),
-                client.clone(),
-                redactor.clone(),
-                metrics.clone(),
-                controller_metrics.clone(),
-                state_tx.clone(),
+                LeaderCtx {
+                    leader: leader_tx.subscribe(),
+                    cfg: cfg.clone(),
+                    client: client.clone(),
+                    redactor: redactor.clone(),
+                    metrics: metrics.clone(),
+                    controller_metrics: controller_metrics.clone(),
+                    state_tx: state_tx.clone(),
+                },
                 stop_rx,
             ));
             let outcome = tokio::select! {
@@ -329,7 +335,8 @@ impl Agent {
                 None => tracing::warn!("Lost leadership; standing by"),
             }
         };
-        // The lease task vacates on shutdown; wait for it briefly.
+        // Now vacate the Lease; wait for it briefly.
+        let _ = lease_stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), admin_task).await;
         tracker.abort();
@@ -338,18 +345,31 @@ impl Agent {
     }
 }
 
-/// Everything only the leader runs. Returns when `stop` turns true.
-async fn leader_work(
+/// What one leadership term needs.
+struct LeaderCtx {
+    leader: watch::Receiver<bool>,
     cfg: Config,
     client: kube::Client,
     redactor: Redactor,
     metrics: metrics::Metrics,
     controller_metrics: controllers::Metrics,
     state_tx: watch::Sender<ConnState>,
-    stop: watch::Receiver<bool>,
-) {
+}
+
+/// Everything only the leader runs. Returns when `stop` turns true.
+async fn leader_work(ctx: LeaderCtx, stop: watch::Receiver<bool>) {
+    let LeaderCtx {
+        leader,
+        cfg,
+        client,
+        redactor,
+        metrics,
+        controller_metrics,
+        state_tx,
+    } = ctx;
     let status_writer =
-        cluster_status::ClusterStatusWriter::new(client.clone(), &cfg.cluster_object);
+        cluster_status::ClusterStatusWriter::new(client.clone(), &cfg.cluster_object)
+            .with_leader(leader);
     let (creds_tx, creds_rx) = watch::channel(None);
     let hub = status::StatusHub::new(metrics.clone());
     let enroller = enroll::Enroller {
