@@ -7,7 +7,7 @@
 //! 3. Starts the `StandInHelmController` and measures the time until all N
 //!    instances are Ready=True (controller + stand-in round trips).
 //!
-//! `cargo run --release -p vworkspace-agent --example reconcile-throughput -- [N]`
+//! `cargo run --release -p vworkspace-agent --example reconcile-throughput -- [N [CONCURRENCY]]`
 
 use std::time::{Duration, Instant};
 
@@ -90,7 +90,10 @@ async fn main() -> anyhow::Result<()> {
     // 2. Controllers only.
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let config = Config::default();
+    let mut config = Config::default();
+    if let Some(c) = std::env::args().nth(2) {
+        config.concurrency = c.parse().context("CONCURRENCY must be a number")?;
+    }
     let concurrency = config.concurrency;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let t1 = Instant::now();
