@@ -662,3 +662,75 @@ async fn after_a_hub_restart_the_agent_waits_retry_after_reconnects_and_delivery
     assert_no_secrets_logged(&cp, &[&token]).await;
     hub.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_controllers_running_behind_the_lease_statuses_of_instances_and_operations_reach_the_hub()
+ {
+    init();
+    let _serial = serial().await;
+    let cp = control_plane("ctrl").await;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(hub_config(dir.path())).await;
+    let cluster = "edge-ctrl";
+    let token = hub.hub.create_token(cluster, "acme", None).unwrap().token;
+    join(&cp, &token).await;
+    let mut cfg = agent_config(&cp, "replica-1");
+    cfg.controllers = true;
+    let mut agent = start_agent(&cp.client, cfg).await;
+    agent.wait_state(ConnState::Connected, CONNECT).await;
+    let ns = vworkspace_e2e::test_namespace(&cp.client, "apps")
+        .await
+        .unwrap();
+
+    // A placeholder instance: the controller marks it Ready, the status stream reports it.
+    let i = hub
+        .hub
+        .apply(Some(cluster), &app_manifest(&ns, "ph", "cluster-ops"))
+        .unwrap();
+    assert_eq!(outcome(&hub, cluster, &i.id).await.0, "applied");
+    wait_hub_status(&hub, cluster, "ph", "Placeholder").await;
+
+    // An Operation intent becomes an Operation object, and its status reaches the hub.
+    let op = serde_json::json!({
+        "apiVersion": "ops.vworkspace.io/v1alpha1",
+        "kind": "Operation",
+        "metadata": {"name": "run-1", "namespace": ns},
+        "spec": {
+            "targetRef": {"apiVersion": "apps.vworkspace.io/v1alpha1", "kind": "ApplicationInstance", "name": "ph"},
+            "type": "RunCommand",
+            "engine": "job",
+            "parameters": {"image": "busybox:1.36", "command": ["true"]},
+        },
+    });
+    let o = hub.hub.apply(Some(cluster), &op).unwrap();
+    assert_eq!(outcome(&hub, cluster, &o.id).await.0, "applied");
+    let ops = Api::<vworkspace_crds::Operation>::namespaced(cp.client.clone(), &ns);
+    let live = ops.get("run-1").await.unwrap();
+    assert_eq!(
+        live.metadata.annotations.unwrap()[APPLIED_INTENT_VERSION],
+        o.version.to_string()
+    );
+    eventually(STEP, "a status of the Operation at the hub", || async {
+        let objs = hub.hub.objects(Some(cluster), Some("Operation")).ok()?;
+        objs.into_iter()
+            .find(|v| v.object.name == "run-1")
+            .and_then(|v| v.status)
+            .filter(|s| s.phase.is_some() || s.conditions.to_string().contains("type"))
+    })
+    .await;
+    assert!(
+        agent
+            .metric("vworkspace_agent_controllers_reconciles_total")
+            .await
+            .is_some()
+            || agent
+                .admin_get("/metrics")
+                .await
+                .1
+                .contains("vworkspace_agent_controllers_"),
+        "controller metrics are served on the same /metrics"
+    );
+    agent.stop().await;
+    assert_no_secrets_logged(&cp, &[&token]).await;
+    hub.shutdown().await;
+}
