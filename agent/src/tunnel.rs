@@ -1015,3 +1015,60 @@ impl Renewal {
 }
 
 use rustls_pki_types::pem::PemObject;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vworkspace_protocol::IntentOutcome;
+
+    fn welcome(heartbeat: u32, idle: u32, frame: u64, in_flight: u32) -> Welcome {
+        Welcome {
+            cluster_id: "c".into(),
+            org: "o".into(),
+            server_time: 0,
+            heartbeat_secs: heartbeat,
+            idle_timeout_secs: idle,
+            max_frame_bytes: frame,
+            max_in_flight: in_flight,
+            signing_keys: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn welcome_limits_are_clamped_to_what_the_agent_accepts() {
+        let l = limits_from(&welcome(20, 60, 1 << 20, 32));
+        assert_eq!((l.heartbeat_secs, l.idle_timeout_secs), (20, 60));
+        assert_eq!(l.max_in_flight, 32);
+        // A hub asking for a silly heartbeat, a tiny idle timeout or huge frames is clamped.
+        let l = limits_from(&welcome(0, 0, u64::MAX, 0));
+        assert_eq!(l.heartbeat_secs, 1);
+        assert!(l.idle_timeout_secs >= 2 * l.heartbeat_secs);
+        assert_eq!(l.max_frame_bytes, Limits::default().max_frame_bytes);
+        assert_eq!(l.max_in_flight, 1);
+        let l = limits_from(&welcome(10_000, 5, 10, 1 << 30));
+        assert_eq!(l.heartbeat_secs, Limits::default().max_heartbeat_secs);
+        assert_eq!(l.max_frame_bytes, 4096);
+        assert_eq!(l.max_in_flight, 1024);
+    }
+
+    #[test]
+    fn only_rejections_become_warning_events() {
+        let mut ack = IntentAck {
+            intent_id: "i-1".into(),
+            intent_seq: 3,
+            object: Some(ObjectRef::new(ObjectKind::Operation, "ns", "op")),
+            version: Some(2),
+            outcome: IntentOutcome::Applied,
+        };
+        assert!(rejection_event(&ack).is_none());
+        ack.outcome = IntentOutcome::Rejected {
+            code: "expired".into(),
+            message: "intent expired".into(),
+        };
+        let ev = rejection_event(&ack).unwrap();
+        assert_eq!(ev.severity, "Warning");
+        assert_eq!(ev.reason, "IntentRejected");
+        assert!(ev.message.starts_with("expired: "));
+        assert_eq!(ev.intent_id.as_deref(), Some("i-1"));
+    }
+}
