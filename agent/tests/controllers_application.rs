@@ -368,7 +368,7 @@ async fn an_ungated_namespace_is_refused() {
         .await
         .unwrap();
     create_app(&client, &ns, "nc", helm_spec("nc", &ns, "6.6.0")).await;
-    wait_app(&client, &ns, "nc", "Blocked=True/NamespaceNotGated", |a| {
+    let ai = wait_app(&client, &ns, "nc", "Blocked=True/NamespaceNotGated", |a| {
         cond_is(&conds(a), "Blocked", "True", "NamespaceNotGated")
     })
     .await;
@@ -378,6 +378,10 @@ async fn an_ungated_namespace_is_refused() {
             .await
             .unwrap()
             .is_none()
+    );
+    assert!(
+        ai.finalizers().is_empty(),
+        "no finalizer outside gated namespaces"
     );
 }
 

@@ -83,6 +83,29 @@ async fn velero_backup_succeeds_with_a_labelled_backup_in_the_velero_namespace()
     assert_eq!(b.data["spec"]["includedNamespaces"], json!([ns]));
     assert_eq!(b.data["spec"]["ttl"], "72h");
     assert!(b.owner_references().is_empty());
+    // Transitions are published as Events on the Operation.
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns);
+    vworkspace_e2e::wait::eventually("a VeleroBackupCompleted event", WAIT, || {
+        let events = events.clone();
+        async move {
+            let list = events
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let reasons: Vec<String> = list
+                .items
+                .iter()
+                .filter(|e| e.involved_object.name.as_deref() == Some("b1"))
+                .filter_map(|e| e.reason.clone())
+                .collect();
+            if reasons.iter().any(|r| r == "VeleroBackupCompleted") {
+                Ok(())
+            } else {
+                Err(format!("{reasons:?}"))
+            }
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

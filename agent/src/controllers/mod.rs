@@ -38,10 +38,17 @@ pub mod validation;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::{FutureExt, StreamExt, future};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::{
+    api::core::v1::{Namespace, ObjectReference},
+    apimachinery::pkg::apis::meta::v1::Condition,
+};
 use kube::{
     Api, Client,
-    runtime::{WatchStreamExt, reflector, watcher},
+    runtime::{
+        WatchStreamExt,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector, watcher,
+    },
 };
 use tracing::{info, warn};
 
@@ -144,6 +151,8 @@ pub struct Context {
     /// What was last applied per ApplicationInstance UID; one entry per
     /// live instance (removed when it is released).
     applied: std::sync::Mutex<std::collections::HashMap<String, Applied>>,
+    /// Publishes Kubernetes Events on condition transitions.
+    recorder: Recorder,
 }
 
 /// The Flux objects last applied for an instance.
@@ -171,13 +180,55 @@ impl Context {
         namespaces: reflector::Store<Namespace>,
     ) -> Self {
         Self {
-            client,
+            client: client.clone(),
             config,
             metrics,
             namespaces,
             target_locks: Default::default(),
             served: Default::default(),
             applied: Default::default(),
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: FIELD_MANAGER.into(),
+                    instance: std::env::var("POD_NAME").ok(),
+                },
+            ),
+        }
+    }
+
+    /// Publishes one Event per condition that changed (True conditions and
+    /// Ready only), so the hub and `kubectl describe` see transitions, not
+    /// every reconcile. Failures to publish are logged, never fatal.
+    pub(crate) async fn publish_transitions(
+        &self,
+        reference: &ObjectReference,
+        old: &[Condition],
+        new: &[Condition],
+    ) {
+        for c in new {
+            let changed = vworkspace_crds::conditions::find(old, &c.type_)
+                .is_none_or(|o| o.status != c.status || o.reason != c.reason);
+            if !changed || (c.status != "True" && c.type_ != "Ready") {
+                continue;
+            }
+            let warning = (c.status == "True"
+                && matches!(c.type_.as_str(), "Failed" | "Blocked" | "Degraded"))
+                || (c.type_ == "Ready" && c.status == "False");
+            let ev = Event {
+                type_: if warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: c.reason.clone(),
+                note: (!c.message.is_empty()).then(|| c.message.chars().take(1024).collect()),
+                action: c.type_.clone(),
+                secondary: None,
+            };
+            if let Err(error) = self.recorder.publish(&ev, reference).await {
+                warn!(%error, "Failed to publish event");
+            }
         }
     }
 

@@ -92,6 +92,10 @@ pub async fn reconcile(ai: Arc<ApplicationInstance>, ctx: Arc<Context>) -> Resul
     {
         return Ok(action);
     }
+    // Outside gated namespaces nothing is written but the status: no finalizer.
+    if ai.meta().deletion_timestamp.is_none() && !ctx.is_gated(&ns).await {
+        return apply(&ai, &ns, &ctx).await;
+    }
     let api = Api::<ApplicationInstance>::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, ai, |event| async {
         match event {
@@ -520,6 +524,8 @@ async fn write_status(
         "kind": ApplicationInstance::kind(&()),
         "status": new,
     });
+    let old_conditions = old.conditions.clone();
+    let new_conditions = new.conditions.clone();
     Api::<ApplicationInstance>::namespaced(ctx.client.clone(), ns)
         .patch_status(
             &ai.name_any(),
@@ -528,6 +534,8 @@ async fn write_status(
         )
         .await?;
     ctx.metrics.status_write(CONTROLLER);
+    ctx.publish_transitions(&ai.object_ref(&()), &old_conditions, &new_conditions)
+        .await;
     Ok(())
 }
 

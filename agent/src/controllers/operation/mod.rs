@@ -956,6 +956,7 @@ async fn delete_op(api: &Api<Operation>, name: &str) -> Result<(), Error> {
 
 /// Builds the next status from the observed one and sends it when changed.
 struct Writer {
+    reference: k8s_openapi::api::core::v1::ObjectReference,
     name: String,
     namespace: String,
     old: OperationStatus,
@@ -969,6 +970,7 @@ impl Writer {
         let mut st = old.clone();
         st.phase.get_or_insert(OperationPhase::Pending);
         Self {
+            reference: op.object_ref(&()),
             name: op.name_any(),
             namespace: op.namespace().unwrap_or_default(),
             old,
@@ -1083,6 +1085,8 @@ impl Writer {
             )
             .await?;
         ctx.metrics.status_write(CONTROLLER);
+        ctx.publish_transitions(&self.reference, &self.old.conditions, &self.st.conditions)
+            .await;
         self.old = self.st.clone();
         Ok(())
     }
