@@ -316,6 +316,13 @@ async fn install(prefix: &str) -> Install {
     }
 }
 
+impl Install {
+    /// This install's namespaces, the agent's first.
+    fn namespaces(&self) -> [&str; 4] {
+        [&self.agent_ns, &self.gated, &self.ungated, &self.velero]
+    }
+}
+
 /// A client carrying a TokenRequest token of `namespace/name` (no client certificate).
 async fn sa_client(
     cp: &vworkspace_e2e::ControlPlane,
@@ -764,6 +771,31 @@ async fn agent_service_account_may_do_everything_the_agent_does() {
             .get_opt("app-values")
             .await,
     );
+
+    // Events (events.k8s.io), wherever a reconciled object lives.
+    let event = |ns: &str| {
+        json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": format!("app.{:x}", rand::random::<u32>()), "namespace": ns},
+            "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "vworkspace-agent",
+            "reportingInstance": "agent-0", "action": "Reconcile", "reason": "NamespaceNotGated",
+            "type": "Normal", "regarding": {"kind": "ApplicationInstance", "namespace": ns, "name": "app"}})
+    };
+    let events = ApiResource {
+        group: "events.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "events.k8s.io/v1".into(),
+        kind: "Event".into(),
+        plural: "events".into(),
+    };
+    for ns in [&i.gated, &i.ungated] {
+        let ev: DynamicObject = serde_json::from_value(event(ns)).unwrap();
+        allowed(
+            &format!("publish an Event in {ns}"),
+            Api::<DynamicObject>::namespaced_with(agent.clone(), ns, &events)
+                .create(&PostParams::default(), &ev)
+                .await,
+        );
+    }
 
     // Velero objects in Velero's namespace.
     for (res, name) in [
@@ -1282,6 +1314,13 @@ fn workspace_binary(env_override: &str, package: &str, bin: &str) -> std::path::
     if let Ok(p) = std::env::var(env_override) {
         return p.into();
     }
+    // Built once per test binary, so every test runs the same executable.
+    static BUILT: std::sync::Mutex<Vec<(String, std::path::PathBuf)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = built.iter().find(|(b, _)| b == bin) {
+        return path.clone();
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let root = render::deploy_dir().parent().unwrap().to_path_buf();
     let out = std::process::Command::new(&cargo)
@@ -1301,12 +1340,14 @@ fn workspace_binary(env_override: &str, package: &str, bin: &str) -> std::path::
         out.status.success(),
         "building {bin} failed; fix the build or set {env_override} to a built {bin}"
     );
-    String::from_utf8_lossy(&out.stdout)
+    let path = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == bin)
         .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
-        .unwrap_or_else(|| panic!("cargo reported no {bin} executable"))
+        .unwrap_or_else(|| panic!("cargo reported no {bin} executable"));
+    built.push((bin.to_string(), path.clone()));
+    path
 }
 
 fn agent_binary() -> std::path::PathBuf {
@@ -1403,17 +1444,28 @@ impl AgentProc {
 /// API server would reconcile each other's objects (a real cluster runs one).
 static AGENT_PROCESS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Log lines where the API server refused the agent (403), except the known
+/// Log lines where the API server refused the agent (403) in one of `ours`
+/// (the test's namespaces) or outside any namespace, except the known
 /// enrollment watch of every Secret in its namespace (docs/security.md,
 /// "Open"), which the chart refuses by design (Secrets by name only).
-fn unexpected_refusals<'a>(log: &'a str, agent_ns: &str) -> Vec<&'a str> {
+/// Refusals in other tests' namespaces are left out: every agent watches
+/// ApplicationInstances cluster-wide, and this API server is shared.
+fn unexpected_refusals<'a>(log: &'a str, ours: &[&str]) -> Vec<&'a str> {
+    let agent_ns = ours[0];
     let secrets_watch = r#"resource \"secrets\" in API group \"\" in the namespace"#;
     log.lines()
         // The API server's wording in a kube error, and the agent's short form
         // of a Status ("Forbidden (403)"); not the protocol's `forbidden` code.
         .filter(|l| l.contains("is forbidden: User") || l.contains("Forbidden (403)"))
         .filter(|l| {
-            let known = (l.contains(r#"cannot list"#) || l.contains(r#"cannot watch"#))
+            let named = l
+                .split_once(r#"in the namespace ""#)
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .map(|(ns, _)| ns);
+            named.is_none_or(|ns| ours.contains(&ns))
+        })
+        .filter(|l| {
+            let known = (l.contains("cannot list") || l.contains("cannot watch"))
                 && l.contains(secrets_watch)
                 && l.contains(&format!(r#"\"{agent_ns}\""#));
             !known
@@ -1675,7 +1727,7 @@ async fn agent_binary_runs_with_only_the_service_account_token() {
         "the ServiceAccount token appears in the agent's log"
     );
     // Every refusal is the expected one: nothing the agent needs was refused.
-    let refused: Vec<&str> = unexpected_refusals(&log_text, &i.agent_ns)
+    let refused: Vec<&str> = unexpected_refusals(&log_text, &i.namespaces())
         .into_iter()
         .filter(|l| !l.contains(&refused_there))
         .collect();
@@ -1927,7 +1979,7 @@ async fn agent_binary_enrolls_and_applies_intents_with_only_the_service_account_
         !log_text.contains(&token),
         "the join token appears in the agent's log"
     );
-    let refused = unexpected_refusals(&log_text, &i.agent_ns);
+    let refused = unexpected_refusals(&log_text, &i.namespaces());
     assert!(
         refused.is_empty(),
         "the agent was refused by the API server with the chart's RBAC:\n{}",
