@@ -97,7 +97,7 @@ pub async fn reconcile(ai: Arc<ApplicationInstance>, ctx: Arc<Context>) -> Resul
         return apply(&ai, &ns, &ctx).await;
     }
     let api = Api::<ApplicationInstance>::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, ai, |event| async {
+    let result = finalizer(&api, FINALIZER, ai, |event| async {
         match event {
             Event::Apply(ai) => apply(&ai, &ns, &ctx).await,
             // The HelmRelease is gone (checked above): release the object.
@@ -108,8 +108,17 @@ pub async fn reconcile(ai: Arc<ApplicationInstance>, ctx: Arc<Context>) -> Resul
             }
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .await;
+    match result {
+        Ok(action) => Ok(action),
+        // Another reconcile already released it: the object is gone.
+        Err(kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(s)))
+            if s.code == 404 =>
+        {
+            Ok(Action::await_change())
+        }
+        Err(e) => Err(Error::Finalizer(Box::new(e))),
+    }
 }
 
 /// Logs, counts, and retries with a delay.
