@@ -1033,3 +1033,185 @@ async fn secret_values_referenced_by_a_job_never_leak() {
     wait_phase(&client, &ns, "j1", "Succeeded", "Succeeded", "JobSucceeded").await;
     assert_not_leaked(&client, &ns, VALUE).await;
 }
+
+/// Failure of every engine not covered above: (kind to fail, type, engine, params, Failed reason).
+#[tokio::test]
+async fn every_engine_reports_its_failure() {
+    let (client, ns) = env("op-failures").await;
+    let mut spec = placeholder_spec();
+    spec["release"] = json!({"name": "db", "namespace": ns});
+    create_app(&client, &ns, "t", spec).await;
+    for kind in ["VolumeSnapshot", "ReplicationSource", "Job"] {
+        scenario(&client, &ns, Some(kind), "failure").await;
+    }
+    let cases = [
+        (
+            "snap",
+            "Backup",
+            "snapshot",
+            json!({"pvc": "data-db-0"}),
+            "EngineFailed",
+        ),
+        (
+            "sync",
+            "Backup",
+            "volsync",
+            json!({"pvc": "data", "repository": "restic"}),
+            "EngineFailed",
+        ),
+        (
+            "hook",
+            "Migration",
+            "helmHookJob",
+            json!({"hookName": "migrate", "image": "app:1"}),
+            "HelmHookJobFailed",
+        ),
+    ];
+    for (name, type_, engine, params, _) in &cases {
+        create_op(
+            &client,
+            &ns,
+            name,
+            op_spec("t", type_, engine, params.clone()),
+        )
+        .await;
+    }
+    for (name, _, _, _, reason) in &cases {
+        let o = wait_phase(&client, &ns, name, "Failed", "Failed", reason).await;
+        assert!(cond_is(&st(&o).conditions, "Succeeded", "False", reason));
+    }
+}
+
+#[tokio::test]
+async fn cancel_stops_every_engine_and_keeps_backups() {
+    let (client, ns) = env("op-cancels").await;
+    let mut spec = placeholder_spec();
+    spec["release"] = json!({"name": "db", "namespace": ns});
+    create_app(&client, &ns, "t", spec).await;
+    for kind in ["Backup", "VolumeSnapshot", "ReplicationSource"] {
+        scenario(&client, &ns, Some(kind), "hang").await;
+    }
+    let cases = [
+        ("vb", "Backup", "velero", json!({})),
+        ("snap", "Backup", "snapshot", json!({"pvc": "data-db-0"})),
+        (
+            "sync",
+            "Backup",
+            "volsync",
+            json!({"pvc": "data", "repository": "restic"}),
+        ),
+    ];
+    for (name, type_, engine, params) in &cases {
+        create_op(
+            &client,
+            &ns,
+            name,
+            op_spec("t", type_, engine, params.clone()),
+        )
+        .await;
+    }
+    for (name, _, _, _) in &cases {
+        wait_op(&client, &ns, name, "Running", |o| {
+            st(o).phase.map(|p| p.as_str()) == Some("Running")
+        })
+        .await;
+        cancel(&client, &ns, name).await;
+        wait_phase(
+            &client,
+            &ns,
+            name,
+            "Cancelled",
+            "Cancelled",
+            "UserCancelled",
+        )
+        .await;
+    }
+    // Velero cannot stop a backup: it is kept. The unfinished snapshot and the
+    // ReplicationSource (its mover) are removed.
+    assert!(
+        backups(&client)
+            .get_opt(&format!("{ns}-vb"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let snaps = dyn_api(
+        &client,
+        &ns,
+        "snapshot.storage.k8s.io",
+        "v1",
+        "VolumeSnapshot",
+        "volumesnapshots",
+    );
+    let sources = dyn_api(
+        &client,
+        &ns,
+        "volsync.backube",
+        "v1alpha1",
+        "ReplicationSource",
+        "replicationsources",
+    );
+    vworkspace_e2e::wait::eventually("snapshot and ReplicationSource removed", WAIT, || {
+        let (snaps, sources) = (snaps.clone(), sources.clone());
+        async move {
+            let s = snaps
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let r = sources.get_opt("sync").await.map_err(|e| e.to_string())?;
+            let gone = |o: &kube::api::DynamicObject| o.metadata.deletion_timestamp.is_some();
+            if s.items.iter().all(gone) && r.as_ref().is_none_or(gone) {
+                Ok(())
+            } else {
+                Err("still there".into())
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cancelling_a_helm_upgrade_puts_the_previous_version_back() {
+    let (client, ns) = env("op-upcancel").await;
+    create_app(&client, &ns, "nc", helm_spec("nc", &ns, "6.6.0")).await;
+    wait_app(&client, &ns, "nc", "Ready", |a| {
+        cond_is(
+            &a.status.clone().unwrap_or_default().conditions,
+            "Ready",
+            "True",
+            "HelmReleaseReady",
+        )
+    })
+    .await;
+    scenario(&client, &ns, Some("HelmRelease"), "hang").await;
+    create_op(
+        &client,
+        &ns,
+        "up",
+        op_spec("nc", "Upgrade", "helm", json!({"targetVersion": "6.8.0"})),
+    )
+    .await;
+    wait_op(&client, &ns, "up", "Running", |o| {
+        st(o).phase.map(|p| p.as_str()) == Some("Running")
+    })
+    .await;
+    let apps = Api::<ApplicationInstance>::namespaced(client.clone(), &ns);
+    assert_eq!(
+        apps.get("nc").await.unwrap().spec.chart.unwrap().version,
+        "6.8.0"
+    );
+    cancel(&client, &ns, "up").await;
+    wait_phase(
+        &client,
+        &ns,
+        "up",
+        "Cancelled",
+        "Cancelled",
+        "UserCancelled",
+    )
+    .await;
+    assert_eq!(
+        apps.get("nc").await.unwrap().spec.chart.unwrap().version,
+        "6.6.0"
+    );
+}
