@@ -538,6 +538,9 @@ impl Enroller {
                         );
                     })
                     .await?;
+                if cluster.spec.cluster_id.as_deref().is_none_or(str::is_empty) {
+                    self.fill_cluster_id(&c.cluster_id).await;
+                }
                 tracing::info!(cluster_id = %c.cluster_id, org = %c.org, "Enrolled with the hub");
                 self.publish(c);
                 Ok(Next::Idle)
@@ -588,6 +591,26 @@ impl Enroller {
                     Ok(Next::Idle)
                 }
             }
+        }
+    }
+
+    /// Records the issued id in `spec.clusterId` when it is empty, as upstream
+    /// does. Not forced: an id someone else set is left alone.
+    async fn fill_cluster_id(&self, id: &str) {
+        let body = serde_json::json!({
+            "apiVersion": "ops.vworkspace.io/v1alpha1",
+            "kind": "Cluster",
+            "metadata": {"name": self.status.name()},
+            "spec": {"clusterId": id},
+        });
+        let pp = kube::api::PatchParams::apply(crate::FIELD_MANAGER);
+        if let Err(error) = self
+            .status
+            .api()
+            .patch(self.status.name(), &pp, &kube::api::Patch::Apply(body))
+            .await
+        {
+            tracing::warn!(%error, "Failed to record spec.clusterId");
         }
     }
 

@@ -152,6 +152,14 @@ async fn join_token_reaches_connected_and_intents_become_objects_with_acks() {
     })
     .await;
 
+    // The issued id is recorded in the (empty) spec.clusterId, as upstream does.
+    let c = Api::<vworkspace_crds::Cluster>::all(cp.client.clone())
+        .get(&cp.cluster_object)
+        .await
+        .unwrap();
+    assert_eq!(c.spec.cluster_id.as_deref(), Some(cluster));
+    assert_eq!(c.status.unwrap().cluster_id.as_deref(), Some(cluster));
+
     // The credentials Secret is owned by the Cluster and holds the identity.
     let secrets: Api<Secret> = Api::namespaced(cp.client.clone(), &cp.agent_ns);
     let creds = secrets.get("vworkspace-agent-credentials").await.unwrap();
