@@ -285,8 +285,20 @@ pub struct DeliveryReport {
     pub lost: usize,
     /// (object, version) pairs the agent applied more than once.
     pub duplicated: usize,
+    /// Finished Operations the agent's history limit deleted (not a loss:
+    /// the hub saw them finish and was told of the deletion).
+    pub history_cleaned: usize,
     /// Human-readable findings (empty when all is well).
     pub problems: Vec<String>,
+}
+
+/// Whether the agent reported a declared Operation deleted without a delete
+/// intent: the Operation history limit removed it after it finished.
+pub fn history_cleaned(hub_object: &Value) -> bool {
+    hub_object["kind"] == "Operation"
+        && hub_object["deleted"] != true
+        && hub_object["last_outcome"] == "applied"
+        && hub_object["status"]["outputs"]["deleted"] == true
 }
 
 /// How often the agent logged `Intent applied` per intent id, over every
@@ -384,6 +396,10 @@ pub async fn delivery_report(
                 r.problems.push(format!(
                     "{kind} {ns}/{name} was deleted at the hub but exists"
                 ));
+                continue;
+            }
+            (None, false) if kind == "Operation" && history_cleaned(o) => {
+                r.history_cleaned += 1;
                 continue;
             }
             (None, false) => {
