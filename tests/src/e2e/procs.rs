@@ -88,7 +88,9 @@ pub fn workspace_root() -> PathBuf {
 
 /// Builds (or finds up to date) `vworkspace-agent` and `hub-sim` with cargo.
 ///
-/// `VWS_AGENT_BIN` and `VWS_HUB_SIM_BIN` skip the build. Otherwise `$CARGO`
+/// `VWS_AGENT_BIN` and `VWS_HUB_SIM_BIN` skip the build; so do dev binaries
+/// next to the running test binary that are newer than their sources.
+/// Otherwise `$CARGO`
 /// (set by `cargo run` and `cargo test`, else `cargo`) builds both packages'
 /// binaries in the given profile; cargo's progress goes to stderr and the
 /// executables are read from its JSON artifact messages, so any target dir
@@ -110,6 +112,14 @@ fn build(release: bool) -> Result<Binaries, ProcError> {
             agent: agent.into(),
             hub_sim: hub.into(),
         });
+    }
+    if !release && let Some(found) = fresh_next_to_test_binary() {
+        eprintln!(
+            "==> using {} and {} (newer than their sources)",
+            found.agent.display(),
+            found.hub_sim.display()
+        );
+        return Ok(found);
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!(
@@ -167,6 +177,51 @@ fn build(release: bool) -> Result<Binaries, ProcError> {
             "cargo reported no vworkspace-agent or hub-sim executable".into(),
         )),
     }
+}
+
+/// The binaries `cargo test --workspace` just built next to this test
+/// binary (`target/debug/deps/..` → `target/debug/`), if they are newer than
+/// every source they are built from. Building them again with another
+/// package selection would unify features differently and rebuild the
+/// dependency tree; this is the common case under `tests/run`.
+fn fresh_next_to_test_binary() -> Option<Binaries> {
+    let exe = std::env::current_exe().ok()?;
+    let deps = exe.parent()?;
+    if deps.file_name()? != "deps" {
+        return None;
+    }
+    let dir = deps.parent()?;
+    let found = Binaries {
+        agent: dir.join("vworkspace-agent"),
+        hub_sim: dir.join("hub-sim"),
+    };
+    let built = [&found.agent, &found.hub_sim]
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect::<Option<Vec<_>>>()?
+        .into_iter()
+        .min()?;
+    let root = workspace_root();
+    let mut newest = std::fs::metadata(root.join("Cargo.lock"))
+        .and_then(|m| m.modified())
+        .ok()?;
+    for krate in ["agent", "hub-sim", "protocol", "crds"] {
+        newest = newest.max(newest_mtime(&root.join(krate).join("Cargo.toml"))?);
+        newest = newest.max(newest_mtime(&root.join(krate).join("src"))?);
+    }
+    (built >= newest).then_some(found)
+}
+
+/// The newest modification time of a file or of any file under a directory.
+fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    let mut newest = meta.modified().ok()?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).ok()? {
+            newest = newest.max(newest_mtime(&entry.ok()?.path())?);
+        }
+    }
+    Some(newest)
 }
 
 /// A free loopback port (bound, read, released).
