@@ -135,15 +135,59 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, BindError
         .map_err(|source| BindError { addr, source })
 }
 
-/// Serves until `shutdown`.
+/// Header-read deadline per request: a slow client cannot hold a connection.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Admin connections served at once; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Serves until `shutdown`. Each connection gets a header-read timeout and
+/// at most [`MAX_CONNECTIONS`] are served at once.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AdminState,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let server = axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { crate::signaled(&mut shutdown).await });
-    if let Err(error) = server.await {
-        tracing::warn!(%error, "Admin server failed");
+    let router = router(state);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = crate::signaled(&mut shutdown) => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, _) = tokio::select! {
+            biased;
+            _ = crate::signaled(&mut shutdown) => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(error) => {
+                    tracing::warn!(%error, "Admin server failed to accept");
+                    // EMFILE and friends: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        while conns.try_join_next().is_some() {}
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        conns.spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(error) = conn.await {
+                tracing::debug!(%error, "Admin connection ended with an error");
+            }
+        });
     }
+    // In-flight probes are short; give them a moment, then stop.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
 }

@@ -256,6 +256,18 @@ async fn join_token_reaches_connected_and_intents_become_objects_with_acks() {
             .unwrap()
             > 1.0e9
     );
+    // A client that never finishes its request headers is dropped, not kept.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(agent.admin).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(STEP, s.read_to_end(&mut buf)).await;
+        assert!(
+            closed.is_ok(),
+            "the admin server kept a stalled connection open"
+        );
+    }
     let (_, metrics) = agent.admin_get("/metrics").await;
     assert!(metrics.contains("vworkspace_agent_frames_total{direction=\"in\",type=\"intent\"}"));
 
