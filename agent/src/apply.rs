@@ -273,8 +273,7 @@ pub fn gate_decision(
     let Some(l) = ns_labels else {
         return Some(format!("namespace {ns} does not exist (NamespaceNotGated)"));
     };
-    // The controllers' label check, with no allow-list: for intents the
-    // allow-list narrows the labelled namespaces, it never widens them.
+    // The label check alone first, so the rejection says which half failed.
     let namespace = Namespace {
         metadata: kube::api::ObjectMeta {
             name: Some(ns.to_owned()),

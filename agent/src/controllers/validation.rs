@@ -121,7 +121,9 @@ pub fn validate_application_spec(
 }
 
 /// Whether the agent may act in this namespace: it carries the gate label
-/// `managed-by=vworkspace`, or its name is in the operator-given allow list.
+/// `managed-by=vworkspace` and, when the operator gave an allow list, its name
+/// is on it. The list only narrows the labelled namespaces, never widens them,
+/// so a namespace owner can always withdraw consent by removing the label.
 pub fn namespace_is_gated(ns: &Namespace, allow_list: &[String]) -> bool {
     let labelled = ns
         .metadata
@@ -130,11 +132,12 @@ pub fn namespace_is_gated(ns: &Namespace, allow_list: &[String]) -> bool {
         .and_then(|l| l.get(labels::NAMESPACE_GATE))
         .is_some_and(|v| v == labels::NAMESPACE_GATE_VALUE);
     labelled
-        || ns
-            .metadata
-            .name
-            .as_ref()
-            .is_some_and(|n| allow_list.iter().any(|a| a == n))
+        && (allow_list.is_empty()
+            || ns
+                .metadata
+                .name
+                .as_ref()
+                .is_some_and(|n| allow_list.iter().any(|a| a == n)))
 }
 
 /// Exact semver 2.0.0 (with an optional leading `v`, as Helm accepts): no
@@ -407,7 +410,7 @@ mod tests {
     }
 
     #[test]
-    fn namespace_gate_needs_label_or_allow_list() {
+    fn namespace_gate_needs_the_label_and_a_listed_name_when_a_list_is_given() {
         let ns = |name: &str, label: Option<&str>| Namespace {
             metadata: ObjectMeta {
                 name: Some(name.into()),
@@ -420,6 +423,8 @@ mod tests {
         assert!(namespace_is_gated(&ns("a", Some("vworkspace")), &[]));
         assert!(!namespace_is_gated(&ns("a", Some("other")), &[]));
         assert!(!namespace_is_gated(&ns("a", None), &allow));
-        assert!(namespace_is_gated(&ns("extra", None), &allow));
+        assert!(!namespace_is_gated(&ns("extra", None), &allow));
+        assert!(namespace_is_gated(&ns("extra", Some("vworkspace")), &allow));
+        assert!(!namespace_is_gated(&ns("a", Some("vworkspace")), &allow));
     }
 }
