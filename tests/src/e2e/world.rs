@@ -53,6 +53,11 @@ impl World {
     /// starts hub-sim and enrolls an agent; returns once the hub sees the
     /// tunnel. `prefix` names the cluster and the namespaces.
     pub async fn start(prefix: &str) -> Result<World, E2eError> {
+        Self::start_with(prefix, Vec::new()).await
+    }
+
+    /// Like [`World::start`], with extra `vworkspace-agent run` flags.
+    pub async fn start_with(prefix: &str, agent_args: Vec<String>) -> Result<World, E2eError> {
         let bins = tokio::task::spawn_blocking(|| binaries(false))
             .await
             .map_err(|e| {
@@ -91,7 +96,7 @@ impl World {
             cluster_object: cluster.clone(),
             log: dir.path().join("agent.log"),
             backoff_max: "2s",
-            extra_args: Vec::new(),
+            extra_args: agent_args,
         };
         let out = settings.join(&join_token)?;
         assert!(
