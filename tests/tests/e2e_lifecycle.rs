@@ -222,6 +222,26 @@ async fn an_application_lives_its_whole_life_through_the_hub() {
     .await
     .unwrap();
     at_hub(&w, "Operation", "rollback-1", "Succeeded", succeeded).await;
+    // The rollback rewrites the instance's spec; the intent's version record
+    // (the replay guard) and the labels the status stream selects by must stay.
+    let ai = e2e::cluster_object(&w.client, "ApplicationInstance", &ns, "nc")
+        .await
+        .unwrap()
+        .expect("the instance survives its rollback");
+    assert_eq!(
+        (
+            e2e::applied_version(&ai),
+            ai.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("app.vworkspace.io/managed-by"))
+                .cloned()
+        ),
+        (Some(2), Some("control-plane".to_owned())),
+        "after the Rollback the instance lost the agent's applied-intent annotation or managed-by label: {:?} {:?}",
+        ai.metadata.annotations,
+        ai.metadata.labels
+    );
     eventually("the HelmRelease back on chart 6.6.0", STEP, || async {
         let hr = dynamic(&w, HELM_RELEASE, &ns, "nc")
             .await
