@@ -1381,7 +1381,9 @@ struct AgentProc {
 }
 
 impl AgentProc {
-    fn start(i: &Install, dir: &std::path::Path) -> Self {
+    /// `allow_list` is the agent's own namespace allow-list
+    /// (`VWS_AGENT_ALLOWED_NAMESPACES`; empty: every labelled namespace).
+    fn start(i: &Install, dir: &std::path::Path, allow_list: &str) -> Self {
         let bin = agent_binary();
         let kubeconfig = token_kubeconfig(dir, &i.token);
         let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -1398,7 +1400,7 @@ impl AgentProc {
             .env("VWS_AGENT_NAMESPACE", &i.agent_ns)
             .env("VWS_AGENT_CLUSTER_OBJECT", &i.cluster)
             .env("VWS_AGENT_LEASE_NAME", &i.release)
-            .env("VWS_AGENT_ALLOWED_NAMESPACES", &i.gated)
+            .env("VWS_AGENT_ALLOWED_NAMESPACES", allow_list)
             .env("VWS_AGENT_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
             .env("VWS_AGENT_LOG_FORMAT", "plain")
             .env("VWS_AGENT_LOG_LEVEL", "info")
@@ -1477,8 +1479,8 @@ fn unexpected_refusals<'a>(log: &'a str, ours: &[&str]) -> Vec<&'a str> {
 /// takes the Lease, reads its join-token Secret, reports the (deliberately
 /// unusable) token on the Cluster status, runs its controllers in the gated
 /// namespace, is refused by the API server (403) in a labelled namespace
-/// that has no RoleBinding, keeps the token out of its logs, and vacates the
-/// Lease on SIGTERM.
+/// that has no RoleBinding even with its own gate open, keeps the token out
+/// of its logs, and vacates the Lease on SIGTERM.
 #[tokio::test]
 async fn agent_binary_runs_with_only_the_service_account_token() {
     let i = install("rbac-run").await;
@@ -1486,8 +1488,7 @@ async fn agent_binary_runs_with_only_the_service_account_token() {
     let dir = tempfile::tempdir().unwrap();
     // Work for the controllers: a placeholder and a chart in the gated
     // namespace, and the same chart in the namespace that carries the label
-    // but has no RoleBinding (the agent's own gate lets it through; the API
-    // server must not).
+    // but has no RoleBinding.
     let managed = |ns: &str| {
         json!({"spec": {
             "appRef": {"catalogId": "nextcloud"},
@@ -1508,7 +1509,11 @@ async fn agent_binary_runs_with_only_the_service_account_token() {
     ] {
         ssa(&i.admin, Some(ns), &AI, name, fields).await.unwrap();
     }
-    let agent = AgentProc::start(&i, dir.path());
+    // The agent's own gate is left open to every labelled namespace (no
+    // allow-list), as a misconfigured or compromised agent would be: the API
+    // server alone must keep it out of the labelled namespace that has no
+    // RoleBinding.
+    let agent = AgentProc::start(&i, dir.path(), "");
     let logs = || agent.logs();
 
     let leases = dynamic(&i.admin, Some(&i.agent_ns), &LEASE);
@@ -1867,7 +1872,8 @@ async fn agent_binary_enrolls_and_applies_intents_with_only_the_service_account_
         .await
         .unwrap();
 
-    let agent = AgentProc::start(&i, dir.path());
+    // Configured as the chart configures it: the allow-list is gatedNamespaces.
+    let agent = AgentProc::start(&i, dir.path(), &i.gated);
     let clusters = dynamic(&i.admin, None, &CLUSTER);
     vworkspace_e2e::wait::eventually(
         "the Cluster is Connected",
