@@ -371,21 +371,16 @@ enum Next {
 impl Enroller {
     /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let clusters: Api<Cluster> = Api::all(self.client.clone());
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
-        let cluster_events = watcher(
-            clusters,
-            watcher::Config::default().fields(&format!("metadata.name={}", self.status.name())),
-        )
-        .default_backoff()
-        .map(|_| ());
-        let secret_events = watcher(secrets, watcher::Config::default())
-            .default_backoff()
-            .map(|_| ());
-        let mut triggers = futures::stream::select(cluster_events, secret_events).boxed();
+        let mut token_secret: Option<String> = None;
+        let mut triggers = self.triggers(token_secret.as_deref());
         let mut failed: Option<(String, u32)> = None;
         loop {
-            let next = self.reconcile(&mut failed).await;
+            let seen = token_secret.clone();
+            let next = self.reconcile(&mut failed, &mut token_secret).await;
+            if token_secret != seen {
+                // The Cluster names another token Secret: watch that one instead.
+                triggers = self.triggers(token_secret.as_deref());
+            }
             let (wait, wake_on_events) = match next {
                 Next::Idle => (RESYNC, true),
                 // Backing off: our own status write is a watch event too, so
@@ -412,8 +407,43 @@ impl Enroller {
         }
     }
 
-    async fn reconcile(&self, failed: &mut Option<(String, u32)>) -> Next {
-        match self.try_reconcile(failed).await {
+    /// Events that make enrollment look again: the Cluster object, our
+    /// credentials Secret and the token Secret the Cluster names. Each is
+    /// watched by name, because the chart grants Secrets by name only (a
+    /// namespace-wide Secret watch would be refused, and would read other
+    /// Secrets' values for no reason).
+    fn triggers(&self, token_secret: Option<&str>) -> futures::stream::BoxStream<'static, ()> {
+        let by_name =
+            |name: &str| watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let clusters: Api<Cluster> = Api::all(self.client.clone());
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let mut streams = vec![
+            watcher(clusters, by_name(self.status.name()))
+                .default_backoff()
+                .map(|_| ())
+                .boxed(),
+            watcher(secrets.clone(), by_name(&self.credentials_secret))
+                .default_backoff()
+                .map(|_| ())
+                .boxed(),
+        ];
+        if let Some(name) = token_secret.filter(|n| *n != self.credentials_secret) {
+            streams.push(
+                watcher(secrets, by_name(name))
+                    .default_backoff()
+                    .map(|_| ())
+                    .boxed(),
+            );
+        }
+        futures::stream::select_all(streams).boxed()
+    }
+
+    async fn reconcile(
+        &self,
+        failed: &mut Option<(String, u32)>,
+        token_secret: &mut Option<String>,
+    ) -> Next {
+        match self.try_reconcile(failed, token_secret).await {
             Ok(n) => n,
             Err(error) => {
                 tracing::warn!(%error, "Enrollment reconcile failed");
@@ -422,13 +452,22 @@ impl Enroller {
         }
     }
 
-    async fn try_reconcile(&self, failed: &mut Option<(String, u32)>) -> Result<Next, kube::Error> {
+    async fn try_reconcile(
+        &self,
+        failed: &mut Option<(String, u32)>,
+        token_secret: &mut Option<String>,
+    ) -> Result<Next, kube::Error> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
         let Some(cluster) = self.status.api().get_opt(self.status.name()).await? else {
             tracing::info!(cluster = %self.status.name(), "Waiting for the Cluster object");
             self.creds_tx.send_replace(None);
             return Ok(Next::Idle);
         };
+        *token_secret = cluster
+            .spec
+            .registration_token_secret_ref
+            .as_ref()
+            .map(|r| r.name.clone());
         let token = self.resolve_token(&cluster, &secrets).await?;
         let existing =
             match Credentials::load(&secrets, &self.namespace, &self.credentials_secret).await {
