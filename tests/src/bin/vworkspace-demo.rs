@@ -78,6 +78,12 @@ fn options() -> anyhow::Result<Options> {
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let opts = options()?;
+    if std::env::var_os("KUBEBUILDER_CONTROLPLANE_STOP_TIMEOUT").is_none() {
+        // kube-apiserver drains for a long time on SIGTERM; the demo's
+        // throwaway control plane need not wait for it.
+        // SAFETY: no other thread exists yet (the runtime is built below).
+        unsafe { std::env::set_var("KUBEBUILDER_CONTROLPLANE_STOP_TIMEOUT", "3s") };
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -431,8 +437,18 @@ async fn run(opts: &Options, started: Instant) -> anyhow::Result<Outcome> {
     println!(
         "\nStopping (run with --keep to leave it running and explore with kubectl and hub-sim get)."
     );
+    let t = Instant::now();
     agent.stop(Duration::from_secs(10));
+    println!("  agent stopped ({:.1}s)", t.elapsed().as_secs_f64());
+    let t = Instant::now();
     hub.stop(Duration::from_secs(10));
+    println!("  hub-sim stopped ({:.1}s)", t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    drop(cp);
+    println!(
+        "  control plane stopped ({:.1}s)",
+        t.elapsed().as_secs_f64()
+    );
     Ok(Outcome::Converged)
 }
 
