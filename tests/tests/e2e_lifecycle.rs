@@ -90,12 +90,16 @@ async fn an_application_lives_its_whole_life_through_the_hub() {
     let hub = w.hub.admin().clone();
 
     // Enroll: Connected at the hub (World::start waited) and on the Cluster object.
-    let status = w
-        .agent
-        .settings()
-        .status()
-        .expect("vworkspace-agent status");
-    assert!(status.contains("Connected"), "agent status: {status}");
+    // (the agent writes the Cluster status just after the hub sees the tunnel).
+    eventually("vworkspace-agent status to say Connected", STEP, || async {
+        let status = w.agent.settings().status().map_err(|e| e.to_string())?;
+        status
+            .lines()
+            .any(|l| l.starts_with("Phase:") && l.trim_end().ends_with("Connected"))
+            .then_some(())
+            .ok_or(status)
+    })
+    .await;
     let clusters = w.hub.cli(&["get", "clusters"]).unwrap();
     assert!(
         clusters.contains(&w.cluster) && clusters.contains("yes"),
