@@ -58,6 +58,11 @@ pub use validation::{SpecError, namespace_is_gated, validate_application_spec};
 /// Field manager of every write the controllers make.
 pub const FIELD_MANAGER: &str = "vworkspace-agent";
 
+/// Field manager of the helm engine's chart-version changes (Upgrade,
+/// Rollback, and their undo on cancel), kept apart from [`FIELD_MANAGER`] so
+/// such a change touches only `spec.chart.version`.
+pub const OPERATIONS_FIELD_MANAGER: &str = "vworkspace-agent-operations";
+
 /// Operator knobs of the controllers.
 #[derive(Clone, Debug)]
 pub struct Config {

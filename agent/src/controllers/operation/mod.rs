@@ -40,7 +40,7 @@ use self::engines::{
     Observation, OpInfo, Outcome, ParamError, helm, job, snapshot, velero, volsync, workflow,
 };
 use super::{
-    Context, Error, FIELD_MANAGER,
+    Context, Error, FIELD_MANAGER, OPERATIONS_FIELD_MANAGER,
     application::status::ReleaseView,
     approval,
     resources::{
@@ -636,11 +636,15 @@ async fn apply_target_version(
     target: &ApplicationInstance,
     version: &str,
 ) -> Result<(), Error> {
+    // Only the chart version, under a field manager of its own: applying the
+    // whole object as the intent applier's manager would drop the labels and
+    // annotations that manager owns (the applied-intent record among them),
+    // and would take over spec fields the next intent must be able to remove.
     let body = json!({
         "apiVersion": ApplicationInstance::api_version(&()),
         "kind": ApplicationInstance::kind(&()),
         "metadata": { "name": target.name_any(), "namespace": target.namespace() },
-        "spec": helm::desired_spec(&target.spec, version),
+        "spec": { "chart": { "version": version } },
     });
     Api::<ApplicationInstance>::namespaced(
         ctx.client.clone(),
@@ -648,7 +652,7 @@ async fn apply_target_version(
     )
     .patch(
         &target.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &PatchParams::apply(OPERATIONS_FIELD_MANAGER).force(),
         &Patch::Apply(&body),
     )
     .await?;

@@ -63,15 +63,6 @@ pub fn plan(
     })
 }
 
-/// The target spec with the chart version changed.
-pub fn desired_spec(target: &ApplicationInstanceSpec, version: &str) -> ApplicationInstanceSpec {
-    let mut spec = target.clone();
-    if let Some(chart) = spec.chart.as_mut() {
-        chart.version = version.to_string();
-    }
-    spec
-}
-
 /// Maps the HelmRelease to an outcome for `plan`.
 pub fn outcome_from_status(name: &str, release: Option<&ReleaseView>, plan: &Plan) -> Observation {
     let mut outputs = Outputs::new();
@@ -243,10 +234,6 @@ mod tests {
                 None
             )
             .is_err()
-        );
-        assert_eq!(
-            desired_spec(&spec("1.0.0"), "1.1.0").chart.unwrap().version,
-            "1.1.0"
         );
     }
 
