@@ -398,6 +398,51 @@ pub const UPSTREAM: &[UpstreamSource] = &[
     VOLSYNC_REPLICATION_SOURCE,
 ];
 
+/// Every CRD the Flux controllers need before they start: all of
+/// source-controller's (it refuses to start without `Bucket`, and
+/// helm-controller creates `HelmChart`s) and helm-controller's HelmRelease.
+pub fn flux_controller_crds() -> Result<Vec<UpstreamCrd>, CrdError> {
+    let mut out = vec![upstream_crd(HELM_RELEASE)?];
+    let dir = module_dir(FLUX_SOURCE, HELM_REPOSITORY.version)?.join("config/crd/bases");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| CrdError::Read {
+            path: dir.clone(),
+            source: e,
+        })?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    for path in files {
+        let yaml = std::fs::read_to_string(&path).map_err(|e| CrdError::Read {
+            path: path.clone(),
+            source: e,
+        })?;
+        out.push(UpstreamCrd {
+            origin: format!(
+                "{FLUX_SOURCE}@{}/config/crd/bases/{}",
+                HELM_REPOSITORY.version,
+                path.file_name().unwrap_or_default().to_string_lossy()
+            ),
+            yaml,
+        });
+    }
+    Ok(out)
+}
+
+/// Installs [`flux_controller_crds`] and waits for them.
+pub async fn install_flux_controller_crds(
+    client: &kube::Client,
+) -> Result<Vec<CustomResourceDefinition>, CrdError> {
+    let sets = tokio::task::spawn_blocking(flux_controller_crds)
+        .await
+        .expect("Flux CRD reader panicked")?;
+    let crds = parse_all(&sets)?;
+    install(client, &crds).await?;
+    Ok(crds)
+}
+
 /// The module's directory in the Go module cache, downloading it if needed.
 ///
 /// Memoised per process; the module cache itself persists across runs.
@@ -620,5 +665,13 @@ status:
             crd.metadata.name.as_deref(),
             Some("widgets.upstream.example.com")
         );
+    }
+
+    #[test]
+    fn flux_crd_versions_are_the_versions_the_harness_runs() {
+        let pins = crate::assets::flux_versions().unwrap();
+        assert_eq!(HELM_RELEASE.version, pins.helm_controller);
+        assert_eq!(HELM_REPOSITORY.version, pins.source_controller);
+        assert_eq!(OCI_REPOSITORY.version, pins.source_controller);
     }
 }

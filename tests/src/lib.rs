@@ -18,10 +18,12 @@ pub mod assets;
 mod certs;
 pub mod controlplane;
 pub mod crds;
+pub mod daemon;
 pub mod e2e;
 mod process;
 pub mod render;
 pub mod standins;
+pub mod upstream;
 pub mod wait;
 
 pub use controlplane::{ControlPlane, Error};

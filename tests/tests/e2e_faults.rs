@@ -115,13 +115,9 @@ async fn faults_in_the_middle_of_steps_lose_and_duplicate_nothing() {
     let (cluster, ns) = (w.cluster.clone(), w.app_ns.clone());
     let started = std::time::Instant::now();
 
-    e2e::apply(
-        w.hub.admin(),
-        &cluster,
-        &e2e::app_manifest(&ns, "app", "1.0.0", 1),
-    )
-    .await
-    .unwrap();
+    e2e::apply(w.hub.admin(), &cluster, &w.app_manifest("app", "0.1.0", 1))
+        .await
+        .unwrap();
     converge(&w, 0, seed).await;
 
     let mut counts: std::collections::BTreeMap<Fault, usize> = Default::default();
@@ -134,12 +130,14 @@ async fn faults_in_the_middle_of_steps_lose_and_duplicate_nothing() {
             0 | 1 => {
                 for _ in 0..=step {
                     app_version += 1;
-                    let m = e2e::app_manifest(
-                        &ns,
-                        "app",
-                        &format!("1.{app_version}.0"),
-                        app_version % 3 + 1,
-                    );
+                    // A real Helm upgrade or downgrade between the two
+                    // versions of the test chart, with a new value each time.
+                    let chart = if app_version % 2 == 0 {
+                        "0.2.0"
+                    } else {
+                        "0.1.0"
+                    };
+                    let m = w.app_manifest("app", chart, app_version % 3 + 1);
                     e2e::apply(&hub, &cluster, &m).await.unwrap();
                 }
             }

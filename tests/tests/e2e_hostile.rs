@@ -50,7 +50,7 @@ async fn every_hostile_intent_is_refused_and_the_cluster_stays_unchanged() {
     let (hub, cluster, ns) = (w.hub.admin().clone(), w.cluster.clone(), w.app_ns.clone());
 
     // A baseline object at version 1.
-    let first = e2e::apply(&hub, &cluster, &e2e::app_manifest(&ns, "app", "1.0.0", 1))
+    let first = e2e::apply(&hub, &cluster, &w.app_manifest("app", "1.0.0", 1))
         .await
         .unwrap();
     intent_when(&w, first["id"].as_str().unwrap(), "applied", |i| {
@@ -69,13 +69,13 @@ async fn every_hostile_intent_is_refused_and_the_cluster_stays_unchanged() {
         e2e::set_faults(&hub, &cluster, json!({ switch: true }))
             .await
             .unwrap();
-        let bad = e2e::apply(&hub, &cluster, &e2e::app_manifest(&ns, "app", "6.6.6", 9))
+        let bad = e2e::apply(&hub, &cluster, &w.app_manifest("app", "6.6.6", 9))
             .await
             .unwrap();
         let evil = e2e::apply(
             &hub,
             &cluster,
-            &e2e::app_manifest(&ns, &format!("evil-{code}").replace('_', "-"), "6.6.6", 1),
+            &w.app_manifest(&format!("evil-{code}").replace('_', "-"), "6.6.6", 1),
         )
         .await
         .unwrap();
@@ -112,7 +112,7 @@ async fn every_hostile_intent_is_refused_and_the_cluster_stays_unchanged() {
     e2e::set_faults(&hub, &cluster, json!({"oversized_frame": true}))
         .await
         .unwrap();
-    let held = e2e::apply(&hub, &cluster, &e2e::app_manifest(&ns, "app", "2.0.0", 2))
+    let held = e2e::apply(&hub, &cluster, &w.app_manifest("app", "2.0.0", 2))
         .await
         .unwrap();
     w.agent.restart().await.expect("restarting the agent");
@@ -164,7 +164,7 @@ async fn every_hostile_intent_is_refused_and_the_cluster_stays_unchanged() {
     e2e::set_faults(&hub, &cluster, json!({"duplicate": true}))
         .await
         .unwrap();
-    let dup = e2e::apply(&hub, &cluster, &e2e::app_manifest(&ns, "app", "3.0.0", 3))
+    let dup = e2e::apply(&hub, &cluster, &w.app_manifest("app", "3.0.0", 3))
         .await
         .unwrap();
     let dup_id = dup["id"].as_str().unwrap().to_owned();
@@ -198,10 +198,10 @@ async fn every_hostile_intent_is_refused_and_the_cluster_stays_unchanged() {
     // Replay: with the agent away, two versions queue up; the hub sends them
     // newest first, so the older one arrives after the newer was applied.
     w.agent.stop(Duration::from_secs(10));
-    let older = e2e::apply(&hub, &cluster, &e2e::app_manifest(&ns, "app", "4.0.0", 4))
+    let older = e2e::apply(&hub, &cluster, &w.app_manifest("app", "4.0.0", 4))
         .await
         .unwrap();
-    let newer = e2e::apply(&hub, &cluster, &e2e::app_manifest(&ns, "app", "5.0.0", 5))
+    let newer = e2e::apply(&hub, &cluster, &w.app_manifest("app", "5.0.0", 5))
         .await
         .unwrap();
     e2e::set_faults(&hub, &cluster, json!({"reorder": true}))

@@ -1,8 +1,9 @@
 //! End to end with real processes: hub-sim and the `vworkspace-agent` binary
-//! against the real kube-apiserver, Flux and Velero stood in for by
-//! `vworkspace_e2e::standins`. One application goes through its whole life
-//! (enroll, deploy, upgrade, back up, restore, roll back, delete) and every
-//! step's conditions must arrive at hub-sim.
+//! against the real kube-apiserver, controller manager and Flux (the test
+//! chart `hello` from a local Helm repository); Velero is stood in for by
+//! `vworkspace_e2e::standins` (it needs pods). One application goes through
+//! its whole life (enroll, deploy, upgrade, back up, restore, roll back,
+//! delete) and every step's conditions must arrive at hub-sim.
 
 use std::time::Duration;
 
@@ -10,33 +11,9 @@ use serde_json::{Value, json};
 use vworkspace_e2e::e2e::{self, world::World};
 use vworkspace_e2e::wait::eventually;
 
-const STEP: Duration = Duration::from_secs(90);
+use e2e::{helm_release_resource, velero_resource};
 
-/// Waits until the hub's record of `kind/name` satisfies `pred`; returns it.
-async fn at_hub(
-    w: &World,
-    kind: &str,
-    name: &str,
-    what: &str,
-    pred: impl Fn(&Value) -> bool,
-) -> Value {
-    let what = format!("{kind} {name} at the hub: {what}");
-    let found = tokio::time::timeout(
-        STEP + Duration::from_secs(5),
-        eventually(&what, STEP, || async {
-            let o = e2e::hub_object(w.hub.admin(), &w.cluster, kind, name)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("not declared")?;
-            if pred(&o) { Ok(o) } else { Err(o.to_string()) }
-        }),
-    )
-    .await;
-    match found {
-        Ok(o) => o,
-        Err(_) => panic!("{what}: timed out\n{}", w.log_tails()),
-    }
-}
+const STEP: Duration = Duration::from_secs(90);
 
 fn ready(o: &Value) -> bool {
     e2e::has_condition(
@@ -51,27 +28,6 @@ fn succeeded(o: &Value) -> bool {
     o["status"]["phase"] == "Succeeded"
         && e2e::has_condition(&o["status"]["conditions"], "Succeeded", "True", "")
 }
-
-async fn dynamic(w: &World, gvk: (&str, &str, &str, &str), ns: &str, name: &str) -> Option<Value> {
-    let ar = kube::api::ApiResource::from_gvk_with_plural(
-        &kube::api::GroupVersionKind::gvk(gvk.0, gvk.1, gvk.2),
-        gvk.3,
-    );
-    kube::Api::<kube::api::DynamicObject>::namespaced_with(w.client.clone(), ns, &ar)
-        .get_opt(name)
-        .await
-        .expect("reading a downstream object")
-        .map(|o| serde_json::to_value(o).unwrap())
-}
-
-const HELM_RELEASE: (&str, &str, &str, &str) = (
-    "helm.toolkit.fluxcd.io",
-    "v2",
-    "HelmRelease",
-    "helmreleases",
-);
-const VELERO_BACKUP: (&str, &str, &str, &str) = ("velero.io", "v1", "Backup", "backups");
-const VELERO_RESTORE: (&str, &str, &str, &str) = ("velero.io", "v1", "Restore", "restores");
 
 fn chart_version(hr: &Value) -> String {
     hr["spec"]["chart"]["spec"]["version"]
@@ -107,23 +63,25 @@ async fn an_application_lives_its_whole_life_through_the_hub() {
     );
 
     // Deploy.
-    let v1 = e2e::apply(&hub, &w.cluster, &e2e::app_manifest(&ns, "nc", "6.6.0", 1))
+    let v1 = e2e::apply(&hub, &w.cluster, &w.app_manifest("nc", "0.1.0", 1))
         .await
         .unwrap();
     assert_eq!(v1["version"], 1);
-    let o = at_hub(
-        &w,
-        "ApplicationInstance",
-        "nc",
-        "v1 applied and Ready",
-        |o| o["last_outcome"] == "applied" && ready(o),
-    )
-    .await;
+    let o = w
+        .at_hub(
+            "ApplicationInstance",
+            "nc",
+            "v1 applied and Ready",
+            STEP,
+            |o| o["last_outcome"] == "applied" && ready(o),
+        )
+        .await;
     assert_eq!(o["version"], 1);
-    let hr = dynamic(&w, HELM_RELEASE, &ns, "nc")
+    let hr = w
+        .get_json(&helm_release_resource(), &ns, "nc")
         .await
         .expect("the HelmRelease exists");
-    assert_eq!(chart_version(&hr), "6.6.0");
+    assert_eq!(chart_version(&hr), "0.1.0");
     let ai = e2e::cluster_object(&w.client, "ApplicationInstance", &ns, "nc")
         .await
         .unwrap()
@@ -131,23 +89,25 @@ async fn an_application_lives_its_whole_life_through_the_hub() {
     assert_eq!(e2e::applied_version(&ai), Some(1));
 
     // Upgrade: a new version of the intent.
-    e2e::apply(&hub, &w.cluster, &e2e::app_manifest(&ns, "nc", "6.7.0", 2))
+    e2e::apply(&hub, &w.cluster, &w.app_manifest("nc", "0.2.0", 2))
         .await
         .unwrap();
     let gen_now = |o: &Value| o["status"]["generation"].as_i64().unwrap_or(0);
-    let o = at_hub(
-        &w,
-        "ApplicationInstance",
-        "nc",
-        "v2 applied and Ready at generation 2",
-        |o| o["version"] == 2 && o["last_outcome"] == "applied" && ready(o) && gen_now(o) >= 2,
-    )
-    .await;
-    eventually("the HelmRelease to carry chart 6.7.0", STEP, || async {
-        let hr = dynamic(&w, HELM_RELEASE, &ns, "nc")
+    let o = w
+        .at_hub(
+            "ApplicationInstance",
+            "nc",
+            "v2 applied and Ready at generation 2",
+            STEP,
+            |o| o["version"] == 2 && o["last_outcome"] == "applied" && ready(o) && gen_now(o) >= 2,
+        )
+        .await;
+    eventually("the HelmRelease to carry chart 0.2.0", STEP, || async {
+        let hr = w
+            .get_json(&helm_release_resource(), &ns, "nc")
             .await
             .ok_or("no HelmRelease")?;
-        (chart_version(&hr) == "6.7.0")
+        (chart_version(&hr) == "0.2.0")
             .then_some(())
             .ok_or(chart_version(&hr))
     })
@@ -178,14 +138,21 @@ async fn an_application_lives_its_whole_life_through_the_hub() {
     )
     .await
     .unwrap();
-    let o = at_hub(&w, "Operation", "backup-1", "Succeeded", succeeded).await;
+    let o = w
+        .at_hub("Operation", "backup-1", "Succeeded", STEP, succeeded)
+        .await;
     let backup_name = format!("{ns}-backup-1");
     assert_eq!(
         o["status"]["outputs"]["backupName"],
         backup_name.as_str(),
         "{o}"
     );
-    let b = dynamic(&w, VELERO_BACKUP, e2e::VELERO_NAMESPACE, &backup_name)
+    let b = w
+        .get_json(
+            &velero_resource("Backup"),
+            e2e::VELERO_NAMESPACE,
+            &backup_name,
+        )
         .await
         .expect("the Velero Backup exists");
     assert_eq!(b["status"]["phase"], "Completed");
@@ -206,15 +173,16 @@ async fn an_application_lives_its_whole_life_through_the_hub() {
     )
     .await
     .unwrap();
-    at_hub(&w, "Operation", "restore-1", "Succeeded", succeeded).await;
-    let r = dynamic(
-        &w,
-        VELERO_RESTORE,
-        e2e::VELERO_NAMESPACE,
-        &format!("{ns}-restore-1"),
-    )
-    .await
-    .expect("the Velero Restore exists");
+    w.at_hub("Operation", "restore-1", "Succeeded", STEP, succeeded)
+        .await;
+    let r = w
+        .get_json(
+            &velero_resource("Restore"),
+            e2e::VELERO_NAMESPACE,
+            &format!("{ns}-restore-1"),
+        )
+        .await
+        .expect("the Velero Restore exists");
     assert_eq!(r["spec"]["backupName"], backup_name.as_str());
 
     // Roll back to the previous chart.
@@ -225,7 +193,8 @@ async fn an_application_lives_its_whole_life_through_the_hub() {
     )
     .await
     .unwrap();
-    at_hub(&w, "Operation", "rollback-1", "Succeeded", succeeded).await;
+    w.at_hub("Operation", "rollback-1", "Succeeded", STEP, succeeded)
+        .await;
     // The rollback rewrites the instance's spec; the intent's version record
     // (the replay guard) and the labels the status stream selects by must stay.
     let ai = e2e::cluster_object(&w.client, "ApplicationInstance", &ns, "nc")
@@ -246,20 +215,21 @@ async fn an_application_lives_its_whole_life_through_the_hub() {
         ai.metadata.annotations,
         ai.metadata.labels
     );
-    eventually("the HelmRelease back on chart 6.6.0", STEP, || async {
-        let hr = dynamic(&w, HELM_RELEASE, &ns, "nc")
+    eventually("the HelmRelease back on chart 0.1.0", STEP, || async {
+        let hr = w
+            .get_json(&helm_release_resource(), &ns, "nc")
             .await
             .ok_or("no HelmRelease")?;
-        (chart_version(&hr) == "6.6.0")
+        (chart_version(&hr) == "0.1.0")
             .then_some(())
             .ok_or(chart_version(&hr))
     })
     .await;
-    at_hub(
-        &w,
+    w.at_hub(
         "ApplicationInstance",
         "nc",
         "Ready after the rollback",
+        STEP,
         ready,
     )
     .await;
@@ -268,7 +238,7 @@ async fn an_application_lives_its_whole_life_through_the_hub() {
     e2e::delete(&hub, &w.cluster, "ApplicationInstance", &ns, "nc")
         .await
         .unwrap();
-    at_hub(&w, "ApplicationInstance", "nc", "deletion applied", |o| {
+    w.at_hub("ApplicationInstance", "nc", "deletion applied", STEP, |o| {
         o["deleted"] == true && o["last_outcome"] == "applied"
     })
     .await;
@@ -279,7 +249,7 @@ async fn an_application_lives_its_whole_life_through_the_hub() {
             let ai = e2e::cluster_object(&w.client, "ApplicationInstance", &ns, "nc")
                 .await
                 .map_err(|e| e.to_string())?;
-            let hr = dynamic(&w, HELM_RELEASE, &ns, "nc").await;
+            let hr = w.get_json(&helm_release_resource(), &ns, "nc").await;
             match (ai, hr) {
                 (None, None) => Ok(()),
                 (ai, hr) => Err(format!(

@@ -86,17 +86,24 @@ pub async fn ensure_namespace(
     }
 }
 
-/// A managed ApplicationInstance from a Helm repository (the HelmRelease
-/// stand-in makes it Ready).
-pub fn app_manifest(ns: &str, name: &str, chart_version: &str, replicas: u32) -> Value {
+/// A managed ApplicationInstance of the test chart `hello` from the HTTP Helm
+/// repository at `repo_url` (the real helm-controller installs it), with
+/// `replicaCount` as an inline value.
+pub fn app_manifest(
+    repo_url: &str,
+    ns: &str,
+    name: &str,
+    chart_version: &str,
+    replicas: u32,
+) -> Value {
     json!({
         "apiVersion": "apps.vworkspace.io/v1alpha1",
         "kind": "ApplicationInstance",
         "metadata": {"name": name, "namespace": ns},
         "spec": {
-            "appRef": {"catalogId": "nextcloud"},
+            "appRef": {"catalogId": "hello"},
             "mode": "managed",
-            "chart": {"sourceType": "helm", "url": "https://nextcloud.github.io/helm", "name": "nextcloud", "version": chart_version},
+            "chart": {"sourceType": "helm", "url": repo_url, "name": "hello", "version": chart_version},
             "release": {"name": name, "namespace": ns},
             "values": {"source": "inline", "inline": {"replicaCount": replicas}},
         },
@@ -132,6 +139,20 @@ pub fn api_resource(kind: &str) -> ApiResource {
         _ => ("ops.vworkspace.io", "operations"),
     };
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1alpha1", kind), plural)
+}
+
+/// Flux HelmRelease (helm.toolkit.fluxcd.io/v2).
+pub fn helm_release_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("helm.toolkit.fluxcd.io", "v2", "HelmRelease"),
+        "helmreleases",
+    )
+}
+
+/// Velero Backup (`backup`) or Restore (`restore`).
+pub fn velero_resource(kind: &str) -> ApiResource {
+    let plural = format!("{}s", kind.to_ascii_lowercase());
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("velero.io", "v1", kind), &plural)
 }
 
 /// One object as the cluster has it (`None` if absent).

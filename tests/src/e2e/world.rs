@@ -1,6 +1,7 @@
 //! One enrolled cluster for an end-to-end test: the shared control plane with
-//! every CRD, the stand-ins, a hub-sim process and an agent process joined
-//! with a fresh token.
+//! every CRD, the real upstream controllers (controller manager, Flux) and the
+//! test charts, the stand-ins for what cannot run here, a hub-sim process and
+//! an agent process joined with a fresh token.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,7 +22,8 @@ pub const HUB_TEST_FLAGS: &[&str] = &[
     "1s",
 ];
 
-/// A running loop: control plane, stand-ins, hub-sim and an enrolled agent.
+/// A running loop: control plane, upstream controllers, stand-ins, hub-sim
+/// and an enrolled agent.
 pub struct World {
     /// Admin client on the caller's runtime.
     pub client: kube::Client,
@@ -35,6 +37,8 @@ pub struct World {
     pub app_ns: String,
     /// Logs and hub state live here.
     pub dir: tempfile::TempDir,
+    /// The real controller manager, Flux and the chart repositories.
+    pub upstream: &'static crate::upstream::Upstream,
     join_token: String,
     standins: JoinHandle<()>,
 }
@@ -68,6 +72,10 @@ impl World {
         let client = cp
             .client()
             .map_err(|e| super::procs::ProcError::Build(format!("control plane client: {e}")))?;
+        let upstream = tokio::task::spawn_blocking(crate::upstream::try_shared)
+            .await
+            .map_err(|e| super::procs::ProcError::Build(format!("upstream start: {e}")))?
+            .map_err(|e| super::procs::ProcError::Build(format!("upstream controllers: {e}")))?;
         let suffix = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
         let agent_ns = format!("{prefix}-agent-{suffix}");
         prepare_cluster(&client, &agent_ns).await?;
@@ -111,11 +119,71 @@ impl World {
             cluster,
             app_ns,
             dir,
+            upstream,
             join_token,
             standins,
         };
         world.wait_connected(Duration::from_secs(90)).await;
         Ok(world)
+    }
+
+    /// [`super::app_manifest`] of the test chart `hello` from the HTTP
+    /// repository, in the world's application namespace.
+    pub fn app_manifest(
+        &self,
+        name: &str,
+        chart_version: &str,
+        replicas: u32,
+    ) -> serde_json::Value {
+        super::app_manifest(
+            self.upstream.charts.http_url(),
+            &self.app_ns,
+            name,
+            chart_version,
+            replicas,
+        )
+    }
+
+    /// Waits up to `timeout` until the hub's record of `kind/name` satisfies
+    /// `pred` and returns it; panics with every log's tail otherwise.
+    pub async fn at_hub(
+        &self,
+        kind: &str,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let what = format!("{kind} {name} at the hub: {what}");
+        let found = tokio::time::timeout(
+            timeout + Duration::from_secs(5),
+            crate::wait::eventually(&what, timeout, || async {
+                let o = super::hub_object(self.hub.admin(), &self.cluster, kind, name)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or("not declared")?;
+                if pred(&o) { Ok(o) } else { Err(o.to_string()) }
+            }),
+        )
+        .await;
+        match found {
+            Ok(o) => o,
+            Err(_) => panic!("{what}: timed out\n{}", self.log_tails()),
+        }
+    }
+
+    /// A namespaced object of any kind in the cluster, as JSON (`None` when absent).
+    pub async fn get_json(
+        &self,
+        resource: &kube::api::ApiResource,
+        ns: &str,
+        name: &str,
+    ) -> Option<serde_json::Value> {
+        kube::Api::<kube::api::DynamicObject>::namespaced_with(self.client.clone(), ns, resource)
+            .get_opt(name)
+            .await
+            .unwrap_or_else(|e| panic!("reading {} {ns}/{name}: {e}", resource.kind))
+            .map(|o| serde_json::to_value(o).expect("an object serializes"))
     }
 
     /// The agent's log (every incarnation).
@@ -147,11 +215,12 @@ impl World {
     pub fn log_tails(&self) -> String {
         let tail = |p: &Path| crate::process::tail(p, 30);
         format!(
-            "--- agent log ({}):\n{}\n--- hub-sim log ({}):\n{}",
+            "--- agent log ({}):\n{}\n--- hub-sim log ({}):\n{}\n{}",
             self.agent_log().display(),
             tail(&self.agent_log()),
             self.hub.log().display(),
-            tail(self.hub.log())
+            tail(self.hub.log()),
+            self.upstream.log_tails(15)
         )
     }
 

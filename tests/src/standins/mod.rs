@@ -1,11 +1,17 @@
 //! Test stand-ins for third-party controllers that cannot run here.
 //!
+//! Each exists because the real program needs what this machine lacks: a
+//! kubelet to run pods (Velero's data path and server pod, VolSync movers,
+//! Argo steps, Job pods) or a CSI driver with real volumes (snapshots).
+//! Flux, Helm and the controller manager's garbage collector and namespace
+//! controller do run here, for real ([`crate::upstream`]); no stand-in
+//! replaces them.
+//!
 //! [`run_all`] starts one small controller per kind. Each moves an object's
 //! status the way the real controller does, and nothing else:
 //!
 //! | stand-in | stands in for | moves |
 //! | --- | --- | --- |
-//! | `StandInHelmController` | Flux helm-controller | HelmRelease finalizer, conditions, history; uninstall on delete |
 //! | `StandInVelero` | Velero server | Backup / Restore `status.phase` |
 //! | `StandInSnapshotter` | CSI external-snapshotter | VolumeSnapshot `readyToUse` / `error` |
 //! | `StandInVolSync` | VolSync | ReplicationSource manual sync result |
@@ -37,8 +43,6 @@ use tracing::{debug, info, warn};
 
 /// Annotation (on an object or a namespace) that picks the [`Scenario`].
 pub const SCENARIO_ANNOTATION: &str = "standin.vworkspace.io/scenario";
-/// Finalizer helm-controller puts on every HelmRelease.
-pub const FLUX_FINALIZER: &str = "finalizers.fluxcd.io";
 
 /// How a stand-in finishes the objects it handles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -102,13 +106,6 @@ impl Default for StandInConfig {
 
 /// The kinds the stand-ins handle: (group, version, kind, plural, status subresource).
 const KINDS: &[(&str, &str, &str, &str, bool)] = &[
-    (
-        "helm.toolkit.fluxcd.io",
-        "v2",
-        "HelmRelease",
-        "helmreleases",
-        true,
-    ),
     ("velero.io", "v1", "Backup", "backups", false),
     ("velero.io", "v1", "Restore", "restores", false),
     (
@@ -228,7 +225,6 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Sta
     };
     let api = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &ctx.ar);
     let next = match ctx.kind {
-        "HelmRelease" => return helm_release(&api, &obj, outcome, done, &ctx, waited).await,
         "Backup" | "Restore" => velero(&obj, ctx.kind, outcome, done),
         "VolumeSnapshot" => snapshot(&obj, outcome, done),
         "ReplicationSource" => replication_source(&obj, outcome, done),
@@ -494,218 +490,6 @@ fn job(obj: &DynamicObject, outcome: Scenario, done: bool) -> Option<Value> {
             ],
         }),
     })
-}
-
-// --- StandInHelmController: install/upgrade/uninstall of a HelmRelease.
-async fn helm_release(
-    api: &Api<DynamicObject>,
-    obj: &DynamicObject,
-    outcome: Scenario,
-    done: bool,
-    ctx: &Ctx,
-    waited: Duration,
-) -> Result<Action, StandInError> {
-    let name = obj.name_any();
-    let finalizers = obj.finalizers().to_vec();
-    if obj.metadata.deletion_timestamp.is_some() {
-        if finalizers.iter().any(|f| f == FLUX_FINALIZER) && done {
-            // "helm uninstall", then release the object.
-            let rest: Vec<String> = finalizers
-                .into_iter()
-                .filter(|f| f != FLUX_FINALIZER)
-                .collect();
-            api.patch(&name, &pp(), &Patch::Merge(json!({"metadata": {"finalizers": rest, "resourceVersion": obj.resource_version()}})))
-                .await?;
-        }
-        return Ok(requeue_for_slow(
-            if done {
-                Scenario::Success
-            } else {
-                Scenario::Slow
-            },
-            waited,
-            ctx,
-        ));
-    }
-    if !finalizers.iter().any(|f| f == FLUX_FINALIZER) {
-        let mut all = finalizers;
-        all.push(FLUX_FINALIZER.to_string());
-        api.patch(
-            &name,
-            &pp(),
-            &Patch::Merge(
-                json!({"metadata": {"finalizers": all, "resourceVersion": obj.resource_version()}}),
-            ),
-        )
-        .await?;
-        return Ok(Action::await_change());
-    }
-    let generation = obj.metadata.generation.unwrap_or(1);
-    let st = obj.data.get("status").cloned().unwrap_or_else(|| json!({}));
-    let ready = st["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
-        .cloned();
-    let settled = st["observedGeneration"].as_i64() == Some(generation)
-        && ready.as_ref().is_some_and(|r| r["status"] != "Unknown");
-    if settled {
-        return Ok(Action::await_change());
-    }
-    let version = match obj.data["spec"]["chart"]["spec"]["version"].as_str() {
-        Some(v) => v.to_string(),
-        None => {
-            let src = obj.data["spec"]["chartRef"]["name"]
-                .as_str()
-                .unwrap_or_default();
-            let oci = ApiResource::from_gvk_with_plural(
-                &GroupVersionKind::gvk("source.toolkit.fluxcd.io", "v1", "OCIRepository"),
-                "ocirepositories",
-            );
-            let repo = Api::<DynamicObject>::namespaced_with(
-                ctx.client.clone(),
-                &obj.namespace().unwrap_or_default(),
-                &oci,
-            )
-            .get_opt(src)
-            .await?;
-            repo.and_then(|r| {
-                r.data["spec"]["ref"]["tag"]
-                    .as_str()
-                    .map(|t| t.replace('_', "+"))
-            })
-            .unwrap_or_else(|| "0.0.0".into())
-        }
-    };
-    let chart = obj.data["spec"]["chart"]["spec"]["chart"]
-        .as_str()
-        .unwrap_or(&name)
-        .to_string();
-    let mut history: Vec<Value> = st["history"].as_array().cloned().unwrap_or_default();
-    let upgrade = !history.is_empty();
-    let action = if upgrade { "Upgrade" } else { "Install" };
-    let cond = |t: &str, s: &str, reason: &str, message: &str| json!({"type": t, "status": s, "reason": reason, "message": message, "lastTransitionTime": now(), "observedGeneration": generation});
-    let next = if !done {
-        if ready.as_ref().is_some_and(|r| r["status"] == "Unknown") {
-            return Ok(requeue_for_slow(Scenario::Slow, waited, ctx));
-        }
-        let msg = if upgrade {
-            "Running 'upgrade' action with timeout of 5m0s".to_string()
-        } else {
-            "Fresh install in progress".to_string()
-        };
-        merged_value(
-            &st,
-            json!({
-                "conditions": [cond("Ready", "Unknown", "Progressing", &msg), cond("Reconciling", "True", "Progressing", &msg)],
-            }),
-        )
-    } else {
-        let ok = outcome != Scenario::Failure;
-        let revision = history
-            .first()
-            .and_then(|h| h["version"].as_i64())
-            .unwrap_or(0)
-            + 1;
-        for h in history.iter_mut() {
-            if h["status"] == "deployed" {
-                h["status"] = json!("superseded");
-            }
-        }
-        let release_ns = obj.namespace().unwrap_or_default();
-        let release_name = obj.data["spec"]["releaseName"]
-            .as_str()
-            .unwrap_or(&name)
-            .to_string();
-        history.insert(
-            0,
-            json!({
-                "chartName": chart, "chartVersion": version,
-                "configDigest": format!("sha256:{}", hex::encode([revision as u8; 32])),
-                "digest": format!("sha256:{}", hex::encode([(revision as u8) ^ 0x5a; 32])),
-                "firstDeployed": now(), "lastDeployed": now(),
-                "name": release_name, "namespace": release_ns,
-                "status": if ok { "deployed" } else { "failed" },
-                "version": revision,
-            }),
-        );
-        history.truncate(5);
-        let (reason, message) = if ok {
-            (
-                format!("{action}Succeeded"),
-                format!(
-                    "Helm {} succeeded for release {release_ns}/{release_name}.v{revision} with chart {chart}@{version}",
-                    action.to_lowercase()
-                ),
-            )
-        } else {
-            (
-                format!("{action}Failed"),
-                format!(
-                    "Helm {} failed for release {release_ns}/{release_name} with chart {chart}@{version}: stand-in: timed out waiting for the condition",
-                    action.to_lowercase()
-                ),
-            )
-        };
-        let mut conds = vec![
-            cond(
-                "Ready",
-                if ok { "True" } else { "False" },
-                &reason,
-                &message,
-            ),
-            cond(
-                "Released",
-                if ok { "True" } else { "False" },
-                &reason,
-                &message,
-            ),
-        ];
-        if !ok {
-            conds.push(cond(
-                "Stalled",
-                "True",
-                "RetriesExceeded",
-                "Failed to install after 1 attempt(s)",
-            ));
-        }
-        merged_value(
-            &st,
-            json!({
-                "observedGeneration": generation,
-                "lastAttemptedGeneration": generation,
-                "lastAttemptedRevision": version,
-                "lastAttemptedReleaseAction": action.to_lowercase(),
-                "conditions": conds,
-                "history": history,
-            }),
-        )
-    };
-    if Some(&next) != obj.data.get("status") {
-        api.patch_status(&name, &pp(), &Patch::Merge(&json!({"status": next})))
-            .await?;
-    }
-    Ok(requeue_for_slow(
-        if done {
-            Scenario::Success
-        } else {
-            Scenario::Slow
-        },
-        waited,
-        ctx,
-    ))
-}
-
-fn merged_value(st: &Value, patch: Value) -> Value {
-    let mut st = st.clone();
-    if !st.is_object() {
-        st = json!({});
-    }
-    if let (Some(m), Value::Object(p)) = (st.as_object_mut(), patch) {
-        for (k, v) in p {
-            m.insert(k, v);
-        }
-    }
-    st
 }
 
 #[cfg(test)]
