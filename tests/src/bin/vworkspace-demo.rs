@@ -1,10 +1,13 @@
 //! `vworkspace-demo`: the whole loop once, on this machine, with the real agent.
 //!
 //! A local kube-apiserver + etcd (the test harness), our CRDs and the upstream
-//! ones, hub-sim and `vworkspace-agent` as separate processes, a sample
-//! application and a backup declared at the hub, and test stand-ins moving the
-//! Flux and Velero status. Prints the conditions as they reach the hub and a
-//! summary; exits non-zero if the loop does not converge before the deadline.
+//! ones, the real kube-controller-manager and Flux (source-controller and
+//! helm-controller) with a local Helm repository of test charts, hub-sim and
+//! `vworkspace-agent` as separate processes, and a sample application declared
+//! at the hub that Helm really installs. With `--with-stand-ins` it also runs
+//! a backup through the Velero stand-in (Velero needs pods, and no kubelet
+//! runs here). Prints the conditions as they reach the hub and a summary;
+//! exits non-zero if the loop does not converge before the deadline.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,28 +18,33 @@ use vworkspace_e2e::ControlPlane;
 use vworkspace_e2e::e2e::procs::{AgentProc, AgentSettings, HubSim, binaries};
 use vworkspace_e2e::e2e::{self, Row};
 use vworkspace_e2e::standins::{self, StandInConfig};
+use vworkspace_e2e::upstream::Upstream;
 
 const CLUSTER: &str = "demo-edge";
 const ORG: &str = "demo-org";
 const APP_NS: &str = "demo";
 const AGENT_NS: &str = "vworkspace-system";
-const APP: &str = "nextcloud";
-const BACKUP: &str = "nextcloud-backup-1";
+const APP: &str = "hello-web";
+const BACKUP: &str = "hello-web-backup-1";
 
 const USAGE: &str = "\
 vworkspace-demo: the whole vWorkspace loop on this machine, with the real agent
 
-USAGE: cargo run --release -p vworkspace-e2e --bin vworkspace-demo -- [--keep] [--deadline 3m]
+USAGE: tests/demo [--keep] [--deadline 3m] [--with-stand-ins]
 
   --keep            leave the control plane, hub-sim and the agent running after
                     the summary (Ctrl-C stops everything)
-  --deadline DUR    fail if the app is not Ready and the backup not Succeeded this
-                    long after they were declared (default 3m; e.g. 90s, 5m)
+  --deadline DUR    fail if the app is not Ready (and the backup not Succeeded)
+                    this long after they were declared (default 3m; e.g. 90s, 5m)
+  --with-stand-ins  also declare a Velero backup, run by a TEST STAND-IN that
+                    moves the Backup's status the way the Velero server does
+                    (the real Velero needs pods; no kubelet runs here)
 ";
 
 struct Options {
     keep: bool,
     deadline: Duration,
+    stand_ins: bool,
 }
 
 fn parse_duration(s: &str) -> Option<Duration> {
@@ -55,11 +63,13 @@ fn options() -> anyhow::Result<Options> {
     let mut o = Options {
         keep: false,
         deadline: Duration::from_secs(180),
+        stand_ins: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--keep" => o.keep = true,
+            "--with-stand-ins" => o.stand_ins = true,
             "--deadline" => {
                 let v = args.next().context("--deadline needs a value")?;
                 o.deadline = parse_duration(&v)
@@ -120,7 +130,19 @@ fn step(started: Instant, n: u32, text: &str) {
 }
 
 async fn run(opts: &Options, started: Instant) -> anyhow::Result<Outcome> {
-    println!("vWorkspace demo: hub-sim ⇄ vworkspace-agent ⇄ kube-apiserver, all on 127.0.0.1");
+    println!(
+        "vWorkspace demo: hub-sim ⇄ vworkspace-agent ⇄ kube-apiserver ⇄ Flux ⇄ Helm, all on 127.0.0.1"
+    );
+    let pending = tokio::task::spawn_blocking(vworkspace_e2e::assets::pending_builds).await?;
+    if !pending.is_empty() {
+        println!(
+            "\nFirst run on this machine: building from Go modules, once (about 25-35 minutes \
+             on 2 cores; later runs start in seconds):"
+        );
+        for p in &pending {
+            println!("  - {p}");
+        }
+    }
 
     step(
         started,
@@ -136,30 +158,63 @@ async fn run(opts: &Options, started: Instant) -> anyhow::Result<Outcome> {
         2,
         "starting a local control plane (kube-apiserver + etcd; built once and cached on a fresh machine)",
     );
+    let t = Instant::now();
     let cp = ControlPlane::start()
         .await
         .context("starting the control plane")?;
+    if !pending.is_empty() {
+        println!("  (built and started in {:.0?})", t.elapsed());
+    }
     let client = cp.client()?;
     println!("  API server {}", cp.url());
     println!("  kubeconfig {}", cp.kubeconfig_path().display());
 
-    step(started, 3, "installing CRDs and namespaces");
+    step(
+        started,
+        3,
+        "installing CRDs and namespaces; starting the real controller manager and Flux",
+    );
     e2e::prepare_cluster(&client, AGENT_NS).await?;
     e2e::ensure_namespace(&client, APP_NS, &[vworkspace_e2e::MANAGED_BY]).await?;
     println!("  ours: ApplicationInstance, Operation, Cluster");
     println!(
-        "  upstream (pinned): Flux HelmRelease/HelmRepository/OCIRepository, Velero, VolumeSnapshot, VolSync, Argo Workflow"
+        "  upstream (pinned): Flux (all source and helm CRDs), Velero, VolumeSnapshot, VolSync, Argo Workflow"
     );
     println!(
         "  namespace {APP_NS} labelled managed-by=vworkspace (the agent writes only there); {AGENT_NS} for the agent"
     );
-    let _standins = standins::run_all(client.clone(), StandInConfig::default());
+    let t = Instant::now();
+    let upstream = Upstream::start(&cp)
+        .await
+        .context("starting the controller manager, Flux and the chart repository")?;
     println!(
-        "  TEST STAND-INS running in this process, in place of Flux helm-controller and the Velero server"
+        "  REAL: kube-controller-manager (garbage collector, namespaces, Jobs), Flux source-controller {} and helm-controller {} ({:.1}s)",
+        upstream.flux.bins().source_controller.display(),
+        upstream.flux.bins().helm_controller.display(),
+        t.elapsed().as_secs_f64()
     );
     println!(
-        "  (nothing is installed for real: they move HelmRelease and Backup status the way those controllers do)"
+        "  REAL: Helm repository {} and OCI registry {} serving tests/charts (packaged by helm)",
+        upstream.charts.http_url(),
+        upstream.charts.oci_url()
     );
+    println!(
+        "  logs of the upstream programs: {}",
+        upstream.dir().display()
+    );
+    let _standins = if opts.stand_ins {
+        println!(
+            "  TEST STAND-INS started (--with-stand-ins): StandInVelero, StandInSnapshotter, StandInVolSync, StandInArgo, StandInJobController"
+        );
+        println!(
+            "  (they move Backup/Restore, VolumeSnapshot, ReplicationSource, Workflow and Job status the way those controllers do; \
+             the real ones need pods or CSI volumes, and no kubelet runs here)"
+        );
+        Some(standins::run_all(client.clone(), StandInConfig::default()))
+    } else {
+        println!("  no stand-ins (run with --with-stand-ins to add a Velero backup through one)");
+        None
+    };
 
     step(started, 4, "starting hub-sim with a fresh state directory");
     let work = tempfile::Builder::new()
@@ -235,13 +290,22 @@ async fn run(opts: &Options, started: Instant) -> anyhow::Result<Outcome> {
     step(
         started,
         6,
-        "declaring an application and a backup at the hub (signed intents)",
+        if opts.stand_ins {
+            "declaring an application and a backup at the hub (signed intents)"
+        } else {
+            "declaring an application at the hub (a signed intent)"
+        },
     );
     let app_file = work.path().join("app.yaml");
     let op_file = work.path().join("backup.yaml");
-    std::fs::write(&app_file, app_yaml())?;
+    std::fs::write(&app_file, app_yaml(upstream.charts.http_url()))?;
     std::fs::write(&op_file, backup_yaml())?;
-    for f in [&app_file, &op_file] {
+    let declared_files = if opts.stand_ins {
+        vec![&app_file, &op_file]
+    } else {
+        vec![&app_file]
+    };
+    for f in declared_files {
         let out = hub.cli(&["apply", "-f", path_str(f)?, "--cluster", CLUSTER])?;
         println!("  hub-sim apply -f {}: {}", file_name(f), out.trim());
     }
@@ -292,7 +356,7 @@ async fn run(opts: &Options, started: Instant) -> anyhow::Result<Outcome> {
                 succeeded_at = Some(started.elapsed());
             }
         }
-        if ready_at.is_some() && succeeded_at.is_some() {
+        if ready_at.is_some() && (succeeded_at.is_some() || !opts.stand_ins) {
             break;
         }
         if Instant::now() >= deadline {
@@ -330,6 +394,14 @@ async fn run(opts: &Options, started: Instant) -> anyhow::Result<Outcome> {
         &backup_name,
     )
     .await;
+    let chart_objects =
+        kube::Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), APP_NS)
+            .get_opt(&format!("{APP}-hello"))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|c| c.data)
+            .unwrap_or_default();
     let objects = e2e::hub_objects(hub.admin(), CLUSTER).await?;
     let mut rows = Vec::new();
     for o in &objects {
@@ -398,11 +470,29 @@ async fn run(opts: &Options, started: Instant) -> anyhow::Result<Outcome> {
         )
     );
     println!(
-        "\nWall time: {:.1}s from start to Ready ({:.1}s to the backup Succeeded); {:.1}s from the apply to both.",
-        ready_at.unwrap_or_default().as_secs_f64(),
-        succeeded_at.unwrap_or_default().as_secs_f64(),
-        declared.elapsed().as_secs_f64()
+        "\nInstalled by Helm (helm-controller): ConfigMap {APP_NS}/{APP}-hello greeting={:?} chartVersion={:?}",
+        chart_objects
+            .get("greeting")
+            .map(String::as_str)
+            .unwrap_or("?"),
+        chart_objects
+            .get("chartVersion")
+            .map(String::as_str)
+            .unwrap_or("?"),
     );
+    match succeeded_at {
+        Some(done) => println!(
+            "\nWall time: {:.1}s from start to Ready ({:.1}s to the backup Succeeded); {:.1}s from the apply to both.",
+            ready_at.unwrap_or_default().as_secs_f64(),
+            done.as_secs_f64(),
+            declared.elapsed().as_secs_f64()
+        ),
+        None => println!(
+            "\nWall time: {:.1}s from start to Ready; {:.1}s from the apply.",
+            ready_at.unwrap_or_default().as_secs_f64(),
+            declared.elapsed().as_secs_f64()
+        ),
+    }
     println!("\nAs the hub sees it (hub-sim get apps / get operations):");
     print!("{}", indent(&hub.cli(&["get", "apps"])?));
     print!("{}", indent(&hub.cli(&["get", "operations"])?));
@@ -444,6 +534,12 @@ async fn run(opts: &Options, started: Instant) -> anyhow::Result<Outcome> {
     hub.stop(Duration::from_secs(10));
     println!("  hub-sim stopped ({:.1}s)", t.elapsed().as_secs_f64());
     let t = Instant::now();
+    drop(upstream);
+    println!(
+        "  controller manager, Flux and registry stopped ({:.1}s)",
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
     drop(cp);
     println!(
         "  control plane stopped ({:.1}s)",
@@ -452,9 +548,10 @@ async fn run(opts: &Options, started: Instant) -> anyhow::Result<Outcome> {
     Ok(Outcome::Converged)
 }
 
-fn app_yaml() -> String {
+fn app_yaml(repo_url: &str) -> String {
     format!(
-        "# A managed application: the agent turns it into a Flux HelmRepository + HelmRelease.
+        "# A managed application: the agent turns it into a Flux HelmRepository + HelmRelease,
+# and helm-controller installs the chart from the local repository.
 apiVersion: apps.vworkspace.io/v1alpha1
 kind: ApplicationInstance
 metadata:
@@ -462,13 +559,13 @@ metadata:
   namespace: {APP_NS}
 spec:
   appRef:
-    catalogId: nextcloud
+    catalogId: hello
   mode: managed
   chart:
     sourceType: helm
-    url: https://nextcloud.github.io/helm
-    name: nextcloud
-    version: 6.6.4
+    url: {repo_url}
+    name: hello
+    version: 0.1.0
   release:
     name: {APP}
     namespace: {APP_NS}
@@ -476,6 +573,7 @@ spec:
     source: inline
     inline:
       replicaCount: 1
+      greeting: hello from the hub
 "
     )
 }
