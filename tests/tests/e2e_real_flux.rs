@@ -220,7 +220,10 @@ async fn charts_install_upgrade_roll_back_fail_recover_and_uninstall_through_the
         .unwrap();
     let o = w
         .at_hub("ApplicationInstance", "web", "upgraded", STEP, |o| {
-            o["version"] == 2 && o["last_outcome"] == "applied" && ready(o)
+            o["version"] == 2
+                && o["last_outcome"] == "applied"
+                && o["status"]["generation"].as_i64() >= Some(2)
+                && ready(o)
         })
         .await;
     config_value(&w, &ns, "web-hello", "chartVersion", "0.2.0").await;
@@ -289,7 +292,7 @@ async fn charts_install_upgrade_roll_back_fail_recover_and_uninstall_through_the
     .unwrap();
     let o = w
         .at_hub("ApplicationInstance", "broken", "recovered", STEP, |o| {
-            o["version"] == 2 && ready(o)
+            o["version"] == 2 && o["status"]["generation"].as_i64() >= Some(2) && ready(o)
         })
         .await;
     config_value(&w, &ns, "broken-needs-value", "must", "now").await;

@@ -216,3 +216,71 @@ async fn flux_installs_the_test_charts_from_http_and_oci_and_uninstalls_them() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_chart_that_cannot_render_fails_with_helms_message() {
+    let (client, up) = setup();
+    let ns = vworkspace_e2e::test_namespace(&client, "upstream-fail")
+        .await
+        .unwrap();
+    let ssa = PatchParams::apply("upstream-test").force();
+    let repos = kube::Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        &ns,
+        &resource(
+            "source.toolkit.fluxcd.io",
+            "v1",
+            "HelmRepository",
+            "helmrepositories",
+        ),
+    );
+    repos
+        .patch(
+            "local",
+            &ssa,
+            &Patch::Apply(json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
+                "metadata": {"name": "local"}, "spec": {"url": up.charts.http_url(), "interval": "1m"}})),
+        )
+        .await
+        .unwrap();
+    let hr = resource(
+        "helm.toolkit.fluxcd.io",
+        "v2",
+        "HelmRelease",
+        "helmreleases",
+    );
+    let releases = kube::Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &hr);
+    releases
+        .patch(
+            "broken",
+            &ssa,
+            &Patch::Apply(json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+                "metadata": {"name": "broken"},
+                "spec": {"interval": "1m", "install": {"remediation": {"retries": 3}},
+                         "chart": {"spec": {"chart": "needs-value", "version": "0.1.0",
+                                            "sourceRef": {"kind": "HelmRepository", "name": "local"}}}}})),
+        )
+        .await
+        .unwrap();
+    let status = eventually("Ready=False with Helm's render error", WAIT, || async {
+        let o = releases.get("broken").await.map_err(|e| e.to_string())?;
+        let status = o.data["status"].clone();
+        let ready = status["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+            .cloned()
+            .unwrap_or_default();
+        if ready["status"] == "False"
+            && ready["reason"] == "InstallFailed"
+            && ready["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("value 'must' is required"))
+        {
+            Ok(status)
+        } else {
+            Err(status.to_string())
+        }
+    })
+    .await;
+    println!("failed HelmRelease status: {status:#}");
+}

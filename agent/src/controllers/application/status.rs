@@ -24,6 +24,9 @@ pub struct FluxCondition {
     /// Flux message.
     #[serde(default)]
     pub message: String,
+    /// The generation this condition is about.
+    #[serde(default, rename = "observedGeneration")]
+    pub observed_generation: Option<i64>,
 }
 
 /// What the mapping reads from a HelmRelease.
@@ -68,9 +71,20 @@ impl ReleaseView {
                     .collect()
             })
             .unwrap_or_default();
+        // While helm-controller retries a failed install it leaves
+        // status.observedGeneration at -1 and reports the failure on a Ready
+        // condition that names the generation: that condition counts.
+        let ready_generation = conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .and_then(|c| c.observed_generation);
+        let observed_generation = match (status["observedGeneration"].as_i64(), ready_generation) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         Self {
             generation,
-            observed_generation: status["observedGeneration"].as_i64(),
+            observed_generation,
             conditions,
             history,
         }
@@ -326,6 +340,7 @@ mod tests {
             status: s.into(),
             reason: r.into(),
             message: m.into(),
+            observed_generation: None,
         }
     }
 
@@ -582,6 +597,34 @@ mod tests {
                 assert!(reasons::ALL.contains(&r), "{name}: {r} not in vocabulary");
             }
         }
+    }
+
+    #[test]
+    fn a_failed_install_that_helm_controller_retries_is_not_stale() {
+        // The status helm-controller v1.6.3 writes while it retries a chart
+        // that cannot render (observed in tests/tests/upstream.rs).
+        let data = serde_json::json!({"status": {
+            "observedGeneration": -1,
+            "lastAttemptedGeneration": 1,
+            "conditions": [
+                {"type": "Reconciling", "status": "True", "reason": "Progressing",
+                 "message": "Running 'install' action with timeout of 5m0s", "observedGeneration": 1},
+                {"type": "Ready", "status": "False", "reason": "InstallFailed",
+                 "message": "Helm install failed for release ns/broken with chart needs-value@0.1.0: execution error at (needs-value/templates/configmap.yaml:6:11): value 'must' is required",
+                 "observedGeneration": 1},
+            ],
+        }});
+        let hr = ReleaseView::from_object(Some(1), &data);
+        assert!(!hr.is_stale());
+        let got = map(Some(&hr), &[], Some(1), &at());
+        assert_eq!(
+            (got[0].status.as_str(), got[0].reason.as_str()),
+            ("False", reasons::INSTALL_FAILED)
+        );
+        assert!(got[0].message.contains("value 'must' is required"));
+        // A Ready condition about an older generation is still stale.
+        let hr = ReleaseView::from_object(Some(2), &data);
+        assert!(hr.is_stale());
     }
 
     #[test]
