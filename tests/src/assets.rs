@@ -516,6 +516,18 @@ pub fn resolve_flux() -> Result<FluxSet, AssetError> {
     Ok(RESOLVED.get_or_init(|| a).clone())
 }
 
+/// Resolves the helm CLI alone (`TEST_ASSET_HELM`, `VWS_FLUX_ASSETS`, else the
+/// Flux set's cache, built with the controllers when missing).
+pub fn resolve_helm() -> Result<PathBuf, AssetError> {
+    static RESOLVED: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(p) = RESOLVED.get() {
+        return Ok(p.clone());
+    }
+    let found = lookup(&flux_set()?, &["helm"])?;
+    let p = found["helm"].clone().expect("required");
+    Ok(RESOLVED.get_or_init(|| p).clone())
+}
+
 /// Resolves the OCI registry (built once, ~3 minutes on 2 cores).
 pub fn resolve_registry() -> Result<RegistrySet, AssetError> {
     static RESOLVED: OnceLock<RegistrySet> = OnceLock::new();
