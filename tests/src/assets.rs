@@ -158,7 +158,7 @@ pub struct Assets {
     /// `kubectl` is optional, as in envtest.
     pub kubectl: Option<PathBuf>,
     /// Optional too: only tests that need garbage collection or namespace
-    /// deletion start it ([`crate::kcm`]), and it is resolved when they do.
+    /// deletion start it ([`crate::upstream::ControllerManager`]), and it is resolved when they do.
     pub kube_controller_manager: Option<PathBuf>,
 }
 

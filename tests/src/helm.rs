@@ -221,17 +221,17 @@ impl HelmCommand {
         Self::finish(what, out)
     }
 
-    /// [`Self::run`] without blocking the async runtime.
-    pub async fn run_async(&mut self, what: &str) -> Result<String, HelmError> {
-        let out =
-            tokio::process::Command::from(std::mem::replace(&mut self.0, Command::new("helm")))
-                .kill_on_drop(true)
-                .output()
-                .await
-                .map_err(|source| HelmError::Io {
-                    context: format!("running {what}"),
-                    source,
-                })?;
+    /// [`Self::run`] without blocking the async runtime; helm is killed if
+    /// the future is dropped.
+    pub async fn run_async(self, what: &str) -> Result<String, HelmError> {
+        let out = tokio::process::Command::from(self.0)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|source| HelmError::Io {
+                context: format!("running {what}"),
+                source,
+            })?;
         Self::finish(what, out)
     }
 
