@@ -158,7 +158,7 @@ pub struct Assets {
     /// `kubectl` is optional, as in envtest.
     pub kubectl: Option<PathBuf>,
     /// Optional too: only tests that need garbage collection or namespace
-    /// deletion start it ([`crate::kcm`]), and it is resolved when they do.
+    /// deletion start it ([`crate::upstream::ControllerManager`]), and it is resolved when they do.
     pub kube_controller_manager: Option<PathBuf>,
 }
 
@@ -514,6 +514,18 @@ pub fn resolve_flux() -> Result<FluxSet, AssetError> {
         helm: found["helm"].clone().expect("required"),
     };
     Ok(RESOLVED.get_or_init(|| a).clone())
+}
+
+/// Resolves the helm CLI alone (`TEST_ASSET_HELM`, `VWS_FLUX_ASSETS`, else the
+/// Flux set's cache, built with the controllers when missing).
+pub fn resolve_helm() -> Result<PathBuf, AssetError> {
+    static RESOLVED: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(p) = RESOLVED.get() {
+        return Ok(p.clone());
+    }
+    let found = lookup(&flux_set()?, &["helm"])?;
+    let p = found["helm"].clone().expect("required");
+    Ok(RESOLVED.get_or_init(|| p).clone())
 }
 
 /// Resolves the OCI registry (built once, ~3 minutes on 2 cores).

@@ -4,12 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use super::UpstreamError;
 use crate::assets::FluxSet;
 use crate::daemon::{Daemon, free_port};
+use crate::helm::HelmCommand;
 
 /// Where the chart sources live.
 pub fn charts_dir() -> PathBuf {
@@ -173,40 +174,7 @@ fn mkdir(p: &Path) -> Result<(), UpstreamError> {
 
 /// A `helm` command whose caches and registry login stay in `dir`.
 fn helm(flux: &FluxSet, dir: &Path) -> HelmCommand {
-    let mut cmd = Command::new(&flux.helm);
-    cmd.env("HELM_CACHE_HOME", dir.join("helm/cache"))
-        .env("HELM_CONFIG_HOME", dir.join("helm/config"))
-        .env("HELM_DATA_HOME", dir.join("helm/data"))
-        .stdin(Stdio::null());
-    HelmCommand(cmd)
-}
-
-/// A helm invocation whose failure carries its output.
-pub(crate) struct HelmCommand(pub(crate) Command);
-
-impl HelmCommand {
-    pub(crate) fn arg(&mut self, a: impl AsRef<std::ffi::OsStr>) -> &mut Self {
-        self.0.arg(a);
-        self
-    }
-
-    pub(crate) fn run(&mut self, what: &str) -> Result<String, UpstreamError> {
-        let out = self.0.output().map_err(|source| UpstreamError::Io {
-            context: format!("running {what}"),
-            source,
-        })?;
-        if !out.status.success() {
-            return Err(UpstreamError::Helm {
-                what: what.to_string(),
-                output: format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
+    HelmCommand::new(&flux.helm, &dir.join("helm"))
 }
 
 /// Serves `root` read-only on `listener` from a thread of its own, for the
