@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod procs;
+pub mod pyhub;
 pub mod world;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -1,0 +1,401 @@
+"""One tunnel connection, hub side, following docs/protocol.md sections 6 and 9.
+
+The session waits for ``hello`` (within a deadline), answers ``welcome``, then
+delivers the cluster's pending intents in store order with at most
+``max_in_flight`` unacknowledged, takes acks, statuses, inventory, events and
+renewal requests, pings every ``heartbeat_secs`` and drops a peer silent for
+``idle_timeout_secs``. Nothing grows without bound: the window is fixed,
+inbound messages are size-checked before parsing, and every send has a
+deadline. The store is the only state that outlives the connection, which is
+what lets an agent resume on another hub process.
+
+The session is transport-agnostic (:class:`Transport`); :mod:`.server` adapts
+aiohttp's WebSocket to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Protocol, TypeVar
+
+from . import wire
+from .ca import CsrError, Identity
+from .hub import Hub
+from .store import IntentRecord, StatusRecord
+from .wire import FrameError, ObjectRef, Unsupported
+
+log = logging.getLogger("vworkspace_hub.session")
+
+MAX_RESYNC_OBJECTS = 1000
+MAX_RENEWALS_PER_CONN = 8
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Message:
+    """What a transport received: ``binary``, ``text``, ``ping``, ``pong``,
+    ``close``, or ``too_large`` (refused by the transport before parsing)."""
+
+    kind: str
+    data: bytes = b""
+
+
+class Transport(Protocol):
+    async def receive(self) -> Message: ...
+    async def send_bytes(self, data: bytes) -> None: ...
+    async def ping(self) -> None: ...
+    async def pong(self, data: bytes) -> None: ...
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class _End(Exception):
+    """Ends the session: optionally a last frame, then a close code."""
+
+    def __init__(self, reason: str, frame: dict[str, Any] | None = None, code: int = 1000,
+                 abrupt: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.frame = frame
+        self.code = code
+        self.abrupt = abrupt
+
+
+def _fatal(code: str, message: str) -> _End:
+    return _End(message, wire.error(code, message), wire.close_code(code))
+
+
+class TunnelSession:
+    def __init__(self, hub: Hub, identity: Identity, transport: Transport, peer: str = "?") -> None:
+        self.hub = hub
+        self.id = identity
+        self.t = transport
+        self.peer = peer
+        cfg = hub.config
+        self.window = cfg.max_in_flight
+        self.max_frame = cfg.max_frame_bytes
+        self.conn_id = uuid.uuid4().hex
+        self.out_seq = 0
+        self.in_seq = 0
+        self.in_flight: collections.deque[tuple[int, int, str]] = collections.deque()  # (env seq, store seq, id)
+        self.cursor = 0
+        self.renewals = 0
+        self.last_rx = time.monotonic()
+        self._attention = asyncio.Event()
+        self._kill: str | None = None
+        self._loop = asyncio.get_running_loop()
+
+    # Called from any thread (store LISTEN thread, admin calls).
+    def _waker(self, reason: str | None) -> None:
+        def set_() -> None:
+            if reason is not None and self._kill is None:
+                self._kill = reason
+            self._attention.set()
+        try:
+            self._loop.call_soon_threadsafe(set_)
+        except RuntimeError:  # loop closed: the session is gone
+            pass
+
+    async def _store(self, fn: Callable[..., T], *args: Any) -> T:
+        """Store calls run in a worker thread: implementations may block."""
+        return await asyncio.to_thread(fn, *args)
+
+    async def run(self) -> str:
+        """Drives the connection to its end; returns why it ended."""
+        cluster = self.id.cluster
+        self.hub.register(cluster, self._waker)
+        self.hub.metrics.inc("tunnels_opened")
+        log.info("tunnel open cluster=%s org=%s peer=%s conn=%s", cluster, self.id.org, self.peer, self.conn_id[:8])
+        end: _End
+        try:
+            await self._drive()
+            end = _End("done")
+        except _End as e:
+            end = e
+        except (ConnectionError, asyncio.IncompleteReadError) as e:
+            end = _End(f"connection lost: {type(e).__name__}", abrupt=True)
+        except Exception as e:  # noqa: BLE001 - a bug must close this tunnel, not the hub
+            log.exception("tunnel failed cluster=%s", cluster)
+            end = _fatal("internal", f"hub failure: {type(e).__name__}")
+        finally:
+            self.hub.unregister(cluster, self._waker)
+            try:
+                await self._store(self.hub.store.mark_disconnected, cluster, self.conn_id)
+            except Exception:  # noqa: BLE001
+                log.exception("recording the disconnect failed cluster=%s", cluster)
+        if not end.abrupt:
+            if end.frame is not None:
+                try:
+                    await self._send(end.frame)
+                except (_End, ConnectionError, OSError):
+                    pass
+            try:
+                await asyncio.wait_for(self.t.close(end.code, end.reason[:120]), 2)
+            except (asyncio.TimeoutError, ConnectionError, OSError):
+                pass
+        log.info("tunnel closed cluster=%s peer=%s conn=%s reason=%s", cluster, self.peer, self.conn_id[:8],
+                 end.reason)
+        return end.reason
+
+    async def _drive(self) -> None:
+        hub, cfg, cluster = self.hub, self.hub.config, self.id.cluster
+        try:
+            hello = await asyncio.wait_for(self._next_envelope(), cfg.handshake_timeout_secs)
+        except asyncio.TimeoutError:
+            raise _End("no hello", code=1008) from None
+        if hello.type != "hello":
+            raise _fatal("unexpected_frame", f"expected hello, got {hello.type}")
+        body = hello.body
+        assert isinstance(body, dict)
+        settled = 0
+        for a in body["applied"]:
+            settled += await self._store(hub.store.settle_applied, cluster, ObjectRef.from_wire(a["object"]),
+                                         a["version"])
+        agent_version = body["agent_version"][:64]
+        await self._store(hub.store.mark_connected, cluster, self.conn_id, agent_version)
+        await self._store(hub.store.audit, "tunnel.connect", cluster, "ok",
+                          f"peer={self.peer} agent_version={agent_version} applied={len(body['applied'])} "
+                          f"settled={settled}")
+        keys = await self._store(hub.signing_keys)
+        await self._send(wire.welcome(cluster, self.id.org, int(time.time()), cfg.heartbeat_secs,
+                                      cfg.idle_timeout_secs, self.max_frame, self.window, keys))
+        log.info("welcome sent cluster=%s agent_version=%s applied=%d settled=%d", cluster, agent_version,
+                 len(body["applied"]), settled)
+        await self._pump()
+
+        loop = asyncio.get_running_loop()
+        next_ping = loop.time() + cfg.heartbeat_secs
+        next_poll = loop.time() + cfg.poll_interval_secs
+        recv: asyncio.Task[wire.Envelope] | None = None
+        try:
+            while True:
+                if recv is None:
+                    recv = asyncio.ensure_future(self._next_envelope())
+                attention = asyncio.ensure_future(self._attention.wait())
+                idle_deadline = self.last_rx + cfg.idle_timeout_secs
+                timeout = max(0.0, min(next_ping - loop.time(), next_poll - loop.time(),
+                                       idle_deadline - time.monotonic()))
+                done, _ = await asyncio.wait({recv, attention}, timeout=timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if not attention.done():
+                    attention.cancel()
+                if recv in done:
+                    env = recv.result()  # raises _End on a bad frame or a closed connection
+                    recv = None
+                    await self._handle(env)
+                if self._attention.is_set():
+                    self._attention.clear()
+                    self._check_kill()
+                    await self._pump()
+                if time.monotonic() >= self.last_rx + cfg.idle_timeout_secs:
+                    log.info("tunnel idle cluster=%s", cluster)
+                    raise _End("idle timeout", code=1008)
+                if loop.time() >= next_ping:
+                    next_ping = loop.time() + cfg.heartbeat_secs
+                    await self._deadline(self.t.ping())
+                if loop.time() >= next_poll:
+                    next_poll = loop.time() + cfg.poll_interval_secs
+                    await self._pump()
+        finally:
+            if recv is not None and not recv.done():
+                recv.cancel()
+
+    def _check_kill(self) -> None:
+        why = self._kill
+        if why is None:
+            return
+        retry = self.hub.config.shutdown_retry_after_secs
+        if why == "revoked":
+            raise _fatal("unauthorized", "cluster revoked")
+        if why == "replaced":
+            raise _End("replaced", wire.goodbye("replaced by a newer connection of this cluster", None))
+        if why == "keys_rotated":
+            raise _End("keys rotated", wire.goodbye("intent-signing keys changed; reconnect to receive them", 1))
+        raise _End(why, wire.goodbye("hub shutting down", retry), code=1001)
+
+    async def _deadline(self, aw: Awaitable[T]) -> T:
+        """A peer that stops reading is dropped, not buffered for."""
+        try:
+            return await asyncio.wait_for(aw, self.hub.config.idle_timeout_secs)
+        except asyncio.TimeoutError:
+            raise _End("peer not reading", abrupt=True) from None
+        except (ConnectionError, OSError) as e:
+            raise _End(f"write failed: {type(e).__name__}", abrupt=True) from None
+
+    async def _send(self, body: dict[str, Any]) -> int:
+        seq = self.out_seq + 1
+        try:
+            data = wire.encode(seq, self.in_seq, body, self.max_frame)
+        except wire.EncodeError as e:
+            log.error("frame could not be encoded cluster=%s: %s", self.id.cluster, e)
+            raise _fatal("internal", "hub could not encode a frame") from None
+        self.out_seq = seq
+        await self._deadline(self.t.send_bytes(data))
+        return seq
+
+    async def _next_envelope(self) -> wire.Envelope:
+        while True:
+            msg = await self.t.receive()
+            self.last_rx = time.monotonic()
+            if msg.kind == "ping":
+                await self._deadline(self.t.pong(msg.data))
+                continue
+            if msg.kind == "pong":
+                continue
+            if msg.kind == "close":
+                raise _End("peer closed", abrupt=True)
+            if msg.kind == "too_large":
+                self.hub.metrics.inc("frames_refused", "code", "frame_too_large")
+                raise _fatal("frame_too_large", "frame exceeds max_frame_bytes")
+            if msg.kind != "binary":
+                self.hub.metrics.inc("frames_refused", "code", "malformed_frame")
+                raise _fatal("malformed_frame", "text frames are not part of the protocol")
+            try:
+                env = wire.decode(msg.data, self.max_frame)
+            except FrameError as e:
+                self.hub.metrics.inc("frames_refused", "code", e.code)
+                raise _fatal(e.code, str(e)[:200]) from None
+            if env.seq != self.in_seq + 1:
+                self.hub.metrics.inc("frames_refused", "code", "sequence_error")
+                raise _fatal("sequence_error", f"expected seq {self.in_seq + 1}, got {env.seq}")
+            if env.ack > self.out_seq:
+                self.hub.metrics.inc("frames_refused", "code", "sequence_error")
+                raise _fatal("sequence_error", f"ack {env.ack} names an unsent seq (last sent {self.out_seq})")
+            self.in_seq = env.seq
+            return env
+
+    async def _handle(self, env: wire.Envelope) -> None:
+        hub, cluster, store = self.hub, self.id.cluster, self.hub.store
+        if isinstance(env.body, Unsupported):
+            name = env.body.type_name[:64]
+            await self._send(wire.error("unsupported_frame", f"frame type {name!r} is not supported"))
+            return
+        b = env.body
+        t = b["type"]
+        if t == "intent_ack":
+            await self._on_ack(b)
+        elif t == "status":
+            o = b["object"]
+            rec = StatusRecord(cluster, o["kind"], o["namespace"], o["name"], b["generation"],
+                               b["observed_generation"], b["version"], b["phase"], b["conditions"], b["outputs"],
+                               b["hash"], b["deleted"], int(time.time()))
+            await self._store(store.put_status, rec)
+            hub.metrics.inc("statuses_received")
+            log.info("status cluster=%s object=%s version=%s phase=%s conditions=%s", cluster,
+                     ObjectRef.from_wire(o), b["version"], b["phase"],
+                     ",".join(f"{c['type']}={c['status']}" for c in b["conditions"]))
+        elif t == "inventory":
+            await self._on_inventory(b)
+        elif t == "event":
+            obj = f" {ObjectRef.from_wire(b['object'])}" if b["object"] else ""
+            detail = f"{b['severity']} {b['reason']}{obj}: {b['message']}"
+            await self._store(store.audit, "agent.event", cluster, "ok", detail)
+            hub.metrics.inc("agent_events", "severity", b["severity"][:16])
+        elif t == "renew_cert":
+            await self._on_renew(b["csr_pem"])
+        elif t == "goodbye":
+            log.info("agent said goodbye cluster=%s reason=%s", cluster, b["reason"][:200])
+            raise _End("agent goodbye")
+        elif t == "error":
+            log.warning("agent reported a protocol error cluster=%s code=%s message=%s", cluster, b["code"][:64],
+                        b["message"][:200])
+        elif t == "hello":
+            raise _fatal("unexpected_frame", "hello sent twice")
+        else:
+            raise _fatal("unexpected_frame", f"{t} is a hub-to-agent frame")
+
+    async def _on_ack(self, b: dict[str, Any]) -> None:
+        pos = next((i for i, (es, _, iid) in enumerate(self.in_flight)
+                    if iid == b["intent_id"] or (not b["intent_id"] and es == b["intent_seq"])), None)
+        if pos is not None:
+            intent_id = self.in_flight[pos][2]
+            del self.in_flight[pos]
+        else:
+            intent_id = b["intent_id"]  # an ack after a reconnect or for a duplicate: settle by id
+        out = b["outcome"]
+        result, message = out["result"], None
+        if result == "rejected":
+            code = out["code"]
+            message = f"{code}: {out['message']}"[:500]
+            # A replay refusal means the agent already holds this version or a newer one.
+            result = "noop" if code == "replayed" else "rejected"
+            self.hub.metrics.inc("intents_rejected", "code", code[:32])
+        retry_later = out["result"] == "rejected" and out["code"] == "apply_failed"
+        if intent_id and not retry_later:
+            await self._store(self.hub.store.ack_intent, self.id.cluster, intent_id, result, message)
+        self.hub.metrics.inc("intent_acks", "outcome", result)
+        log.info("intent acked cluster=%s intent=%s outcome=%s%s", self.id.cluster, intent_id, out["result"],
+                 f" code={out['code']}" if out["result"] == "rejected" else "")
+        await self._pump()
+
+    async def _on_inventory(self, b: dict[str, Any]) -> None:
+        hub, cluster, store = self.hub, self.id.cluster, self.hub.store
+        held: dict[ObjectRef, dict[str, Any]] = {}
+        for e in b["objects"]:
+            ref = ObjectRef.from_wire(e["object"])
+            held[ref] = e
+            await self._store(store.settle_applied, cluster, ref, e["version"])
+        # Objects whose newest intent is newer than what the agent holds get it
+        # again, even if acked before (the cluster lost it). Never deletes.
+        resent = 0
+        for o in await self._store(store.objects, cluster):
+            have = held.get(o.obj)
+            if (o.deleted and have is None) or (have["version"] if have else 0) >= o.version:
+                continue
+            seq = await self._store(store.requeue_latest, cluster, o.obj)
+            if seq is not None:
+                self.cursor = min(self.cursor, seq - 1)
+                resent += 1
+        await self._pump()
+        known = {s.obj: s.hash for s in await self._store(store.statuses, cluster)}
+        differing = [ref for ref, e in held.items() if known.get(ref) != e["status_hash"]][:MAX_RESYNC_OBJECTS]
+        if differing:
+            await self._send(wire.resync_request("status digest differs from the hub's copy", differing))
+        await self._store(store.put_inventory, cluster,
+                          [{**e["object"], "version": e["version"], "status_hash": e["status_hash"]}
+                           for e in b["objects"]])
+        log.info("inventory cluster=%s objects=%d requeued=%d resync=%d", cluster, len(held), resent, len(differing))
+
+    async def _on_renew(self, csr_pem: str) -> None:
+        self.renewals += 1
+        if self.renewals > MAX_RENEWALS_PER_CONN:
+            raise _fatal("unexpected_frame", "too many renewals on one connection")
+        try:
+            cert = await self._store(self.hub.renew, self.id, csr_pem)
+        except CsrError as e:
+            await self._store(self.hub.store.audit, "cert.renew", self.id.cluster, "refused", str(e))
+            self.hub.metrics.inc("renewals", "outcome", "csr_invalid")
+            await self._send(wire.error("csr_invalid", f"renewal refused: {e}"))
+            return
+        self.hub.metrics.inc("renewals", "outcome", "ok")
+        await self._send(wire.cert_issued(cert.pem, self.hub.ca.cert_pem()))
+
+    async def _pump(self) -> None:
+        """Sends pending intents in store order while the window has room."""
+        store, cluster = self.hub.store, self.id.cluster
+        while len(self.in_flight) < self.window:
+            want = self.window - len(self.in_flight)
+            fetched: list[IntentRecord] = await self._store(store.pending_intents, cluster, self.cursor,
+                                                            want + len(self.in_flight))
+            if not fetched:
+                return
+            in_flight_ids = {iid for _, _, iid in self.in_flight}
+            batch: list[IntentRecord] = []
+            for rec in fetched:
+                self.cursor = rec.seq
+                if rec.id in in_flight_ids:
+                    continue
+                batch.append(rec)
+                if len(batch) == want:
+                    break
+            for rec in batch:
+                signed = await self._store(self.hub.sign_for_delivery, rec, self.id)
+                env_seq = await self._send(signed.frame())
+                self.in_flight.append((env_seq, rec.seq, rec.id))
+                self.hub.metrics.inc("intents_sent", "action", rec.action)
+                log.info("intent sent cluster=%s intent=%s object=%s version=%d action=%s seq=%d in_flight=%d",
+                         cluster, rec.id, rec.obj, rec.version, rec.action, env_seq, len(self.in_flight))

@@ -1,0 +1,284 @@
+"""Enrollment and the tunnel session over real TLS + WebSocket, in process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from typing import Any, AsyncIterator
+
+import aiohttp
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from agent_sim import SimAgent, csr_for, enroll, pinned_context
+from vworkspace_hub import Hub, HubConfig, MemoryStore, ObjectRef, join_token, server, wire
+
+APP = ObjectRef("ApplicationInstance", "team-a", "nextcloud")
+SPEC = {"appRef": {"catalogId": "nextcloud"}, "mode": "placeholder"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def running_hub(**cfg: Any) -> AsyncIterator[Hub]:
+    port = free_port()
+    hub = Hub(MemoryStore(), HubConfig(public_url=f"https://127.0.0.1:{port}", **cfg))
+    runner = await server.serve(hub, "127.0.0.1", port, ["127.0.0.1"])
+    try:
+        yield hub
+    finally:
+        await runner.cleanup()
+
+
+async def enrolled(hub: Hub, cluster: str = "edge-1", org: str = "acme") -> SimAgent:
+    tok = await asyncio.to_thread(hub.issue_join_token, cluster, org)
+    status, body, key = await enroll(tok.raw, hub.ca.cert_pem())
+    assert status == 200, body
+    return SimAgent(body, key)
+
+
+async def until(pred: Any, timeout: float = 10) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = await asyncio.to_thread(pred)
+        if v:
+            return v
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_enrollment_checks_token_csr_and_single_use():
+    async def main() -> None:
+        async with running_hub() as hub:
+            tok = await asyncio.to_thread(hub.issue_join_token, "edge-1", "acme")
+            assert tok.raw not in repr(tok)
+            # A P-384 key is not a documented type: csr_invalid, and the token is not consumed.
+            status, body, _ = await enroll(tok.raw, hub.ca.cert_pem(), ec.generate_private_key(ec.SECP384R1()))
+            assert (status, body["code"]) == (400, "csr_invalid")
+            assert tok.raw not in body["message"]
+            # Ed25519 is accepted; the identity comes from the token, not the CSR.
+            status, body, _ = await enroll(tok.raw, hub.ca.cert_pem(), ed25519.Ed25519PrivateKey.generate())
+            assert status == 200, body
+            assert (body["cluster_id"], body["org"]) == ("edge-1", "acme")
+            assert body["tunnel_url"] == hub.config.tunnel_url
+            assert body["signing_keys"] == hub.signing_keys()
+            status, body, _ = await enroll(tok.raw, hub.ca.cert_pem())
+            assert (status, body["code"]) == (409, "token_reused")
+            # A token from another hub's key: token_invalid.
+            other = Hub(MemoryStore(), HubConfig(public_url=hub.config.public_url))
+            foreign = other.issue_join_token("edge-1", "acme")
+            ctx = pinned_context(hub.ca.sha256_hex(), hub.ca.cert_pem())
+            async with aiohttp.ClientSession() as s:
+                async with s.post(f"{hub.config.public_url}/v1/enroll", ssl=ctx,
+                                  json={"token": foreign.raw, "csr_pem": csr_for(ec.generate_private_key(ec.SECP256R1()))}) as r:
+                    assert (r.status, (await r.json())["code"]) == (401, "token_invalid")
+                async with s.post(f"{hub.config.public_url}/v1/enroll", ssl=ctx, data=b"not json") as r:
+                    assert (r.status, (await r.json())["code"]) == (400, "bad_request")
+            assert hub.metrics.get("enrollments", "outcome", "token_reused") == 1
+            assert hub.metrics.get("enrollments", "outcome", "csr_invalid") == 1
+            log = "\n".join(a.detail for a in hub.store.audit_log())
+            assert tok.raw not in log
+    run(main())
+
+
+def test_intents_are_delivered_acked_and_statuses_stored():
+    async def main() -> None:
+        async with running_hub() as hub:
+            agent = await enrolled(hub)
+            await agent.connect()
+            assert agent.welcome["cluster_id"] == "edge-1" and agent.welcome["max_in_flight"] == 64
+            await agent.send({"type": "inventory", "objects": []})
+            rec = await asyncio.to_thread(hub.declare_apply, "edge-1", APP, SPEC)
+            env = await agent.recv_type("intent")
+            outcome, p = await agent.answer(env)
+            assert outcome == "applied" and p["version"] == 1 and p["action"] == {"type": "apply", "spec": SPEC}
+            await until(lambda: hub.store.intents("edge-1")[-1].outcome == "applied")
+            assert hub.store.intents("edge-1")[-1].id == rec.id
+            await agent.send({"type": "status", "object": APP.to_wire(), "generation": 1, "observed_generation": 1,
+                              "version": 1, "phase": None, "conditions": [
+                                  {"type": "Ready", "status": "True", "reason": "Placeholder", "message": ""}],
+                              "outputs": {}, "hash": "h1", "deleted": False})
+            st = await until(lambda: hub.store.statuses("edge-1"))
+            assert st[0].hash == "h1" and st[0].conditions[0]["type"] == "Ready"
+            # Delete, then an unknown frame type (non-fatal), then the session still works.
+            await asyncio.to_thread(hub.declare_delete, "edge-1", APP)
+            outcome, p = await agent.answer(await agent.recv_type("intent"))
+            assert outcome == "applied" and p["action"] == {"type": "delete"} and p["version"] == 2
+            await agent.send({"type": "ping2", "nonce": 7})
+            err = await agent.recv_type("error")
+            assert err.body["code"] == "unsupported_frame"
+            # Events land in the audit log.
+            await agent.send({"type": "event", "time": int(time.time()), "severity": "Warning",
+                              "reason": "IntentRejected", "message": "intent rejected: bad_signature"})
+            await until(lambda: any(a.event == "agent.event" for a in hub.store.audit_log()))
+            await agent.close()
+            await until(lambda: not hub.store.cluster("edge-1").connected)
+    run(main())
+
+
+def test_window_bounds_in_flight_and_unacked_intents_are_resent_after_reconnect():
+    async def main() -> None:
+        async with running_hub(max_in_flight=2) as hub:
+            agent = await enrolled(hub)
+            await agent.connect()
+            objs = [ObjectRef("ApplicationInstance", "team-a", f"app-{i}") for i in range(5)]
+            for o in objs:
+                await asyncio.to_thread(hub.declare_apply, "edge-1", o, SPEC)
+            first = [await agent.recv_type("intent") for _ in range(2)]
+            with pytest.raises(asyncio.TimeoutError):
+                await agent.recv(timeout=0.5)  # the window is full
+            await agent.answer(first[0])
+            third = await agent.recv_type("intent")
+            # Drop the connection with two intents unacknowledged (first[1], third).
+            await agent.close()
+            # This agent verified those two but never acked: it holds only app-0.
+            agent.applied = {objs[0]: agent.applied[objs[0]]}
+            await agent.connect()
+            await agent.send({"type": "inventory", "objects": [
+                {"object": objs[0].to_wire(), "version": 1, "status_hash": ""}]})
+            names = []
+            for _ in range(4):
+                env = await agent.recv_type("intent")
+                outcome, p = await agent.answer(env)
+                names.append(p["object"]["name"])
+            assert sorted(names) == ["app-1", "app-2", "app-3", "app-4"], names
+            assert third is not None
+            await until(lambda: all(i.outcome == "applied" for i in hub.store.intents("edge-1")))
+            await agent.close()
+    run(main())
+
+
+def test_hello_applied_and_inventory_settle_resend_and_resync():
+    async def main() -> None:
+        async with running_hub() as hub:
+            agent = await enrolled(hub)
+            rec = await asyncio.to_thread(hub.declare_apply, "edge-1", APP, SPEC)
+            # The agent already holds version 1 (e.g. applied before a hub restore): hello settles it.
+            agent.applied[APP] = (1, rec.id)
+            await agent.connect()
+            await until(lambda: hub.store.intents("edge-1")[-1].outcome == "applied")
+            # Inventory with a status hash the hub has not seen: resync_request for that object.
+            await agent.send({"type": "inventory", "objects": [{"object": APP.to_wire(), "version": 1,
+                                                                 "status_hash": "zzz"}]})
+            rr = await agent.recv_type("resync_request")
+            assert rr.body["objects"] == [APP.to_wire()]
+            await agent.close()
+            # The cluster lost the object: inventory without it, the newest intent is sent again.
+            agent.applied.clear()
+            await agent.connect()
+            await agent.send({"type": "inventory", "objects": []})
+            env = await agent.recv_type("intent")
+            outcome, p = await agent.answer(env)
+            assert (outcome, p["intent_id"]) == ("applied", rec.id)
+            await agent.close()
+    run(main())
+
+
+def test_protocol_violations_close_with_the_documented_codes():
+    async def main() -> None:
+        async with running_hub() as hub:
+            agent = await enrolled(hub)
+            # Anything before hello is unexpected_frame.
+            await agent.connect(hello=False)
+            await agent.send({"type": "inventory", "objects": []})
+            assert (await agent.recv()).body["code"] == "unexpected_frame"
+            assert await agent.close_code() == 1002
+            await agent.close()
+            # A skipped seq is a sequence_error.
+            await agent.connect()
+            agent.seq += 1
+            await agent.send({"type": "inventory", "objects": []})
+            assert (await agent.recv_type("error")).body["code"] == "sequence_error"
+            assert await agent.close_code() == 1002
+            await agent.close()
+            # Garbage is malformed_frame.
+            await agent.connect()
+            await agent.send_raw(b"\xc1")
+            assert (await agent.recv_type("error")).body["code"] == "malformed_frame"
+            await agent.close()
+            # An oversized message is refused before parsing (close 1009).
+            await agent.connect()
+            await agent.send_raw(b"\x00" * (wire.MAX_FRAME_BYTES + 1))
+            # aiohttp closes with 1009 as soon as the header announces the size; the
+            # peer, still sending, may see the reset (1006) instead of the close frame.
+            assert await agent.close_code() in (1009, 1006)
+            await agent.close()
+            await until(lambda: hub.metrics.get("frames_refused", "code", "frame_too_large") == 1)
+            # No common subprotocol: HTTP 400 with a plain-text reason.
+            with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+                await agent.connect(protocols=("vworkspace.v9+msgpack",))
+            assert e.value.status == 400
+            await agent.session.close()
+            assert hub.metrics.get("frames_refused", "code", "sequence_error") == 1
+    run(main())
+
+
+def test_renewal_rotation_revocation_and_goodbye_on_shutdown():
+    async def main() -> None:
+        port = free_port()
+        hub = Hub(MemoryStore(), HubConfig(public_url=f"https://127.0.0.1:{port}", shutdown_retry_after_secs=7))
+        runner = await server.serve(hub, "127.0.0.1", port, ["127.0.0.1"])
+        agent = await enrolled(hub)
+        await agent.connect()
+        # Renewal with a fresh key, and a refused CSR (non-fatal).
+        await agent.send({"type": "renew_cert", "csr_pem": csr_for(ec.generate_private_key(ec.SECP256R1()))})
+        issued = await agent.recv_type("cert_issued")
+        assert "BEGIN CERTIFICATE" in issued.body["certificate_pem"]
+        await agent.send({"type": "renew_cert", "csr_pem": "junk"})
+        assert (await agent.recv_type("error")).body["code"] == "csr_invalid"
+        # Rotation: the tunnel is asked to reconnect; the new welcome carries both keys; new intents use the new kid.
+        old_kid = hub.intent_keys().current().kid
+        new_kid = await asyncio.to_thread(hub.rotate_intent_key)
+        bye = await agent.recv_type("goodbye")
+        assert bye.body["retry_after_secs"] == 1
+        await agent.close()
+        await agent.connect()
+        assert {k["kid"] for k in agent.welcome["signing_keys"]} == {old_kid, new_kid}
+        await asyncio.to_thread(hub.declare_apply, "edge-1", APP, SPEC)
+        env = await agent.recv_type("intent")
+        assert env.body["kid"] == new_kid and (await agent.answer(env))[0] == "applied"
+        assert hub.retire_intent_key(old_kid)
+        assert [k["kid"] for k in hub.signing_keys()] == [new_kid]
+        # Revocation closes the live tunnel (unauthorized, 1008) and refuses the next handshake.
+        await asyncio.to_thread(hub.revoke, "edge-1")
+        assert (await agent.recv_type("error")).body["code"] == "unauthorized"
+        assert await agent.close_code() == 1008
+        await agent.close()
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+            await agent.connect()
+        assert e.value.status == 403
+        await agent.session.close()
+        # Shutdown says goodbye with retry_after to every tunnel.
+        other = await enrolled(hub, "edge-2")
+        await other.connect()
+        stop = asyncio.ensure_future(runner.cleanup())
+        bye = await other.recv_type("goodbye")
+        assert bye.body["retry_after_secs"] == 7
+        await other.close()
+        await stop
+    run(main())
+
+
+def test_join_token_issue_parse_and_limits():
+    hub = Hub(MemoryStore(), HubConfig(public_url="https://hub.example:8443"))
+    tok = hub.issue_join_token("c1", "acme", ttl_secs=600)
+    parsed = join_token.parse(tok.raw)
+    assert parsed.claims.hub_url == "https://hub.example:8443" and parsed.claims.ca_sha256 == hub.ca.sha256_hex()
+    assert parsed.claims.exp - parsed.claims.iat == 600
+    with pytest.raises(ValueError):
+        hub.issue_join_token("c1", "acme", ttl_secs=86401)
+    with pytest.raises(ValueError):
+        hub.issue_join_token("c1", "other-org")
+    with pytest.raises(join_token.JoinTokenError) as e:
+        join_token.parse("a" * 9000)
+    assert e.value.code == "token_invalid"
