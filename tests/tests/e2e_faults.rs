@@ -132,7 +132,7 @@ async fn faults_in_the_middle_of_steps_lose_and_duplicate_nothing() {
                     app_version += 1;
                     // A real Helm upgrade or downgrade between the two
                     // versions of the test chart, with a new value each time.
-                    let chart = if app_version % 2 == 0 {
+                    let chart = if app_version.is_multiple_of(2) {
                         "0.2.0"
                     } else {
                         "0.1.0"
