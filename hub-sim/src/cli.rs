@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 use crate::admin_client::AdminClient;
 use crate::hub::Config;
 
+/// Printed when `--admin-token` is given on the command line.
+pub const ADMIN_TOKEN_FLAG_WARNING: &str = "--admin-token on the command line is visible to every user in the process list; use HUB_SIM_ADMIN_TOKEN, --admin-token-file or <state-dir>/admin-token instead";
+
 /// A duration written as `90s`, `15m`, `2h`, `1d` or plain seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
@@ -76,7 +79,9 @@ pub struct Args {
     /// Admin API address (default: read from <state-dir>/admin-addr).
     #[arg(long, env = "HUB_SIM_ADMIN", global = true)]
     pub admin: Option<SocketAddr>,
-    /// Admin API token (default: read from <state-dir>/admin-token).
+    /// Admin API token (default: read from <state-dir>/admin-token). Prefer
+    /// the environment variable or --admin-token-file: a command-line flag
+    /// is visible to every user in the process list.
     #[arg(
         long,
         env = "HUB_SIM_ADMIN_TOKEN",
@@ -84,6 +89,9 @@ pub struct Args {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
+    /// File holding the admin API token.
+    #[arg(long, env = "HUB_SIM_ADMIN_TOKEN_FILE", global = true)]
+    pub admin_token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -163,6 +171,8 @@ pub enum GetWhat {
     Intents,
     Keys,
     Audit,
+    /// Events the agents sent (kept apart from the hub's audit log).
+    Events,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -253,6 +263,22 @@ impl ServeArgs {
 }
 
 impl Args {
+    /// Parses the command line; also returns warnings about how it was given
+    /// (to be logged once logging is set up).
+    pub fn parse_with_warnings() -> (Self, Vec<String>) {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Self::command().get_matches();
+        let args = match Self::from_arg_matches(&matches) {
+            Ok(a) => a,
+            Err(e) => e.exit(),
+        };
+        let mut warnings = Vec::new();
+        if matches.value_source("admin_token") == Some(clap::parser::ValueSource::CommandLine) {
+            warnings.push(ADMIN_TOKEN_FLAG_WARNING.to_owned());
+        }
+        (args, warnings)
+    }
+
     fn client(&self) -> anyhow::Result<AdminClient> {
         let addr = match self.admin {
             Some(a) => a,
@@ -269,9 +295,13 @@ impl Args {
                     .with_context(|| format!("{} holds no socket address", path.display()))?
             }
         };
-        let token = match &self.admin_token {
-            Some(t) => t.clone(),
-            None => {
+        let token = match (&self.admin_token, &self.admin_token_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading --admin-token-file {}", path.display()))?
+                .trim()
+                .to_owned(),
+            (None, None) => {
                 let path = self.state_dir.join("admin-token");
                 std::fs::read_to_string(&path)
                     .with_context(|| {
@@ -384,6 +414,7 @@ impl Args {
                     GetWhat::Intents => client.get(&format!("/v1/intents?{q}limit=200")).await?,
                     GetWhat::Keys => client.get("/v1/keys").await?,
                     GetWhat::Audit => client.get("/v1/audit?limit=200").await?,
+                    GetWhat::Events => client.get(&format!("/v1/events?{q}limit=200")).await?,
                 };
                 match output {
                     Output::Json => println!("{}", serde_json::to_string_pretty(&value)?),
@@ -683,6 +714,25 @@ pub fn render_table(what: GetWhat, value: &Value) -> String {
                 .collect();
             table(&["KID", "STATE", "AGE"], rows)
         }
+        GetWhat::Events => table(
+            &[
+                "ID", "AGE", "CLUSTER", "SEVERITY", "REASON", "OBJECT", "MESSAGE",
+            ],
+            items
+                .iter()
+                .map(|e| {
+                    vec![
+                        s(&e["id"]),
+                        age(e["received_at"].as_i64()),
+                        s(&e["cluster"]),
+                        s(&e["severity"]),
+                        s(&e["reason"]),
+                        s(&e["object"]),
+                        s(&e["message"]),
+                    ]
+                })
+                .collect(),
+        ),
         GetWhat::Audit => table(
             &["ID", "AGE", "EVENT", "CLUSTER", "OUTCOME", "DETAIL"],
             items
