@@ -223,6 +223,26 @@ pub struct ServeArgs {
     /// Goodbye.retry_after sent to agents on shutdown.
     #[arg(long, env = "HUB_SIM_RETRY_AFTER", default_value = "5s")]
     pub retry_after: HumanDuration,
+    /// Deadline for everything on a connection before a tunnel upgrade
+    /// (request headers and bodies, keep-alive idling).
+    #[arg(long, env = "HUB_SIM_REQUEST_TIMEOUT", default_value = "30s")]
+    pub request_timeout: HumanDuration,
+    /// Connections without a verified client certificate kept at once (the
+    /// oldest is closed beyond this).
+    #[arg(long, env = "HUB_SIM_MAX_UNAUTHENTICATED", default_value_t = 1024)]
+    pub max_unauthenticated: usize,
+    /// Enrollment requests one peer address may send in a burst.
+    #[arg(long, env = "HUB_SIM_ENROLL_PEER_BURST", default_value_t = 20)]
+    pub enroll_peer_burst: u32,
+    /// Enrollment requests per second one peer address gets back.
+    #[arg(long, env = "HUB_SIM_ENROLL_PEER_RATE", default_value_t = 1.0)]
+    pub enroll_peer_rate: f64,
+    /// Enrollment requests the whole hub takes in a burst.
+    #[arg(long, env = "HUB_SIM_ENROLL_BURST", default_value_t = 200)]
+    pub enroll_burst: u32,
+    /// Enrollment requests per second the whole hub gets back.
+    #[arg(long, env = "HUB_SIM_ENROLL_RATE", default_value_t = 50.0)]
+    pub enroll_rate: f64,
 }
 
 impl ServeArgs {
@@ -240,6 +260,12 @@ impl ServeArgs {
             ping_interval,
             idle_timeout,
             retry_after,
+            request_timeout,
+            max_unauthenticated,
+            enroll_peer_burst,
+            enroll_peer_rate,
+            enroll_burst,
+            enroll_rate,
         } = self;
         let mut cfg = Config::new(state_dir);
         cfg.listen = listen;
@@ -258,6 +284,18 @@ impl ServeArgs {
         cfg.ping_interval = ping_interval.0;
         cfg.idle_timeout = idle_timeout.0;
         cfg.shutdown_retry_after = retry_after.0;
+        cfg.request_timeout = request_timeout.0;
+        cfg.max_unauthenticated = max_unauthenticated.max(1);
+        cfg.enroll_rate = crate::ratelimit::RateLimits {
+            per_peer: crate::ratelimit::Budget {
+                burst: enroll_peer_burst,
+                per_sec: enroll_peer_rate.max(0.0),
+            },
+            global: crate::ratelimit::Budget {
+                burst: enroll_burst,
+                per_sec: enroll_rate.max(0.0),
+            },
+        };
         cfg
     }
 }
