@@ -301,7 +301,8 @@ pub async fn request_enrollment(
             });
             Err(EnrollFailure::Refused {
                 code: err.code,
-                message: err.message.chars().take(300).collect(),
+                // The hub's text: escaped, since it reaches logs and conditions.
+                message: vworkspace_protocol::untrusted::escape(&err.message, 300),
             })
         }
     };
@@ -731,6 +732,7 @@ impl Enroller {
             tunnel_url,
             hub_url: claims.hub_url,
             token_fingerprint: Some(fingerprint.to_owned()),
+            received_at: Some(vworkspace_protocol::unix_now()),
         };
         c.store(secrets, &self.credentials_secret, owner_ref(cluster))
             .await?;
@@ -773,6 +775,55 @@ mod tests {
             "wss://hub.example:8443/v1/tunnel"
         );
         assert_eq!(tunnel_url_from("wss://h/v1/tunnel"), "wss://h/v1/tunnel");
+    }
+
+    #[test]
+    fn a_hub_url_without_a_port_gives_a_tunnel_url_without_one_on_443() {
+        assert_eq!(
+            tunnel_url_from("https://hub.example"),
+            "wss://hub.example/v1/tunnel"
+        );
+        assert_eq!(
+            host_port(&tunnel_url_from("https://hub.example"), 443),
+            Some(("hub.example".into(), 443))
+        );
+    }
+
+    /// A CA and a server leaf it signed for `hub.example`.
+    fn ca_and_leaf() -> (CertificateDer<'static>, CertificateDer<'static>) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["hub.example".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        (ca.der().clone(), leaf.der().clone())
+    }
+
+    #[test]
+    fn a_leaf_only_chain_is_refused_even_when_the_pinned_ca_signed_it() {
+        let (ca, leaf) = ca_and_leaf();
+        let verifier = PinnedCaVerifier {
+            pin: ca_sha256_hex(ca.as_ref()),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            mismatch: std::sync::atomic::AtomicBool::new(false),
+        };
+        let name = ServerName::try_from("hub.example").unwrap();
+        let now = UnixTime::now();
+        assert!(
+            verifier
+                .verify_server_cert(&leaf, &[], &name, &[], now)
+                .is_err(),
+            "the pinned CA must be in the presented chain"
+        );
+        assert!(verifier.mismatch.load(std::sync::atomic::Ordering::Relaxed));
+        verifier
+            .verify_server_cert(&leaf, std::slice::from_ref(&ca), &name, &[], now)
+            .expect("leaf followed by the pinned CA is accepted");
     }
 
     #[test]
