@@ -253,6 +253,22 @@ pub fn identity_from_cert(der: &[u8]) -> Result<Identity, CaError> {
         .and_then(|a| a.as_str().ok())
         .ok_or(CaError::NoIdentity("subject has no CN"))?
         .to_owned();
+    // Only the key types the protocol allows, also for certificates issued
+    // before the CSR check existed.
+    let alg = &cert.public_key().algorithm;
+    let key_ok = if alg.algorithm == x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY {
+        alg.parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .is_some_and(|curve| curve == x509_parser::oid_registry::OID_EC_P256)
+    } else {
+        alg.algorithm == x509_parser::oid_registry::OID_SIG_ED25519
+    };
+    if !key_ok {
+        return Err(CaError::NoIdentity(
+            "client key is not ECDSA P-256 or Ed25519",
+        ));
+    }
     let want = identity_uri(&org, &cluster);
     let san_ok = cert
         .subject_alternative_name()

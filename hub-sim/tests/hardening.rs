@@ -164,6 +164,13 @@ async fn an_unsendable_intent_is_settled_undeliverable_and_later_intents_still_f
         metric(&text, "hub_intents_total{outcome=\"undeliverable\"}"),
         1.0
     );
+    assert_eq!(
+        metric(
+            &text,
+            "hub_frames_refused_total{reason=\"intent_too_large\"}"
+        ),
+        1.0
+    );
     hub.shutdown().await;
 }
 
@@ -535,5 +542,58 @@ async fn admin_api_refuses_bad_names_404s_unknown_clusters_and_closes_idle_conne
         .expect("the hub closes an idle admin connection");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     assert!(start.elapsed() <= hub_sim::admin::HEADER_READ_TIMEOUT + Duration::from_secs(2));
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_hub_presents_its_leaf_followed_by_the_pinned_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(dir.path()).await;
+    let tls = tls_raw(hub.tls_addr, hub.hub.ca().cert_pem())
+        .await
+        .unwrap();
+    let chain = tls.get_ref().1.peer_certificates().unwrap().to_vec();
+    assert_eq!(chain.len(), 2, "leaf and CA");
+    assert_eq!(chain[1].as_ref(), hub.hub.ca().cert_der().as_ref());
+    assert_eq!(
+        vworkspace_protocol::ca_sha256_hex(chain[1].as_ref()),
+        hub.hub.ca().sha256_hex()
+    );
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_certificate_with_an_rsa_key_is_refused_at_the_tunnel() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(dir.path()).await;
+    let creds = enroll_cluster(&hub, "edge-1", "acme").await;
+    // An RSA certificate with a valid identity, signed by the hub CA directly
+    // (as a hub that certified RSA keys would have done).
+    let ca_key = rcgen::KeyPair::try_from(hub.hub.ca().key_pkcs8_der()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(hub.hub.ca().cert_pem(), ca_key).unwrap();
+    let rsa = rcgen::KeyPair::from_pem(include_str!("fixtures/rsa2048.pkcs8.pem")).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "acme");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "edge-1");
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        hub_sim::ca::identity_uri("acme", "edge-1")
+            .try_into()
+            .unwrap(),
+    )];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&rsa, &issuer).unwrap();
+    let opened = TestAgent::open(
+        hub.tls_addr,
+        &creds.ca_pem,
+        Some((&cert.pem(), &rsa.serialize_pem())),
+    )
+    .await;
+    assert!(opened.is_err(), "an RSA client certificate opened a tunnel");
+    // The P-256 certificate from enrollment still works.
+    TestAgent::connect(hub.tls_addr, &creds, vec![]).await;
     hub.shutdown().await;
 }
