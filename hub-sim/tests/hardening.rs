@@ -292,6 +292,10 @@ async fn an_enrollment_flood_gets_429_rate_limited_with_retry_after_and_few_audi
     assert!(limited >= 160, "only {limited} rate limited");
     let rows = hub.hub.store().audit_log(10_000).unwrap();
     let limited_rows = rows.iter().filter(|r| r.outcome == "rate_limited").count();
+    println!(
+        "enrollment flood: 200 forged requests, {unauthorized} reached the token check (401), {limited} got 429, {limited_rows} rate_limited audit rows, {} audit rows in all",
+        rows.len()
+    );
     assert!(
         limited_rows <= 5,
         "{limited_rows} audit rows for rate limiting"
