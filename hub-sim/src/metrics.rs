@@ -129,11 +129,16 @@ impl Metrics {
 
     /// Counts one status or event not stored.
     pub fn storage_refused(&self, reason: &str) {
+        self.storage_refused_n(reason, 1);
+    }
+
+    /// Counts `n` statuses or events not stored.
+    pub fn storage_refused_n(&self, reason: &str, n: u64) {
         self.storage_refused
             .get_or_create(&Reason {
                 reason: reason.to_owned(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     /// Counts one connection closed by a cap or deadline.

@@ -713,11 +713,9 @@ where
                 };
                 match hub.store.put_agent_event(&row, hub.cfg.storage.max_events) {
                     Ok(0) => {}
-                    Ok(dropped) => {
-                        for _ in 0..dropped {
-                            hub.metrics.storage_refused("event_evicted");
-                        }
-                    }
+                    Ok(dropped) => hub
+                        .metrics
+                        .storage_refused_n("event_evicted", dropped as u64),
                     Err(e) => tracing::error!(error = %e, "recording agent event failed"),
                 }
             }
