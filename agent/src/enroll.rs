@@ -32,6 +32,7 @@ use vworkspace_crds::{Cluster, ClusterPhase};
 use vworkspace_protocol::enrollment::{
     EnrollError, EnrollErrorCode, EnrollRequest, EnrollResponse,
 };
+use vworkspace_protocol::untrusted::escape;
 use vworkspace_protocol::{JoinToken, ca_sha256_hex, unix_now};
 
 use crate::cluster_status::ClusterStatusWriter;
@@ -581,7 +582,7 @@ impl Enroller {
                 if cluster.spec.cluster_id.as_deref().is_none_or(str::is_empty) {
                     self.fill_cluster_id(&c.cluster_id).await;
                 }
-                tracing::info!(cluster_id = %c.cluster_id, org = %c.org, "Enrolled with the hub");
+                tracing::info!(cluster_id = %escape(&c.cluster_id, 253), org = %escape(&c.org, 253), "Enrolled with the hub");
                 self.publish(c);
                 Ok(Next::Idle)
             }
@@ -715,7 +716,14 @@ impl Enroller {
         let claims = token.claims().clone();
         let kc = generate_key_and_csr(&claims.cluster)?;
         self.redactor.register(&kc.key_pem);
-        tracing::info!(hub = %claims.hub_url, cluster = %claims.cluster, org = %claims.org, jti = %claims.jti, "Enrolling with the hub");
+        // Claims of an unverified token: escaped like any peer text.
+        tracing::info!(
+            hub = %escape(&claims.hub_url, 253),
+            cluster = %escape(&claims.cluster, 253),
+            org = %escape(&claims.org, 253),
+            jti = %escape(&claims.jti, 253),
+            "Enrolling with the hub"
+        );
         let resp = request_enrollment(&token, &kc.csr_pem).await?;
         check_response(&resp, &claims.ca_sha256, &kc.spki_der)?;
         let tunnel_url = match &self.hub_endpoint {
