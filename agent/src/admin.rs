@@ -135,30 +135,72 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, BindError
         .map_err(|source| BindError { addr, source })
 }
 
-/// Header-read deadline per request: a slow client cannot hold a connection.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Admin connections served at once; more wait in the accept queue.
+/// Header-read deadline per request. hyper restarts it for every request on
+/// a connection, so it is also the keep-alive idle limit: a kubelet probe
+/// sends its request at once, a connection that sends nothing is closed.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest any admin connection lives (a Prometheus scraper reconnects).
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+/// Admin connections served at once; beyond it the oldest is closed.
 const MAX_CONNECTIONS: usize = 64;
 
-/// Serves until `shutdown`. Each connection gets a header-read timeout and
-/// at most [`MAX_CONNECTIONS`] are served at once.
+/// The open admin connections, oldest first. Accepting never waits: when
+/// [`MAX_CONNECTIONS`] are open, the oldest is told to close. Idle or slow
+/// connections of a flood are always the oldest, while a probe's connection
+/// lives for milliseconds, so probes keep being answered (a semaphore that
+/// makes new connections wait lets 64 idle ones starve every probe).
+#[derive(Default)]
+struct Open {
+    next_id: u64,
+    conns: std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>,
+}
+
+/// A connection's place in [`Open`]; dropping it leaves.
+struct Place {
+    id: u64,
+    open: Arc<Mutex<Open>>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.conns.retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// Registers a connection, evicting the oldest when full.
+fn admit(open: &Arc<Mutex<Open>>) -> (Place, tokio::sync::oneshot::Receiver<()>) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut o = open.lock().unwrap_or_else(|e| e.into_inner());
+    while o.conns.len() >= MAX_CONNECTIONS {
+        if let Some((_, oldest)) = o.conns.pop_front() {
+            let _ = oldest.send(());
+        }
+    }
+    let id = o.next_id;
+    o.next_id += 1;
+    o.conns.push_back((id, tx));
+    (
+        Place {
+            id,
+            open: open.clone(),
+        },
+        rx,
+    )
+}
+
+/// Serves until `shutdown`. Each connection gets a header-read timeout and a
+/// lifetime deadline, and at most [`MAX_CONNECTIONS`] are open at once (the
+/// oldest is closed to admit a new one).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AdminState,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let router = router(state);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(Mutex::new(Open::default()));
     let mut conns = tokio::task::JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = crate::signaled(&mut shutdown) => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let (stream, _) = tokio::select! {
             biased;
             _ = crate::signaled(&mut shutdown) => break,
@@ -174,14 +216,22 @@ pub async fn serve(
         };
         while conns.try_join_next().is_some() {}
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let (place, evicted) = admit(&open);
         conns.spawn(async move {
-            let _permit = permit;
+            let _place = place;
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(16 * 1024)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            if let Err(error) = conn.await {
-                tracing::debug!(%error, "Admin connection ended with an error");
+            tokio::select! {
+                r = conn => {
+                    if let Err(error) = r {
+                        tracing::debug!(%error, "Admin connection ended with an error");
+                    }
+                }
+                _ = evicted => tracing::debug!("Admin connection closed to make room for a newer one"),
+                _ = tokio::time::sleep(CONNECTION_DEADLINE) => {}
             }
         });
     }
@@ -190,4 +240,55 @@ pub async fn serve(
         while conns.join_next().await.is_some() {}
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn healthz(addr: SocketAddr) -> std::io::Result<String> {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn probes_keep_answering_while_idle_connections_flood_the_port() {
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_conn_tx, conn_rx) = watch::channel(ConnState::Connected);
+        let (_drain_tx, drain_rx) = watch::channel(false);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let state = AdminState::new(
+            Arc::new(Registry::default()),
+            conn_rx,
+            Duration::from_secs(60),
+            drain_rx,
+        );
+        let server = tokio::spawn(serve(listener, state, shutdown_rx));
+
+        // Three times the connection cap, opened and left silent.
+        let mut idle = Vec::new();
+        for _ in 0..3 * MAX_CONNECTIONS {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // Every probe (kubelet's default timeout is 1 s) is answered, and the
+        // flood keeps coming back.
+        for round in 0..20 {
+            let answer = tokio::time::timeout(Duration::from_secs(1), healthz(addr))
+                .await
+                .unwrap_or_else(|_| panic!("probe {round} timed out"))
+                .unwrap();
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            for _ in 0..8 {
+                idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            }
+        }
+        let _ = shutdown_tx.send(true);
+        let _ = server.await;
+    }
 }

@@ -18,6 +18,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use vworkspace_crds::well_known::{annotations, labels};
 use vworkspace_crds::{ApplicationInstance, ApplicationInstanceSpec, Operation, OperationSpec};
+use vworkspace_protocol::untrusted::escape;
 use vworkspace_protocol::{
     IntentAck, IntentAction, IntentOutcome, KeyRing, Limits, ObjectKind, ObjectRef, Rejection,
     RejectionCode, SignedIntent, VerifyContext, unix_now,
@@ -114,11 +115,13 @@ impl Applier {
             }
             Verdict::Rejected(code, message) => {
                 self.metrics.intent("rejected", code.as_str());
+                // Intent ids, names and messages come from the (unverified)
+                // payload: escaped so they cannot forge log lines.
                 tracing::warn!(
-                    intent = peeked.as_ref().map(|p| p.intent_id.as_str()).unwrap_or(""),
-                    object = %peeked.as_ref().map(|p| p.object.to_string()).unwrap_or_default(),
+                    intent = %escape(peeked.as_ref().map(|p| p.intent_id.as_str()).unwrap_or(""), 64),
+                    object = %escape(&peeked.as_ref().map(|p| p.object.to_string()).unwrap_or_default(), 300),
                     code = code.as_str(),
-                    %message,
+                    message = %escape(message, 500),
                     "Intent rejected"
                 );
                 IntentOutcome::Rejected {
@@ -128,7 +131,7 @@ impl Applier {
             }
         };
         if let (Verdict::Applied, Some(p)) = (&verdict, &peeked) {
-            tracing::info!(intent = %p.intent_id, object = %p.object, version = p.version, "Intent applied");
+            tracing::info!(intent = %escape(&p.intent_id, 64), object = %escape(&p.object.to_string(), 300), version = p.version, "Intent applied");
         }
         IntentAck {
             intent_id: peeked

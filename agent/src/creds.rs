@@ -37,6 +37,9 @@ pub mod keys {
     pub const TUNNEL_URL: &str = "tunnel-url";
     /// Hub base URL (kept with the upstream key name).
     pub const HUB_URL: &str = "control-plane-base-url";
+    /// When the agent received the certificate, Unix seconds (decimal). The
+    /// renewal time counts from here, not from a possibly backdated `notBefore`.
+    pub const RECEIVED_AT: &str = "received-at";
 }
 
 /// Annotation on the credentials Secret: fingerprint of the join token it came from.
@@ -83,6 +86,9 @@ pub struct Credentials {
     pub hub_url: String,
     /// Fingerprint of the join token these came from.
     pub token_fingerprint: Option<String>,
+    /// When the certificate was received, Unix seconds (absent in Secrets
+    /// written by older agents).
+    pub received_at: Option<i64>,
 }
 
 impl fmt::Debug for Credentials {
@@ -139,6 +145,9 @@ impl Credentials {
                 .as_ref()
                 .and_then(|a| a.get(TOKEN_FINGERPRINT_ANNOTATION))
                 .cloned(),
+            received_at: get(keys::RECEIVED_AT)
+                .ok()
+                .and_then(|s| s.trim().parse().ok()),
         };
         c.key().map_err(|_| CredsError::Field(keys::TLS_KEY))?;
         if c.certs().is_empty() {
@@ -172,6 +181,9 @@ impl Credentials {
         put(keys::ORG, &self.org);
         put(keys::TUNNEL_URL, &self.tunnel_url);
         put(keys::HUB_URL, &self.hub_url);
+        if let Some(t) = self.received_at {
+            put(keys::RECEIVED_AT, &t.to_string());
+        }
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.to_owned()),

@@ -32,6 +32,7 @@ use vworkspace_crds::{Cluster, ClusterPhase};
 use vworkspace_protocol::enrollment::{
     EnrollError, EnrollErrorCode, EnrollRequest, EnrollResponse,
 };
+use vworkspace_protocol::untrusted::escape;
 use vworkspace_protocol::{JoinToken, ca_sha256_hex, unix_now};
 
 use crate::cluster_status::ClusterStatusWriter;
@@ -301,7 +302,8 @@ pub async fn request_enrollment(
             });
             Err(EnrollFailure::Refused {
                 code: err.code,
-                message: err.message.chars().take(300).collect(),
+                // The hub's text: escaped, since it reaches logs and conditions.
+                message: vworkspace_protocol::untrusted::escape(&err.message, 300),
             })
         }
     };
@@ -580,7 +582,7 @@ impl Enroller {
                 if cluster.spec.cluster_id.as_deref().is_none_or(str::is_empty) {
                     self.fill_cluster_id(&c.cluster_id).await;
                 }
-                tracing::info!(cluster_id = %c.cluster_id, org = %c.org, "Enrolled with the hub");
+                tracing::info!(cluster_id = %escape(&c.cluster_id, 253), org = %escape(&c.org, 253), "Enrolled with the hub");
                 self.publish(c);
                 Ok(Next::Idle)
             }
@@ -714,7 +716,14 @@ impl Enroller {
         let claims = token.claims().clone();
         let kc = generate_key_and_csr(&claims.cluster)?;
         self.redactor.register(&kc.key_pem);
-        tracing::info!(hub = %claims.hub_url, cluster = %claims.cluster, org = %claims.org, jti = %claims.jti, "Enrolling with the hub");
+        // Claims of an unverified token: escaped like any peer text.
+        tracing::info!(
+            hub = %escape(&claims.hub_url, 253),
+            cluster = %escape(&claims.cluster, 253),
+            org = %escape(&claims.org, 253),
+            jti = %escape(&claims.jti, 253),
+            "Enrolling with the hub"
+        );
         let resp = request_enrollment(&token, &kc.csr_pem).await?;
         check_response(&resp, &claims.ca_sha256, &kc.spki_der)?;
         let tunnel_url = match &self.hub_endpoint {
@@ -731,6 +740,7 @@ impl Enroller {
             tunnel_url,
             hub_url: claims.hub_url,
             token_fingerprint: Some(fingerprint.to_owned()),
+            received_at: Some(vworkspace_protocol::unix_now()),
         };
         c.store(secrets, &self.credentials_secret, owner_ref(cluster))
             .await?;
@@ -773,6 +783,55 @@ mod tests {
             "wss://hub.example:8443/v1/tunnel"
         );
         assert_eq!(tunnel_url_from("wss://h/v1/tunnel"), "wss://h/v1/tunnel");
+    }
+
+    #[test]
+    fn a_hub_url_without_a_port_gives_a_tunnel_url_without_one_on_443() {
+        assert_eq!(
+            tunnel_url_from("https://hub.example"),
+            "wss://hub.example/v1/tunnel"
+        );
+        assert_eq!(
+            host_port(&tunnel_url_from("https://hub.example"), 443),
+            Some(("hub.example".into(), 443))
+        );
+    }
+
+    /// A CA and a server leaf it signed for `hub.example`.
+    fn ca_and_leaf() -> (CertificateDer<'static>, CertificateDer<'static>) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["hub.example".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        (ca.der().clone(), leaf.der().clone())
+    }
+
+    #[test]
+    fn a_leaf_only_chain_is_refused_even_when_the_pinned_ca_signed_it() {
+        let (ca, leaf) = ca_and_leaf();
+        let verifier = PinnedCaVerifier {
+            pin: ca_sha256_hex(ca.as_ref()),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            mismatch: std::sync::atomic::AtomicBool::new(false),
+        };
+        let name = ServerName::try_from("hub.example").unwrap();
+        let now = UnixTime::now();
+        assert!(
+            verifier
+                .verify_server_cert(&leaf, &[], &name, &[], now)
+                .is_err(),
+            "the pinned CA must be in the presented chain"
+        );
+        assert!(verifier.mismatch.load(std::sync::atomic::Ordering::Relaxed));
+        verifier
+            .verify_server_cert(&leaf, std::slice::from_ref(&ca), &name, &[], now)
+            .expect("leaf followed by the pinned CA is accepted");
     }
 
     #[test]

@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use vworkspace_crds::well_known::{annotations, labels};
 use vworkspace_crds::{ApplicationInstance, Operation};
+use vworkspace_protocol::untrusted::escape;
 use vworkspace_protocol::{
     AppliedVersion, CertIssued, Envelope, ErrorCode, ErrorFrame, Frame, Goodbye, Hello, IntentAck,
     Inventory, Limits, ObjectKind, ObjectRef, RenewCert, SUBPROTOCOL_V1, SignedIntent, Welcome,
@@ -321,7 +322,7 @@ impl Tunnel {
 
         was_up.store(true, Ordering::Relaxed);
         set_state(&self.state, &self.metrics, ConnState::Connected);
-        tracing::info!(cluster_id = %welcome.cluster_id, org = %welcome.org, heartbeat = welcome.heartbeat_secs, "Tunnel connected");
+        tracing::info!(cluster_id = %escape(&welcome.cluster_id, 253), org = %escape(&welcome.org, 253), heartbeat = welcome.heartbeat_secs, "Tunnel connected");
         spawn_status_write(self.cluster_status.clone(), true);
         self.status.connection_started();
         conn.send_inventory(self.status.inventory()).await?;
@@ -374,7 +375,7 @@ impl Tunnel {
                             self.metrics.queue("intents", depth - intent_tx.capacity());
                         }
                         Frame::ResyncRequest(r) => {
-                            tracing::info!(reason = r.reason.as_deref().unwrap_or(""), objects = r.objects.len(), "Hub asked for a resync");
+                            tracing::info!(reason = %escape(r.reason.as_deref().unwrap_or(""), 200), objects = r.objects.len(), "Hub asked for a resync");
                             if r.objects.is_empty() {
                                 conn.send_inventory(self.status.inventory()).await?;
                             } else {
@@ -382,13 +383,10 @@ impl Tunnel {
                             }
                         }
                         Frame::CertIssued(c) => self.renewed(&creds, &mut renewal, c).await,
-                        Frame::Goodbye(Goodbye { reason, retry_after_secs }) => {
-                            let reason: String = reason.chars().take(200).collect();
-                            return Ok(Ended::Goodbye(reason, retry_after_secs.map(|s| Duration::from_secs(u64::from(s)))));
-                        }
-                        Frame::Error(ErrorFrame { code, message }) => {
-                            let message: String = message.chars().take(200).collect();
-                            let parsed = ErrorCode::parse(&code);
+                        Frame::Goodbye(goodbye) => return Ok(ended_by_goodbye(goodbye)),
+                        Frame::Error(e) => {
+                            let parsed = ErrorCode::parse(&e.code);
+                            let (code, message) = hub_error_text(e);
                             tracing::warn!(%code, %message, "Hub reported a protocol error");
                             if parsed == Some(ErrorCode::Unauthorized) {
                                 return Err(TunnelError::Rejected(message));
@@ -952,10 +950,7 @@ impl Renewal {
     fn scheduled(creds: &Credentials, just_renewed: bool) -> Self {
         let now = vworkspace_protocol::unix_now();
         let at = creds.validity().map(|(nb, na)| {
-            let mut renew_unix = nb + (na - nb) * 2 / 3;
-            if just_renewed {
-                renew_unix = renew_unix.max(now + (na - now) / 2);
-            }
+            let renew_unix = renewal_time(nb, na, creds.received_at, now, just_renewed);
             let wait = (renew_unix - now).max(0) as u64;
             Instant::now() + Duration::from_secs(wait)
         });
@@ -1009,12 +1004,51 @@ impl Renewal {
             key_pem: kc.key_pem,
             cert_pem: issued.certificate_pem,
             ca_pem: issued.ca_bundle_pem,
+            received_at: Some(vworkspace_protocol::unix_now()),
             ..creds.clone()
         })
     }
 }
 
 use rustls_pki_types::pem::PemObject;
+
+/// When to send `renew_cert`, Unix seconds (docs/protocol.md §7): two thirds
+/// of the way from `start` to `notAfter`, where `start` is the later of
+/// `notBefore` and the moment the agent received the certificate. A hub that
+/// backdates `notBefore` for clock skew therefore does not move renewal
+/// earlier. Right after a renewal the agent also waits at least half of what
+/// is left, so a misbehaving hub cannot cause a renewal storm.
+fn renewal_time(
+    not_before: i64,
+    not_after: i64,
+    received_at: Option<i64>,
+    now: i64,
+    just_renewed: bool,
+) -> i64 {
+    let start = received_at
+        .filter(|r| *r < not_after)
+        .map_or(not_before, |r| r.max(not_before));
+    let mut at = start + (not_after - start) * 2 / 3;
+    if just_renewed {
+        at = at.max(now + (not_after - now) / 2);
+    }
+    at
+}
+
+/// How a session ends on the hub's `Goodbye`. The reason is the hub's text:
+/// it goes to the log and the Cluster status escaped and cut.
+fn ended_by_goodbye(g: Goodbye) -> Ended {
+    Ended::Goodbye(
+        escape(&g.reason, 200),
+        g.retry_after_secs
+            .map(|s| Duration::from_secs(u64::from(s))),
+    )
+}
+
+/// Code and message of the hub's `Error` frame, escaped and cut for logs.
+fn hub_error_text(e: ErrorFrame) -> (String, String) {
+    (escape(&e.code, 64), escape(&e.message, 200))
+}
 
 #[cfg(test)]
 mod tests {
@@ -1049,6 +1083,41 @@ mod tests {
         assert_eq!(l.heartbeat_secs, Limits::default().max_heartbeat_secs);
         assert_eq!(l.max_frame_bytes, 4096);
         assert_eq!(l.max_in_flight, 1024);
+    }
+
+    #[test]
+    fn renewal_time_does_not_move_when_the_hub_backdates_not_before() {
+        let t = 1_800_000_000;
+        // A 2 h certificate received at t.
+        let plain = renewal_time(t, t + 7200, Some(t), t, false);
+        assert_eq!(plain, t + 4800);
+        // The same certificate with notBefore backdated by an hour.
+        assert_eq!(renewal_time(t - 3600, t + 7200, Some(t), t, false), plain);
+        // Without a receive time (older Secret) notBefore is all there is.
+        assert_eq!(renewal_time(t - 3600, t + 7200, None, t, false), t + 3600);
+        // A receive time before notBefore (a clock behind) changes nothing.
+        assert_eq!(renewal_time(t, t + 7200, Some(t - 100), t, false), plain);
+        // Right after a renewal, at least half of what is left.
+        assert_eq!(renewal_time(t - 3600, t + 600, Some(t), t, true), t + 400);
+    }
+
+    #[test]
+    fn hub_text_cannot_start_a_log_line() {
+        let forged = "bye\n2026-12-03T00:00:00Z  INFO vworkspace_agent: FORGED\r\x1b[2K";
+        let Ended::Goodbye(reason, after) = ended_by_goodbye(Goodbye {
+            reason: forged.into(),
+            retry_after_secs: Some(3),
+        }) else {
+            panic!("a goodbye ends the session as Goodbye");
+        };
+        assert_eq!(after, Some(Duration::from_secs(3)));
+        assert!(!reason.chars().any(char::is_control), "{reason:?}");
+        assert!(reason.starts_with("bye\\n2026"), "{reason}");
+        let (code, message) = hub_error_text(ErrorFrame {
+            code: "internal\nFORGED".into(),
+            message: forged.into(),
+        });
+        assert!(!code.contains('\n') && !message.chars().any(char::is_control));
     }
 
     #[test]

@@ -343,14 +343,10 @@ async fn forged_expired_foreign_ungated_invalid_and_replayed_intents_are_rejecte
     hub.hub.set_faults(cluster, Faults::default()).unwrap();
     // Every rejection is also reported as a Warning event.
     eventually(STEP, "an IntentRejected event at the hub", || async {
-        let audits = hub.hub.store().audit_log(1000).ok()?;
-        audits
+        let events = hub.hub.store().agent_events(Some(cluster), 1000).ok()?;
+        events
             .iter()
-            .any(|a| {
-                a.event == "agent.event"
-                    && a.detail.contains("IntentRejected")
-                    && a.detail.contains("bad_signature")
-            })
+            .any(|e| e.reason == "IntentRejected" && e.message.contains("bad_signature"))
             .then_some(())
     })
     .await;

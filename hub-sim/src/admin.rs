@@ -1,5 +1,11 @@
 //! The admin HTTP API: JSON over plain HTTP on loopback, every route behind
-//! `Authorization: Bearer <admin token>` (the token is in `<state>/admin-token`).
+//! `Authorization: Bearer <admin token>` (the token is in `<state>/admin-token`),
+//! except `GET /metrics` (Prometheus text, counts only, no secrets).
+//!
+//! The listener serves at most [`MAX_CONNECTIONS`] connections; each must send
+//! its request headers within [`HEADER_READ_TIMEOUT`] (hyper restarts that
+//! timer for every request, so an idle keep-alive connection is closed after
+//! it too) and lives at most [`CONNECTION_DEADLINE`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +41,7 @@ impl From<HubError> for ApiError {
     fn from(e: HubError) -> Self {
         let status = match &e {
             HubError::Invalid(_) | HubError::OrgMismatch { .. } => StatusCode::BAD_REQUEST,
+            HubError::Undeliverable(_) => StatusCode::PAYLOAD_TOO_LARGE,
             HubError::NotFound(_) => StatusCode::NOT_FOUND,
             HubError::Keys(keys::KeyError::LastKey(_)) => StatusCode::CONFLICT,
             HubError::Keys(keys::KeyError::UnknownKey(_)) => StatusCode::NOT_FOUND,
@@ -88,9 +95,89 @@ pub fn router(hub: Arc<Hub>, admin_token: &str) -> Router {
         .route("/v1/keys/rotate", post(rotate_keys))
         .route("/v1/keys/{kid}/retire", post(retire_key))
         .route("/v1/audit", get(audit))
+        .route("/v1/events", get(events))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(state)
+}
+
+/// Admin connections served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Deadline for a request's headers (also the keep-alive idle limit).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest an admin connection may stay open, requests included.
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Serves the admin router on `listener` until the hub shuts down.
+pub async fn serve(hub: Arc<Hub>, listener: tokio::net::TcpListener, router: Router) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            _ = hub.shutdown_signal() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(error) => {
+                    tracing::warn!(%error, "admin API failed to accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            hub.metrics().connection_refused("admin_max_connections");
+            tracing::warn!(%peer, max = MAX_CONNECTIONS, "admin connection limit reached, refusing");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let hub = hub.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(64 * 1024)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(error) = r {
+                        tracing::debug!(%peer, %error, "admin connection ended with an error");
+                    }
+                }
+                _ = tokio::time::sleep(CONNECTION_DEADLINE) => {
+                    hub.metrics().connection_refused("admin_deadline");
+                    tracing::debug!(%peer, "admin connection deadline passed, closing");
+                }
+                _ = hub.shutdown_signal() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await;
+                }
+            }
+        });
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
+    match s.hub.encode_metrics() {
+        Ok(body) => (
+            StatusCode::OK,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 async fn auth(State(state): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
@@ -186,7 +273,16 @@ async fn revoke(State(s): State<Arc<AdminState>>, Path(cluster): Path<String>) -
     ))
 }
 
+/// 404 for a cluster the hub does not know (rather than an empty answer).
+fn known_cluster(s: &AdminState, cluster: &str) -> Result<(), ApiError> {
+    match s.hub.store().cluster(cluster)? {
+        Some(_) => Ok(()),
+        None => Err(HubError::NotFound(cluster.to_owned()).into()),
+    }
+}
+
 async fn get_faults(State(s): State<Arc<AdminState>>, Path(cluster): Path<String>) -> ApiResult {
+    known_cluster(&s, &cluster)?;
     Ok(Json(json!(s.hub.faults_for(&cluster))))
 }
 
@@ -200,6 +296,7 @@ async fn put_faults(
 }
 
 async fn inventory(State(s): State<Arc<AdminState>>, Path(cluster): Path<String>) -> ApiResult {
+    known_cluster(&s, &cluster)?;
     Ok(Json(
         s.hub.store().inventory(&cluster)?.unwrap_or(Value::Null),
     ))
@@ -254,6 +351,20 @@ async fn retire_key(State(s): State<Arc<AdminState>>, Path(kid): Path<String>) -
 #[derive(Deserialize)]
 struct AuditQuery {
     limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct EventQuery {
+    cluster: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Events the agents sent, kept apart from the hub's own audit log.
+async fn events(State(s): State<Arc<AdminState>>, Query(q): Query<EventQuery>) -> ApiResult {
+    let limit = q.limit.unwrap_or(200).min(10_000);
+    Ok(Json(json!(
+        s.hub.store().agent_events(q.cluster.as_deref(), limit)?
+    )))
 }
 
 async fn audit(State(s): State<Arc<AdminState>>, Query(q): Query<AuditQuery>) -> ApiResult {

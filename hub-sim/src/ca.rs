@@ -27,7 +27,7 @@ pub enum CaError {
     Rcgen(#[from] rcgen::Error),
     #[error("the CSR is not valid PEM or DER, or its signature does not verify")]
     InvalidCsr,
-    #[error("the CSR key algorithm is not accepted (use ECDSA P-256/P-384 or Ed25519)")]
+    #[error("the CSR key algorithm is not accepted (use ECDSA P-256 or Ed25519)")]
     UnsupportedKey,
     #[error("certificate has no usable vWorkspace identity: {0}")]
     NoIdentity(&'static str),
@@ -208,11 +208,18 @@ fn parse_csr(csr: &[u8]) -> Result<CertificateSigningRequestParams, CaError> {
     } else {
         CertificateSigningRequestParams::from_der(&csr.to_vec().into())
     };
-    match parsed {
-        Ok(p) => Ok(p),
-        Err(rcgen::Error::UnsupportedSignatureAlgorithm) => Err(CaError::UnsupportedKey),
-        Err(_) => Err(CaError::InvalidCsr),
+    let parsed = match parsed {
+        Ok(p) => p,
+        Err(rcgen::Error::UnsupportedSignatureAlgorithm) => return Err(CaError::UnsupportedKey),
+        Err(_) => return Err(CaError::InvalidCsr),
+    };
+    // docs/protocol.md §4 allows exactly these client keys; anything else
+    // (RSA of any size, other curves) is refused rather than certified.
+    let alg = parsed.public_key.algorithm();
+    if *alg != rcgen::PKCS_ECDSA_P256_SHA256 && *alg != rcgen::PKCS_ED25519 {
+        return Err(CaError::UnsupportedKey);
     }
+    Ok(parsed)
 }
 
 fn random_serial() -> SerialNumber {
@@ -246,6 +253,22 @@ pub fn identity_from_cert(der: &[u8]) -> Result<Identity, CaError> {
         .and_then(|a| a.as_str().ok())
         .ok_or(CaError::NoIdentity("subject has no CN"))?
         .to_owned();
+    // Only the key types the protocol allows, also for certificates issued
+    // before the CSR check existed.
+    let alg = &cert.public_key().algorithm;
+    let key_ok = if alg.algorithm == x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY {
+        alg.parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .is_some_and(|curve| curve == x509_parser::oid_registry::OID_EC_P256)
+    } else {
+        alg.algorithm == x509_parser::oid_registry::OID_SIG_ED25519
+    };
+    if !key_ok {
+        return Err(CaError::NoIdentity(
+            "client key is not ECDSA P-256 or Ed25519",
+        ));
+    }
     let want = identity_uri(&org, &cluster);
     let san_ok = cert
         .subject_alternative_name()

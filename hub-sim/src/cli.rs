@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 use crate::admin_client::AdminClient;
 use crate::hub::Config;
 
+/// Printed when `--admin-token` is given on the command line.
+pub const ADMIN_TOKEN_FLAG_WARNING: &str = "--admin-token on the command line is visible to every user in the process list; use HUB_SIM_ADMIN_TOKEN, --admin-token-file or <state-dir>/admin-token instead";
+
 /// A duration written as `90s`, `15m`, `2h`, `1d` or plain seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
@@ -76,7 +79,9 @@ pub struct Args {
     /// Admin API address (default: read from <state-dir>/admin-addr).
     #[arg(long, env = "HUB_SIM_ADMIN", global = true)]
     pub admin: Option<SocketAddr>,
-    /// Admin API token (default: read from <state-dir>/admin-token).
+    /// Admin API token (default: read from <state-dir>/admin-token). Prefer
+    /// the environment variable or --admin-token-file: a command-line flag
+    /// is visible to every user in the process list.
     #[arg(
         long,
         env = "HUB_SIM_ADMIN_TOKEN",
@@ -84,6 +89,9 @@ pub struct Args {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
+    /// File holding the admin API token.
+    #[arg(long, env = "HUB_SIM_ADMIN_TOKEN_FILE", global = true)]
+    pub admin_token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -163,6 +171,8 @@ pub enum GetWhat {
     Intents,
     Keys,
     Audit,
+    /// Events the agents sent (kept apart from the hub's audit log).
+    Events,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -213,6 +223,26 @@ pub struct ServeArgs {
     /// Goodbye.retry_after sent to agents on shutdown.
     #[arg(long, env = "HUB_SIM_RETRY_AFTER", default_value = "5s")]
     pub retry_after: HumanDuration,
+    /// Deadline for everything on a connection before a tunnel upgrade
+    /// (request headers and bodies, keep-alive idling).
+    #[arg(long, env = "HUB_SIM_REQUEST_TIMEOUT", default_value = "30s")]
+    pub request_timeout: HumanDuration,
+    /// Connections without a verified client certificate kept at once (the
+    /// oldest is closed beyond this).
+    #[arg(long, env = "HUB_SIM_MAX_UNAUTHENTICATED", default_value_t = 1024)]
+    pub max_unauthenticated: usize,
+    /// Enrollment requests one peer address may send in a burst.
+    #[arg(long, env = "HUB_SIM_ENROLL_PEER_BURST", default_value_t = 20)]
+    pub enroll_peer_burst: u32,
+    /// Enrollment requests per second one peer address gets back.
+    #[arg(long, env = "HUB_SIM_ENROLL_PEER_RATE", default_value_t = 1.0)]
+    pub enroll_peer_rate: f64,
+    /// Enrollment requests the whole hub takes in a burst.
+    #[arg(long, env = "HUB_SIM_ENROLL_BURST", default_value_t = 200)]
+    pub enroll_burst: u32,
+    /// Enrollment requests per second the whole hub gets back.
+    #[arg(long, env = "HUB_SIM_ENROLL_RATE", default_value_t = 50.0)]
+    pub enroll_rate: f64,
 }
 
 impl ServeArgs {
@@ -230,6 +260,12 @@ impl ServeArgs {
             ping_interval,
             idle_timeout,
             retry_after,
+            request_timeout,
+            max_unauthenticated,
+            enroll_peer_burst,
+            enroll_peer_rate,
+            enroll_burst,
+            enroll_rate,
         } = self;
         let mut cfg = Config::new(state_dir);
         cfg.listen = listen;
@@ -248,11 +284,39 @@ impl ServeArgs {
         cfg.ping_interval = ping_interval.0;
         cfg.idle_timeout = idle_timeout.0;
         cfg.shutdown_retry_after = retry_after.0;
+        cfg.request_timeout = request_timeout.0;
+        cfg.max_unauthenticated = max_unauthenticated.max(1);
+        cfg.enroll_rate = crate::ratelimit::RateLimits {
+            per_peer: crate::ratelimit::Budget {
+                burst: enroll_peer_burst,
+                per_sec: enroll_peer_rate.max(0.0),
+            },
+            global: crate::ratelimit::Budget {
+                burst: enroll_burst,
+                per_sec: enroll_rate.max(0.0),
+            },
+        };
         cfg
     }
 }
 
 impl Args {
+    /// Parses the command line; also returns warnings about how it was given
+    /// (to be logged once logging is set up).
+    pub fn parse_with_warnings() -> (Self, Vec<String>) {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Self::command().get_matches();
+        let args = match Self::from_arg_matches(&matches) {
+            Ok(a) => a,
+            Err(e) => e.exit(),
+        };
+        let mut warnings = Vec::new();
+        if matches.value_source("admin_token") == Some(clap::parser::ValueSource::CommandLine) {
+            warnings.push(ADMIN_TOKEN_FLAG_WARNING.to_owned());
+        }
+        (args, warnings)
+    }
+
     fn client(&self) -> anyhow::Result<AdminClient> {
         let addr = match self.admin {
             Some(a) => a,
@@ -269,9 +333,13 @@ impl Args {
                     .with_context(|| format!("{} holds no socket address", path.display()))?
             }
         };
-        let token = match &self.admin_token {
-            Some(t) => t.clone(),
-            None => {
+        let token = match (&self.admin_token, &self.admin_token_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading --admin-token-file {}", path.display()))?
+                .trim()
+                .to_owned(),
+            (None, None) => {
                 let path = self.state_dir.join("admin-token");
                 std::fs::read_to_string(&path)
                     .with_context(|| {
@@ -384,6 +452,7 @@ impl Args {
                     GetWhat::Intents => client.get(&format!("/v1/intents?{q}limit=200")).await?,
                     GetWhat::Keys => client.get("/v1/keys").await?,
                     GetWhat::Audit => client.get("/v1/audit?limit=200").await?,
+                    GetWhat::Events => client.get(&format!("/v1/events?{q}limit=200")).await?,
                 };
                 match output {
                     Output::Json => println!("{}", serde_json::to_string_pretty(&value)?),
@@ -683,6 +752,25 @@ pub fn render_table(what: GetWhat, value: &Value) -> String {
                 .collect();
             table(&["KID", "STATE", "AGE"], rows)
         }
+        GetWhat::Events => table(
+            &[
+                "ID", "AGE", "CLUSTER", "SEVERITY", "REASON", "OBJECT", "MESSAGE",
+            ],
+            items
+                .iter()
+                .map(|e| {
+                    vec![
+                        s(&e["id"]),
+                        age(e["received_at"].as_i64()),
+                        s(&e["cluster"]),
+                        s(&e["severity"]),
+                        s(&e["reason"]),
+                        s(&e["object"]),
+                        s(&e["message"]),
+                    ]
+                })
+                .collect(),
+        ),
         GetWhat::Audit => table(
             &["ID", "AGE", "EVENT", "CLUSTER", "OUTCOME", "DETAIL"],
             items

@@ -1,6 +1,7 @@
 //! `POST /v1/enroll`: join token + CSR in, client certificate out.
 //!
-//! Checks, in order: body shape, token signature (against the hub's join
+//! Checks, in order: the rate limits (per peer address and for the whole hub;
+//! `429 rate_limited` with `Retry-After`, before the body is read), body shape, token signature (against the hub's join
 //! keys), audience and claims, expiry, that the cluster is not revoked, that
 //! the CSR parses and its signature verifies, and finally single use (the
 //! token's hash must match the stored one and be unused; marked used in the
@@ -19,6 +20,7 @@ use vworkspace_protocol::enrollment::{
 
 use crate::hub::{Hub, token_hash};
 use crate::keys;
+use crate::ratelimit::Decision;
 use crate::server::json_response;
 use crate::store::TokenUse;
 
@@ -32,17 +34,52 @@ fn fail(
     code: EnrollErrorCode,
     message: String,
 ) -> hyper::Response<Full<Bytes>> {
+    hub.metrics.enrollment(code.as_str());
     let _ = hub.store.audit(
         "enroll",
         cluster,
         code.as_str(),
         &format!("peer={peer} {message}"),
     );
-    tracing::info!(%peer, cluster, code = code.as_str(), %message, "enrollment refused");
+    tracing::info!(%peer, cluster, code = code.as_str(), message = %crate::sanitize::for_log(&message, 300), "enrollment refused");
     let body = EnrollError { code, message };
     let status = http::StatusCode::from_u16(code.http_status())
         .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     json_response(status, &serde_json::to_value(body).unwrap_or_default())
+}
+
+/// `429 rate_limited` with `Retry-After` (whole seconds, at least 1). The audit
+/// log gets one row per window, not one per refusal.
+fn rate_limited(
+    hub: &Hub,
+    peer: SocketAddr,
+    scope: &'static str,
+    retry_after: std::time::Duration,
+) -> hyper::Response<Full<Bytes>> {
+    hub.metrics.rate_limited(scope);
+    hub.metrics
+        .enrollment(EnrollErrorCode::RateLimited.as_str());
+    if let Some(detail) = hub.enroll_audit.record(peer.ip()) {
+        let _ = hub.store.audit(
+            "enroll",
+            None,
+            EnrollErrorCode::RateLimited.as_str(),
+            &format!("{detail} (budget: {scope})"),
+        );
+        tracing::warn!(%peer, scope, "enrollment rate limit reached");
+    }
+    let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    let body = EnrollError {
+        code: EnrollErrorCode::RateLimited,
+        message: format!("too many enrollment requests; retry after {secs}s"),
+    };
+    let mut resp = json_response(
+        http::StatusCode::TOO_MANY_REQUESTS,
+        &serde_json::to_value(body).unwrap_or_default(),
+    );
+    resp.headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+    resp
 }
 
 pub(crate) async fn handle(
@@ -50,6 +87,9 @@ pub(crate) async fn handle(
     peer: SocketAddr,
     req: hyper::Request<Incoming>,
 ) -> hyper::Response<Full<Bytes>> {
+    if let Decision::Limited { scope, retry_after } = hub.enroll_limiter.check(peer.ip()) {
+        return rate_limited(&hub, peer, scope, retry_after);
+    }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
@@ -219,6 +259,7 @@ pub(crate) async fn handle(
             cert.serial, cert.not_after
         ),
     );
+    hub.metrics.enrollment("ok");
     tracing::info!(%peer, cluster, org = %claims.org, serial = %cert.serial, "cluster enrolled");
     let resp = EnrollResponse {
         cluster_id: cluster.to_owned(),

@@ -53,6 +53,9 @@ pub enum HubError {
     },
     #[error("join token could not be issued: {0}")]
     Token(String),
+    /// The intent could never be sent: its frame is over the tunnel's limit.
+    #[error("{0}")]
+    Undeliverable(String),
 }
 
 /// Everything `hub-sim serve` can be told.
@@ -86,6 +89,39 @@ pub struct Config {
     pub shutdown_retry_after: Duration,
     /// TLS + HTTP handshake deadline.
     pub handshake_timeout: Duration,
+    /// Whole-request deadline on the TLS listener (headers and body, every
+    /// request before a tunnel upgrade): a client that trickles bytes is cut.
+    pub request_timeout: Duration,
+    /// Of `max_connections`, how many may be unauthenticated at once (TLS
+    /// handshake in progress, or no client certificate, i.e. enrollment);
+    /// beyond it the oldest is closed, so they cannot keep agents out.
+    pub max_unauthenticated: usize,
+    /// Enrollment rate limits (per peer address and overall).
+    pub enroll_rate: crate::ratelimit::RateLimits,
+    /// What one cluster may make the hub store.
+    pub storage: StorageLimits,
+}
+
+/// Bounds on what one enrolled agent can make the hub store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StorageLimits {
+    /// Largest stored status (conditions + outputs as JSON), bytes.
+    pub max_status_bytes: usize,
+    /// Statuses kept for objects the hub never declared (the Cluster object
+    /// and objects the agent found on its own), per cluster.
+    pub max_unknown_objects: usize,
+    /// Agent-sent events kept per cluster (oldest dropped first).
+    pub max_events: usize,
+}
+
+impl Default for StorageLimits {
+    fn default() -> Self {
+        Self {
+            max_status_bytes: 64 * 1024,
+            max_unknown_objects: 100,
+            max_events: 1000,
+        }
+    }
 }
 
 impl Config {
@@ -106,6 +142,10 @@ impl Config {
             idle_timeout: Duration::from_secs(60),
             shutdown_retry_after: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_unauthenticated: 1024,
+            enroll_rate: crate::ratelimit::RateLimits::default(),
+            storage: StorageLimits::default(),
         }
     }
 
@@ -146,6 +186,12 @@ pub struct Hub {
     pub(crate) conns: Mutex<HashMap<String, ConnEntry>>,
     pub(crate) faults: RwLock<HashMap<String, Faults>>,
     pub(crate) conn_slots: Arc<Semaphore>,
+    /// Connections not (yet) authenticated by a client certificate.
+    pub(crate) unauth: Arc<crate::unauth::Unauthenticated>,
+    pub(crate) enroll_limiter: crate::ratelimit::RateLimiter,
+    pub(crate) enroll_audit: crate::ratelimit::AuditThrottle,
+    pub(crate) metrics: crate::metrics::Metrics,
+    pub(crate) registry: prometheus_client::registry::Registry,
     pub(crate) shutdown: watch::Receiver<bool>,
     shutdown_tx: watch::Sender<bool>,
     next_conn_id: AtomicU64,
@@ -219,6 +265,76 @@ pub fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
+}
+
+/// Refuses object names an agent could not use as Kubernetes names (and
+/// that would otherwise reach logs and paths as they are, `../` or newlines
+/// included).
+fn check_object_names(namespace: &str, name: &str) -> Result<(), HubError> {
+    for (what, value) in [("metadata.namespace", namespace), ("metadata.name", name)] {
+        if !valid_name(value) {
+            return Err(HubError::Invalid(format!(
+                "{what} {:?} is not a DNS label (lowercase letters, digits, '-', 1-63 characters)",
+                crate::sanitize::for_log(value, 80)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses, at the moment it is declared, an intent whose signed frame could
+/// never be sent: the payload over `max_intent_payload_bytes`, or the
+/// envelope over `max_frame_bytes` once encoded as MessagePack (JSON floats
+/// grow from a few bytes to nine, so a manifest under the admin API's JSON
+/// limit can still be too large). The check uses the largest values the
+/// fields can take when the intent is sent (times, version, sequence numbers,
+/// the foreign-cluster fault), so what passes here always fits.
+pub(crate) fn check_deliverable(
+    signer: &IntentSigner,
+    cluster: &str,
+    org: &str,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    spec: &serde_json::Value,
+) -> Result<(), HubError> {
+    let kind_ref = match kind {
+        "ApplicationInstance" => proto::ObjectKind::ApplicationInstance,
+        "Operation" => proto::ObjectKind::Operation,
+        other => return Err(HubError::Invalid(format!("kind {other} cannot be applied"))),
+    };
+    let limits = proto::Limits::default();
+    let payload = proto::IntentPayload {
+        v: proto::intent::INTENT_PAYLOAD_VERSION,
+        intent_id: uuid::Uuid::nil().to_string(),
+        cluster_id: format!("{cluster}-foreign"),
+        org: org.to_owned(),
+        issued_at: i64::MIN,
+        expires_at: i64::MIN,
+        object: proto::ObjectRef::new(kind_ref, namespace.to_owned(), name.to_owned()),
+        version: u64::MAX,
+        action: proto::IntentAction::Apply { spec: spec.clone() },
+    };
+    let signed = signer
+        .sign(&payload)
+        .map_err(|e| HubError::Invalid(format!("spec cannot be encoded: {e}")))?;
+    let payload_len = signed.payload.len();
+    if payload_len > limits.max_intent_payload_bytes {
+        return Err(HubError::Undeliverable(format!(
+            "{kind} {namespace}/{name}: the intent payload would be {payload_len} bytes as MessagePack, \
+             over the limit of {} bytes; make the spec smaller",
+            limits.max_intent_payload_bytes
+        )));
+    }
+    let env = proto::Envelope::new(u64::MAX, u64::MAX, proto::Frame::Intent(signed));
+    match proto::encode(&env, &limits) {
+        Ok(_) => Ok(()),
+        Err(proto::EncodeError::Oversized { size, max }) => Err(HubError::Undeliverable(format!(
+            "{kind} {namespace}/{name}: the intent frame would be {size} bytes as MessagePack, \
+             over the tunnel's frame limit of {max} bytes; make the spec smaller"
+        ))),
+        Err(e) => Err(HubError::Invalid(format!("spec cannot be encoded: {e}"))),
+    }
 }
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
@@ -295,7 +411,16 @@ impl Hub {
             .collect();
         let (shutdown_tx, shutdown) = watch::channel(false);
         let (signer, signing_keys) = load_signing(&store)?;
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = crate::metrics::Metrics::register(&mut registry);
         Ok(Arc::new(Self {
+            unauth: crate::unauth::Unauthenticated::new(
+                cfg.max_unauthenticated.clamp(1, cfg.max_connections.max(1)),
+            ),
+            enroll_limiter: crate::ratelimit::RateLimiter::new(cfg.enroll_rate),
+            enroll_audit: crate::ratelimit::AuditThrottle::new(Duration::from_secs(10)),
+            metrics,
+            registry,
             signer: RwLock::new(signer),
             signing_keys: RwLock::new(signing_keys),
             conn_slots: Arc::new(Semaphore::new(cfg.max_connections)),
@@ -358,6 +483,18 @@ impl Hub {
         Ok(())
     }
 
+    /// The hub's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode_metrics(&self) -> Result<String, std::fmt::Error> {
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &self.registry)?;
+        Ok(body)
+    }
+
     /// Number of live tunnels.
     pub fn tunnel_count(&self) -> u64 {
         self.tunnels.load(Ordering::Relaxed)
@@ -410,6 +547,7 @@ impl Hub {
             let _ = old.kill.send(Some(Kill::Replaced));
         }
         self.tunnels.fetch_add(1, Ordering::Relaxed);
+        self.metrics.tunnels_open.inc();
         (id, wake, kill_rx)
     }
 
@@ -420,6 +558,7 @@ impl Hub {
         }
         drop(conns);
         self.tunnels.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.tunnels_open.dec();
     }
 
     fn signal(&self, cluster: &str, kill: Option<Kill>) {
@@ -556,9 +695,16 @@ impl Hub {
                 "no target cluster: pass --cluster or set annotation {CLUSTER_ANNOTATION}"
             ))
         })?;
-        if manifest.get("spec").and_then(|s| s.as_object()).is_none() {
+        check_object_names(namespace, name)?;
+        let Some(spec) = manifest.get("spec").filter(|s| s.is_object()) else {
             return Err(HubError::Invalid("manifest has no spec object".into()));
-        }
+        };
+        let org = self
+            .store
+            .cluster(cluster)?
+            .ok_or_else(|| HubError::NotFound(cluster.into()))?
+            .org;
+        check_deliverable(&self.signer(), cluster, &org, kind, namespace, name, spec)?;
         let intent = self
             .store
             .create_intent(cluster, kind, namespace, name, "apply", Some(manifest))
@@ -589,6 +735,7 @@ impl Hub {
                 "kind {kind} cannot be deleted (ApplicationInstance or Operation)"
             )));
         }
+        check_object_names(namespace, name)?;
         let intent = self
             .store
             .create_intent(cluster, kind, namespace, name, "delete", None)

@@ -16,10 +16,14 @@ mod enroll;
 pub mod faults;
 pub mod hub;
 pub mod keys;
+pub mod metrics;
+pub mod ratelimit;
+mod sanitize;
 pub mod server;
 pub mod sim_agent;
 pub mod store;
 mod tunnel;
+mod unauth;
 pub mod wire;
 
 pub use hub::{Config, Hub, HubError};

@@ -1,12 +1,10 @@
-use clap::Parser;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     rustls::crypto::ring::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("a rustls CryptoProvider was already installed"))?;
     vworkspace_protocol::install_jwt_crypto();
-    let args = hub_sim::cli::Args::parse();
+    let (args, warnings) = hub_sim::cli::Args::parse_with_warnings();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HUB_SIM_LOG")
@@ -14,5 +12,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     args.run().await
 }

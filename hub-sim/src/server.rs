@@ -6,6 +6,15 @@
 //! handshake: a certificate from another CA or a revoked one never completes
 //! TLS. A client with no certificate completes TLS (enrollment needs that) but
 //! `/v1/tunnel` answers 401 before any upgrade.
+//!
+//! Deadlines and caps, so that nobody without credentials can hold the hub:
+//! the TLS handshake has `handshake_timeout`; everything on a connection
+//! before a tunnel upgrade (request headers and bodies, keep-alive idling)
+//! has `request_timeout` in total; and of the `max_connections` slots, at
+//! most `max_unauthenticated` may be held by connections that have not
+//! presented a client certificate (handshakes in progress and enrollment),
+//! so enrolled agents always find a slot. The admin listener has its own
+//! cap, header timeout and per-connection deadline.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -225,14 +234,7 @@ pub async fn start(cfg: Config) -> Result<RunningHub, HubError> {
     let acceptor = TlsAcceptor::from(Arc::new(tls_config(&hub)?));
 
     let router = crate::admin::router(hub.clone(), &admin_token);
-    let admin_hub = hub.clone();
-    let admin = tokio::spawn(async move {
-        let serve = axum::serve(admin_listener, router)
-            .with_graceful_shutdown(async move { admin_hub.shutdown_signal().await });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "admin API stopped");
-        }
-    });
+    let admin = tokio::spawn(crate::admin::serve(hub.clone(), admin_listener, router));
     let accept = tokio::spawn(accept_loop(hub.clone(), tls_listener, acceptor));
     tracing::info!(%tls_addr, %admin_addr, url = hub.public_url(), ca_sha256 = %hub.ca.sha256_hex(), "hub-sim listening");
     Ok(RunningHub {
@@ -263,18 +265,19 @@ async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, acceptor: TlsAcceptor
                         continue;
                     }
                 };
-                let Ok(permit) = hub.conn_slots.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, max = hub.cfg.max_connections, "connection limit reached, refusing");
-                    drop(tcp);
-                    continue;
-                };
+                // Every connection starts unauthenticated and leaves that set
+                // once its client certificate is verified; a full set makes
+                // room by closing its oldest member. This also bounds the
+                // tasks spawned here: at most `max_unauthenticated` plus the
+                // authenticated connections holding a slot.
+                let (ticket, evicted) = hub.unauth.admit();
+                if evicted {
+                    hub.metrics.connection_refused("unauthenticated_evicted");
+                }
                 let _ = tcp.set_nodelay(true);
                 let hub = hub.clone();
                 let acceptor = acceptor.clone();
-                conns.spawn(async move {
-                    let _permit = permit;
-                    serve_conn(hub, acceptor, tcp, peer).await;
-                });
+                conns.spawn(serve_conn(hub, acceptor, tcp, peer, ticket));
             }
         }
     }
@@ -288,8 +291,27 @@ pub(crate) struct TunnelStart {
     pub on_upgrade: hyper::upgrade::OnUpgrade,
 }
 
-async fn serve_conn(hub: Arc<Hub>, acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) {
-    let tls = match tokio::time::timeout(hub.cfg.handshake_timeout, acceptor.accept(tcp)).await {
+async fn serve_conn(
+    hub: Arc<Hub>,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    ticket: crate::unauth::Ticket,
+) {
+    let mut anon = Some(ticket);
+    let Ok(_permit) = hub.conn_slots.clone().try_acquire_owned() else {
+        hub.metrics.connection_refused("max_connections");
+        tracing::warn!(%peer, max = hub.cfg.max_connections, "connection limit reached, refusing");
+        return;
+    };
+    let handshake = tokio::select! {
+        _ = crate::unauth::evicted(&mut anon) => {
+            tracing::debug!(%peer, "unauthenticated connection evicted during the TLS handshake");
+            return;
+        }
+        r = tokio::time::timeout(hub.cfg.handshake_timeout, acceptor.accept(tcp)) => r,
+    };
+    let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             // TCP probes and port scans: connect, then close.
@@ -301,6 +323,7 @@ async fn serve_conn(hub: Arc<Hub>, acceptor: TlsAcceptor, tcp: TcpStream, peer: 
             return;
         }
         Err(_) => {
+            hub.metrics.connection_refused("handshake_timeout");
             tracing::info!(%peer, "TLS handshake timed out");
             return;
         }
@@ -313,7 +336,12 @@ async fn serve_conn(hub: Arc<Hub>, acceptor: TlsAcceptor, tcp: TcpStream, peer: 
         .map(|c| identity_from_cert(c));
     let identity = match identity {
         None => None,
-        Some(Ok(id)) => Some(id),
+        Some(Ok(id)) => {
+            // Authenticated: this connection no longer counts against the
+            // unauthenticated cap.
+            anon.take();
+            Some(id)
+        }
         Some(Err(e)) => {
             tracing::info!(%peer, error = %e, "client certificate has no vWorkspace identity");
             return;
@@ -337,8 +365,21 @@ async fn serve_conn(hub: Arc<Hub>, acceptor: TlsAcceptor, tcp: TcpStream, peer: 
         .serve_connection(TokioIo::new(tls), service)
         .with_upgrades();
     tokio::pin!(conn);
+    let deadline = tokio::time::sleep(hub.cfg.request_timeout);
+    tokio::pin!(deadline);
     let result = tokio::select! {
         r = conn.as_mut() => r,
+        _ = crate::unauth::evicted(&mut anon) => {
+            tracing::info!(%peer, "unauthenticated connection evicted to make room for a newer one");
+            return;
+        }
+        _ = &mut deadline => {
+            // Headers and body together: a client trickling a body, or
+            // idling on keep-alive, is cut here.
+            hub.metrics.connection_refused("request_timeout");
+            tracing::info!(%peer, timeout = ?hub.cfg.request_timeout, "request deadline passed, closing connection");
+            return;
+        }
         _ = hub.shutdown_signal() => {
             // Idle keep-alive (enrollment) connections must not hold shutdown open.
             conn.as_mut().graceful_shutdown();
@@ -350,6 +391,7 @@ async fn serve_conn(hub: Arc<Hub>, acceptor: TlsAcceptor, tcp: TcpStream, peer: 
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
     }
+    drop(anon);
     let start = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(start) = start {
         match start.on_upgrade.await {

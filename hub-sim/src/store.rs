@@ -63,6 +63,13 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE audit (
         id INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, event TEXT NOT NULL,
         cluster TEXT, outcome TEXT NOT NULL, detail TEXT NOT NULL);",
+    // 2: events the agents send live apart from the hub's own audit log, so a
+    // chatty (or hostile) agent cannot push the hub's entries out of view.
+    "CREATE TABLE agent_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, cluster TEXT NOT NULL, received_at INTEGER NOT NULL,
+        time INTEGER NOT NULL, severity TEXT NOT NULL, reason TEXT NOT NULL, object TEXT,
+        intent_id TEXT, message TEXT NOT NULL);
+     CREATE INDEX agent_events_cluster ON agent_events (cluster, id);",
 ];
 
 /// Seconds since the Unix epoch.
@@ -175,6 +182,30 @@ pub struct ObjectRow {
     pub name: String,
     pub version: u64,
     pub deleted: bool,
+}
+
+/// One event an agent sent (`event` frame), as stored.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AgentEventRow {
+    pub id: i64,
+    pub cluster: String,
+    pub received_at: i64,
+    pub time: i64,
+    pub severity: String,
+    pub reason: String,
+    pub object: Option<String>,
+    pub intent_id: Option<String>,
+    pub message: String,
+}
+
+/// What [`Store::put_status_bounded`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusPut {
+    /// Stored (new or updated).
+    Stored,
+    /// Not stored: the object was never declared and the cluster already has
+    /// the maximum number of statuses for such objects.
+    UnknownObjectLimit,
 }
 
 /// One audit-log entry.
@@ -718,6 +749,39 @@ impl Store {
         Ok(())
     }
 
+    /// Stores a status, unless it is for an object the hub never declared
+    /// and the cluster already holds `max_unknown` such statuses (an update of
+    /// one already stored is always taken).
+    pub fn put_status_bounded(
+        &self,
+        s: &StatusRow,
+        max_unknown: usize,
+    ) -> Result<StatusPut, StoreError> {
+        {
+            let conn = self.conn();
+            let known: bool = conn.query_row(
+                "SELECT EXISTS(SELECT 1 FROM objects WHERE cluster = ?1 AND kind = ?2 AND namespace = ?3 AND name = ?4)
+                     OR EXISTS(SELECT 1 FROM statuses WHERE cluster = ?1 AND kind = ?2 AND namespace = ?3 AND name = ?4)",
+                params![s.cluster, s.kind, s.namespace, s.name],
+                |r| r.get(0),
+            )?;
+            if !known {
+                let unknown: i64 = conn.query_row(
+                    "SELECT COUNT(*) FROM statuses st WHERE st.cluster = ?1 AND NOT EXISTS (
+                        SELECT 1 FROM objects o WHERE o.cluster = st.cluster AND o.kind = st.kind
+                          AND o.namespace = st.namespace AND o.name = st.name)",
+                    [&s.cluster],
+                    |r| r.get(0),
+                )?;
+                if unknown as usize >= max_unknown {
+                    return Ok(StatusPut::UnknownObjectLimit);
+                }
+            }
+        }
+        self.put_status(s)?;
+        Ok(StatusPut::Stored)
+    }
+
     pub fn statuses(
         &self,
         cluster: Option<&str>,
@@ -832,6 +896,63 @@ impl Store {
             params![now(), event, cluster, outcome, detail],
         )?;
         Ok(())
+    }
+
+    /// Stores an agent-sent event and keeps only the newest `keep` of the
+    /// cluster; returns how many older events were dropped to make room.
+    pub fn put_agent_event(&self, e: &AgentEventRow, keep: usize) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO agent_events (cluster, received_at, time, severity, reason, object, intent_id, message)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                e.cluster,
+                e.received_at,
+                e.time,
+                e.severity,
+                e.reason,
+                e.object,
+                e.intent_id,
+                e.message
+            ],
+        )?;
+        let dropped = tx.execute(
+            "DELETE FROM agent_events WHERE cluster = ?1 AND id <= (
+                SELECT id FROM agent_events WHERE cluster = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            params![e.cluster, keep as i64],
+        )?;
+        tx.commit()?;
+        Ok(dropped)
+    }
+
+    /// The newest `limit` agent events (of one cluster, or all), oldest first.
+    pub fn agent_events(
+        &self,
+        cluster: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AgentEventRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, cluster, received_at, time, severity, reason, object, intent_id, message
+             FROM agent_events WHERE (?1 IS NULL OR cluster = ?1) ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![cluster, limit as i64], |r| {
+            Ok(AgentEventRow {
+                id: r.get(0)?,
+                cluster: r.get(1)?,
+                received_at: r.get(2)?,
+                time: r.get(3)?,
+                severity: r.get(4)?,
+                reason: r.get(5)?,
+                object: r.get(6)?,
+                intent_id: r.get(7)?,
+                message: r.get(8)?,
+            })
+        })?;
+        let mut out: Vec<AgentEventRow> = rows.collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
     }
 
     /// The newest `limit` audit entries, oldest first.

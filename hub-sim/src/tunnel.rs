@@ -29,6 +29,7 @@ use vworkspace_protocol::{
 
 use crate::ca::Identity;
 use crate::hub::{Hub, Kill};
+use crate::sanitize::for_log;
 use crate::server::{TunnelStart, json_response};
 use crate::store::{IntentRow, StatusRow, now};
 
@@ -318,7 +319,7 @@ where
         for a in &hello.applied {
             settled += self.settle(&a.object, a.version);
         }
-        let agent_version: String = hello.agent_version.chars().take(64).collect();
+        let agent_version = for_log(&hello.agent_version, 64);
         let _ = hub
             .store
             .set_connected(&self.id.cluster, true, Some(&agent_version));
@@ -454,14 +455,17 @@ where
                     use tokio_tungstenite::tungstenite::Error as WsError;
                     use tokio_tungstenite::tungstenite::error::CapacityError;
                     return Err(match e {
-                        WsError::Capacity(CapacityError::MessageTooLong { .. }) => End::Close(
-                            Some(Box::new(error_frame(
-                                ErrorCode::FrameTooLarge,
-                                "frame exceeds max_frame_bytes",
-                            ))),
-                            close_code(ErrorCode::FrameTooLarge),
-                            "frame too large",
-                        ),
+                        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+                            self.hub.metrics.frame_refused("frame_too_large");
+                            End::Close(
+                                Some(Box::new(error_frame(
+                                    ErrorCode::FrameTooLarge,
+                                    "frame exceeds max_frame_bytes",
+                                ))),
+                                close_code(ErrorCode::FrameTooLarge),
+                                "frame too large",
+                            )
+                        }
                         other => {
                             tracing::debug!(cluster = %self.id.cluster, error = %other, "tunnel read error");
                             End::Abrupt
@@ -477,6 +481,7 @@ where
                         Ok(env) => env,
                         Err(e) => {
                             let code = e.error_code();
+                            self.hub.metrics.frame_refused(code.as_str());
                             return Err(End::Close(
                                 Some(Box::new(error_frame(code, e.to_string()))),
                                 close_code(code),
@@ -548,14 +553,14 @@ where
                     IntentOutcome::Applied => ("applied", None),
                     IntentOutcome::Noop => ("noop", None),
                     IntentOutcome::Rejected { code, message } if code == "replayed" => {
-                        let m: String = format!("replayed: {message}").chars().take(500).collect();
-                        ("noop", Some(m))
+                        ("noop", Some(for_log(&format!("replayed: {message}"), 500)))
                     }
-                    IntentOutcome::Rejected { code, message } => {
-                        let m: String = format!("{code}: {message}").chars().take(500).collect();
-                        ("rejected", Some(m))
-                    }
+                    IntentOutcome::Rejected { code, message } => (
+                        "rejected",
+                        Some(for_log(&format!("{code}: {message}"), 500)),
+                    ),
                 };
+                hub.metrics.intent(outcome);
                 let retry_later = matches!(&ack.outcome, IntentOutcome::Rejected { code, .. } if code == "apply_failed");
                 if !intent_id.is_empty()
                     && !retry_later
@@ -565,11 +570,11 @@ where
                 {
                     tracing::error!(error = %e, "recording ack failed");
                 }
-                tracing::debug!(%cluster, intent = %intent_id, outcome, "intent acked");
+                tracing::debug!(%cluster, intent = %for_log(&intent_id, 64), outcome, "intent acked");
                 self.pump().await?;
             }
             Frame::Status(st) => {
-                let row = StatusRow {
+                let mut row = StatusRow {
                     cluster: cluster.clone(),
                     kind: st.object.kind.as_str().to_owned(),
                     namespace: st.object.namespace.clone(),
@@ -604,9 +609,7 @@ where
                     hash: Some(st.hash.clone()),
                     updated_at: now(),
                 };
-                if let Err(e) = hub.store.put_status(&row) {
-                    tracing::error!(error = %e, "recording status failed");
-                }
+                self.store_status(&mut row);
             }
             Frame::Inventory(inv) => {
                 for entry in &inv.objects {
@@ -697,19 +700,24 @@ where
                 self.pump().await?;
             }
             Frame::Event(ev) => {
-                let detail: String = format!(
-                    "{} {}{}: {}",
-                    ev.severity,
-                    ev.reason,
-                    ev.object.map(|o| format!(" {o}")).unwrap_or_default(),
-                    ev.message
-                )
-                .chars()
-                .take(1000)
-                .collect();
-                let _ = hub
-                    .store
-                    .audit("agent.event", Some(&cluster), "ok", &detail);
+                let row = crate::store::AgentEventRow {
+                    id: 0,
+                    cluster: cluster.clone(),
+                    received_at: now(),
+                    time: ev.time,
+                    severity: for_log(&ev.severity, 16),
+                    reason: for_log(&ev.reason, 128),
+                    object: ev.object.map(|o| for_log(&o.to_string(), 300)),
+                    intent_id: ev.intent_id.map(|i| for_log(&i, 64)),
+                    message: for_log(&ev.message, 1000),
+                };
+                match hub.store.put_agent_event(&row, hub.cfg.storage.max_events) {
+                    Ok(0) => {}
+                    Ok(dropped) => hub
+                        .metrics
+                        .storage_refused_n("event_evicted", dropped as u64),
+                    Err(e) => tracing::error!(error = %e, "recording agent event failed"),
+                }
             }
             Frame::RenewCert(req) => {
                 self.renewals += 1;
@@ -752,6 +760,7 @@ where
                         .await?;
                     }
                     Err(e) => {
+                        hub.metrics.frame_refused("csr_invalid");
                         let _ = hub.store.audit(
                             "cert.renew",
                             Some(&cluster),
@@ -767,14 +776,15 @@ where
                 }
             }
             Frame::Goodbye(g) => {
-                tracing::info!(%cluster, reason = %g.reason.chars().take(200).collect::<String>(), "agent said goodbye");
+                tracing::info!(%cluster, reason = %for_log(&g.reason, 200), "agent said goodbye");
                 return Err(End::Close(None, CloseCode::Normal, "agent goodbye"));
             }
             Frame::Error(e) => {
-                tracing::warn!(%cluster, code = %e.code, message = %e.message.chars().take(200).collect::<String>(), "agent reported a protocol error");
+                tracing::warn!(%cluster, code = %for_log(&e.code, 64), message = %for_log(&e.message, 200), "agent reported a protocol error");
             }
             Frame::Unsupported { type_name } => {
-                let name: String = type_name.chars().take(64).collect();
+                let name = for_log(&type_name, 64);
+                hub.metrics.frame_refused("unsupported_frame");
                 self.send_frame(error_frame(
                     ErrorCode::UnsupportedFrame,
                     format!("frame type {name:?} is not supported"),
@@ -803,6 +813,45 @@ where
             }
         }
         Ok(())
+    }
+
+    /// Stores a status within the cluster's storage limits. A status over the
+    /// size limit is stored as a stub that keeps its hash (so the inventory
+    /// digest matches and the hub does not ask for it again and again); a
+    /// status for an undeclared object beyond the per-cluster cap is dropped.
+    fn store_status(&self, row: &mut StatusRow) {
+        let limits = self.hub.cfg.storage;
+        let size = serde_json::to_string(&row.conditions).map_or(0, |s| s.len())
+            + row
+                .outputs
+                .as_ref()
+                .and_then(|o| serde_json::to_string(o).ok())
+                .map_or(0, |s| s.len())
+            + row.phase.as_ref().map_or(0, String::len);
+        if size > limits.max_status_bytes {
+            self.hub.metrics.storage_refused("status_too_large");
+            tracing::info!(cluster = %self.id.cluster, object = %for_log(&format!("{}/{}", row.namespace, row.name), 200), size, max = limits.max_status_bytes, "status over the size limit, stored as a stub");
+            row.conditions = serde_json::json!([]);
+            row.phase = None;
+            row.outputs = Some(serde_json::json!({
+                "hub.vworkspace.io/refused": format!(
+                    "status of {size} bytes is over the hub's limit of {} bytes",
+                    limits.max_status_bytes
+                )
+            }));
+        }
+        match self
+            .hub
+            .store
+            .put_status_bounded(row, limits.max_unknown_objects)
+        {
+            Ok(crate::store::StatusPut::Stored) => {}
+            Ok(crate::store::StatusPut::UnknownObjectLimit) => {
+                self.hub.metrics.storage_refused("unknown_object_limit");
+                tracing::debug!(cluster = %self.id.cluster, "status for an undeclared object dropped: per-cluster limit reached");
+            }
+            Err(e) => tracing::error!(error = %e, "recording status failed"),
+        }
     }
 
     /// The agent holds `version` of `object`: pending intents up to it are done.
@@ -868,21 +917,71 @@ where
                 let signed = match self.sign(&intent, &faults) {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::error!(error = %e, intent = %intent.id, "signing failed");
-                        return Ok(());
+                        self.undeliverable(&intent, &format!("signing failed: {e}"));
+                        continue;
                     }
                 };
                 let copies = if faults.duplicate { 2 } else { 1 };
                 for copy in 0..copies {
-                    let seq = self.send_frame(Frame::Intent(signed.clone())).await?;
-                    if copy == 0 {
-                        self.in_flight
-                            .push_back((seq, intent.seq, intent.id.clone()));
+                    match self.send_intent(signed.clone()).await? {
+                        Ok(seq) if copy == 0 => {
+                            self.in_flight
+                                .push_back((seq, intent.seq, intent.id.clone()));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            self.undeliverable(&intent, &e.to_string());
+                            break;
+                        }
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// An intent whose frame cannot be sent (over the frame limit) is settled
+    /// as `undeliverable` instead of being retried forever: the intents queued
+    /// behind it still go out, and the admin API shows the outcome.
+    fn undeliverable(&self, intent: &IntentRow, why: &str) {
+        let cluster = &self.id.cluster;
+        tracing::error!(%cluster, intent = %intent.id, error = %why, "intent cannot be sent, settled as undeliverable");
+        self.hub.metrics.intent("undeliverable");
+        self.hub.metrics.frame_refused("intent_too_large");
+        let message: String = why.chars().take(500).collect();
+        if let Err(e) =
+            self.hub
+                .store
+                .ack_intent(cluster, &intent.id, "undeliverable", Some(&message))
+        {
+            tracing::error!(error = %e, "recording undeliverable intent failed");
+        }
+        let _ = self.hub.store.audit(
+            "intent.undeliverable",
+            Some(cluster),
+            "refused",
+            &format!(
+                "{} {}/{} v{} intent={}: {message}",
+                intent.kind, intent.namespace, intent.name, intent.version, intent.id
+            ),
+        );
+    }
+
+    /// Sends one intent frame. `Ok(Err(_))` means it could not be encoded
+    /// within the frame limit and nothing was sent (no seq used).
+    async fn send_intent(
+        &mut self,
+        signed: proto::SignedIntent,
+    ) -> Result<Result<u64, proto::EncodeError>, End> {
+        let seq = self.out_seq + 1;
+        let env = Envelope::new(seq, self.in_seq, Frame::Intent(signed));
+        let bytes = match proto::encode(&env, &self.limits) {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.out_seq = seq;
+        self.send_msg(Message::Binary(bytes.into())).await?;
+        Ok(Ok(seq))
     }
 
     fn sign(

@@ -316,3 +316,35 @@ fn demo_runs_the_whole_loop() {
     assert!(stdout.contains("Ready=True(HelmReleaseReady)"), "{stdout}");
     assert!(stdout.contains("demo complete"), "{stdout}");
 }
+
+#[test]
+fn admin_token_on_the_command_line_draws_a_warning_and_the_env_var_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |flag: bool| {
+        let mut cmd = Command::new(BIN);
+        if flag {
+            cmd.args(["--admin-token", "s3cret-token-value"]);
+        } else {
+            cmd.env("HUB_SIM_ADMIN_TOKEN", "s3cret-token-value");
+        }
+        // Nothing listens on port 9: the command fails after parsing.
+        let out = cmd
+            .args(["--admin", "127.0.0.1:9", "get", "clusters"])
+            .env("HUB_SIM_STATE_DIR", dir.path())
+            .env_remove("HUB_SIM_LOG")
+            .output()
+            .expect("hub-sim runs");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let with_flag = run(true);
+    assert!(
+        with_flag.contains("visible to every user in the process list"),
+        "{with_flag}"
+    );
+    assert!(
+        !with_flag.contains("s3cret-token-value"),
+        "the warning echoes the token"
+    );
+    let with_env = run(false);
+    assert!(!with_env.contains("process list"), "{with_env}");
+}

@@ -305,10 +305,19 @@ impl KeyRing {
             return Err(Rejection::BadSignature);
         }
         let payload = decode_payload(&intent.payload, ctx.max_depth)?;
-        if payload.cluster_id != ctx.cluster_id || ctx.org.is_some_and(|org| org != payload.org) {
+        if payload.cluster_id != ctx.cluster_id {
             return Err(Rejection::ForeignCluster {
                 expected: ctx.cluster_id.to_owned(),
                 got: payload.cluster_id,
+            });
+        }
+        if let Some(org) = ctx.org
+            && org != payload.org
+        {
+            return Err(Rejection::ForeignOrg {
+                cluster: payload.cluster_id,
+                expected: org.to_owned(),
+                got: payload.org,
             });
         }
         if payload.expires_at < payload.issued_at {
@@ -422,12 +431,24 @@ pub enum Rejection {
         /// The kid in the frame.
         kid: String,
     },
-    /// The intent names another cluster (or org).
+    /// The intent names another cluster.
     #[error("intent is for cluster {got:?}, this is {expected:?}")]
     ForeignCluster {
         /// This cluster.
         expected: String,
         /// Cluster in the payload.
+        got: String,
+    },
+    /// The intent names this cluster but another org (code `foreign_cluster`).
+    #[error(
+        "intent for cluster {cluster:?} names org {got:?}, but this cluster belongs to org {expected:?}"
+    )]
+    ForeignOrg {
+        /// The cluster id (the same in the payload and here).
+        cluster: String,
+        /// This cluster's org.
+        expected: String,
+        /// Org in the payload.
         got: String,
     },
     /// `expires_at` plus the skew allowance is in the past.
@@ -476,7 +497,9 @@ impl Rejection {
         match self {
             Rejection::BadSignature => RejectionCode::BadSignature,
             Rejection::UnknownKey { .. } => RejectionCode::UnknownKey,
-            Rejection::ForeignCluster { .. } => RejectionCode::ForeignCluster,
+            Rejection::ForeignCluster { .. } | Rejection::ForeignOrg { .. } => {
+                RejectionCode::ForeignCluster
+            }
             Rejection::Expired { .. } => RejectionCode::Expired,
             Rejection::NotYetValid { .. } => RejectionCode::NotYetValid,
             Rejection::Replayed { .. } => RejectionCode::Replayed,

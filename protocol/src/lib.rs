@@ -17,6 +17,7 @@ pub mod intent;
 pub mod join_token;
 mod jwt_crypto;
 pub mod limits;
+pub mod untrusted;
 pub mod version;
 
 pub use codec::{DecodeError, EncodeError, ErrorCode, decode, encode};

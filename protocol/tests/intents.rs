@@ -85,10 +85,17 @@ fn org_mismatch_is_a_foreign_cluster_and_short_signatures_are_bad() {
     ring.insert(signer.public_key());
     let signed = signer.sign(&payload(1)).unwrap();
     let ctx = VerifyContext::new("c-1", 1500).with_org("other-org");
-    assert_eq!(
-        ring.verify(&signed, &ctx).unwrap_err().code(),
-        RejectionCode::ForeignCluster
+    let rejection = ring.verify(&signed, &ctx).unwrap_err();
+    assert_eq!(rejection.code(), RejectionCode::ForeignCluster);
+    // The message names the org mismatch, not the (equal) cluster ids twice.
+    let message = rejection.to_string();
+    assert!(
+        message.contains("org")
+            && message.contains("other-org")
+            && message.contains(&payload(1).org),
+        "{message}"
     );
+    assert!(!message.contains(r#"this is "c-1""#), "{message}");
     let mut short = signed.clone();
     short.signature.truncate(63);
     assert_eq!(

@@ -138,6 +138,30 @@ async fn enroll_one(
         token: token.to_owned(),
         csr_pem: csr.pem()?,
     })?;
+    // The hub rate-limits enrollment per address; wait as told, like an agent.
+    for _ in 0..600 {
+        match enroll_request(addr, cfg.clone(), &body).await? {
+            Enrolled::Done(bytes) => {
+                let resp: EnrollResponse = serde_json::from_slice(&bytes)?;
+                return Ok((resp.certificate_pem, key.serialize_pem()));
+            }
+            Enrolled::RetryAfter(wait) => tokio::time::sleep(wait).await,
+        }
+    }
+    bail!("enrollment still rate limited after 600 attempts")
+}
+
+enum Enrolled {
+    Done(Bytes),
+    RetryAfter(Duration),
+}
+
+async fn enroll_request(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    body: &[u8],
+) -> anyhow::Result<Enrolled> {
+    let body = body.to_vec();
     let tcp = TcpStream::connect(addr).await?;
     let tls = TlsConnector::from(cfg)
         .connect(ServerName::try_from("localhost")?, tcp)
@@ -150,16 +174,25 @@ async fn enroll_one(
         .body(Full::new(Bytes::from(body)))?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let bytes = resp.into_body().collect().await?.to_bytes();
     conn.abort();
+    if status == http::StatusCode::TOO_MANY_REQUESTS {
+        return Ok(Enrolled::RetryAfter(Duration::from_secs(
+            retry_after.unwrap_or(1).clamp(1, 60),
+        )));
+    }
     if !status.is_success() {
         bail!(
             "enrollment answered {status}: {}",
             String::from_utf8_lossy(&bytes)
         );
     }
-    let resp: EnrollResponse = serde_json::from_slice(&bytes)?;
-    Ok((resp.certificate_pem, key.serialize_pem()))
+    Ok(Enrolled::Done(bytes))
 }
 
 /// One simulated agent: connect, Hello, then a Status every heartbeat.

@@ -98,6 +98,23 @@ async fn tls_connect(
         .await
 }
 
+/// A TLS connection to the hub without a client certificate (what an
+/// enrolling agent, or anybody, opens).
+pub async fn tls_raw(addr: SocketAddr, ca_pem: &str) -> std::io::Result<TlsStream<TcpStream>> {
+    tls_connect(addr, client_config(ca_pem, None)).await
+}
+
+/// Starts an in-process hub with a changed config.
+pub async fn start_hub_with(
+    dir: &std::path::Path,
+    change: impl FnOnce(&mut hub_sim::Config),
+) -> hub_sim::RunningHub {
+    init();
+    let mut cfg = hub_sim::Config::ephemeral(dir);
+    change(&mut cfg);
+    hub_sim::start(cfg).await.expect("hub starts")
+}
+
 /// A fresh key and CSR (the hub ignores the CSR's subject).
 pub fn new_csr() -> (String, String) {
     let key = KeyPair::generate().unwrap();
