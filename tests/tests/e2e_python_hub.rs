@@ -143,6 +143,8 @@ struct Setup {
     cluster: String,
     dir: tempfile::TempDir,
     standins: tokio::task::JoinHandle<()>,
+    /// The HTTP Helm repository of the real Flux beside the control plane.
+    repo: String,
 }
 
 async fn setup(prefix: &str) -> Setup {
@@ -160,6 +162,11 @@ async fn setup(prefix: &str) -> Setup {
     let app_ns = vworkspace_e2e::test_namespace(&client, prefix)
         .await
         .unwrap();
+    let upstream = tokio::task::spawn_blocking(vworkspace_e2e::upstream::try_shared)
+        .await
+        .unwrap()
+        .expect("the controller manager, Flux and the chart repository");
+    let repo = upstream.charts.http_url().to_string();
     let standins = standins::run_all(client.clone(), StandInConfig::default());
     let dir = tempfile::Builder::new()
         .prefix(&format!("vws-{prefix}-"))
@@ -182,6 +189,7 @@ async fn setup(prefix: &str) -> Setup {
         cluster,
         dir,
         standins,
+        repo,
     }
 }
 
@@ -236,9 +244,13 @@ async fn the_real_agent_enrolls_with_the_python_hub_and_follows_its_intents() {
 
     // Apply: the instance appears at version 1; its Ready status streams back to the hub.
     let t2 = Instant::now();
-    let first = e2e::apply(&admin, &cluster, &e2e::app_manifest(&ns, "app", "1.0.0", 1))
-        .await
-        .unwrap();
+    let first = e2e::apply(
+        &admin,
+        &cluster,
+        &e2e::app_manifest(&s.repo, &ns, "app", "0.1.0", 1),
+    )
+    .await
+    .unwrap();
     intent_when(
         &admin,
         &cluster,
@@ -250,7 +262,7 @@ async fn the_real_agent_enrolls_with_the_python_hub_and_follows_its_intents() {
     let apply_ack_ms = t2.elapsed().as_millis();
     assert_eq!(
         live(&client, &ns, "app").await,
-        Some((Some(1), "1.0.0".into()))
+        Some((Some(1), "0.1.0".into()))
     );
     hub_cond(
         &admin,
@@ -270,9 +282,13 @@ async fn the_real_agent_enrolls_with_the_python_hub_and_follows_its_intents() {
     let ready_ms = t2.elapsed().as_millis();
 
     // Update: version 2 with the new chart.
-    let second = e2e::apply(&admin, &cluster, &e2e::app_manifest(&ns, "app", "2.0.0", 2))
-        .await
-        .unwrap();
+    let second = e2e::apply(
+        &admin,
+        &cluster,
+        &e2e::app_manifest(&s.repo, &ns, "app", "0.2.0", 2),
+    )
+    .await
+    .unwrap();
     intent_when(
         &admin,
         &cluster,
@@ -283,7 +299,7 @@ async fn the_real_agent_enrolls_with_the_python_hub_and_follows_its_intents() {
     .await;
     eventually("the update in the cluster", STEP, || async {
         let got = live(&client, &ns, "app").await;
-        (got == Some((Some(2), "2.0.0".into())))
+        (got == Some((Some(2), "0.2.0".into())))
             .then_some(())
             .ok_or(format!("{got:?}"))
     })
@@ -292,12 +308,12 @@ async fn the_real_agent_enrolls_with_the_python_hub_and_follows_its_intents() {
     // Hostile intents: each refused with its code, the cluster unchanged.
     let hostile = |mode: &'static str, name: String, chart: &'static str| {
         let admin = admin.clone();
-        let (cluster, ns) = (cluster.clone(), ns.clone());
+        let (cluster, ns, repo) = (cluster.clone(), ns.clone(), s.repo.clone());
         async move {
             admin
                 .post(
                     &format!("/v1/clusters/{cluster}/hostile"),
-                    &json!({"mode": mode, "manifest": e2e::app_manifest(&ns, &name, chart, 9)}),
+                    &json!({"mode": mode, "manifest": e2e::app_manifest(&repo, &ns, &name, chart, 9)}),
                 )
                 .await
                 .unwrap()
@@ -349,7 +365,7 @@ async fn the_real_agent_enrolls_with_the_python_hub_and_follows_its_intents() {
     );
     assert_eq!(
         live(&client, &ns, "app").await,
-        Some((Some(2), "2.0.0".into())),
+        Some((Some(2), "0.2.0".into())),
         "a hostile intent changed the cluster"
     );
     // The agent reported the refusals as Warning events, audited at the hub.
@@ -456,7 +472,7 @@ async fn the_agent_moves_between_two_python_hubs_sharing_postgres() {
     let one = e2e::apply(
         &admin_b,
         &cluster,
-        &e2e::app_manifest(&ns, "app", "1.0.0", 1),
+        &e2e::app_manifest(&s.repo, &ns, "app", "1.0.0", 1),
     )
     .await
     .unwrap();
@@ -484,14 +500,14 @@ async fn the_agent_moves_between_two_python_hubs_sharing_postgres() {
     let two = e2e::apply(
         &admin_a,
         &cluster,
-        &e2e::app_manifest(&ns, "app", "2.0.0", 2),
+        &e2e::app_manifest(&s.repo, &ns, "app", "2.0.0", 2),
     )
     .await
     .unwrap();
     let other = e2e::apply(
         &admin_a,
         &cluster,
-        &e2e::app_manifest(&ns, "other", "1.0.0", 1),
+        &e2e::app_manifest(&s.repo, &ns, "other", "1.0.0", 1),
     )
     .await
     .unwrap();
@@ -530,7 +546,7 @@ async fn the_agent_moves_between_two_python_hubs_sharing_postgres() {
     let three = e2e::apply(
         &admin_b,
         &cluster,
-        &e2e::app_manifest(&ns, "app", "3.0.0", 3),
+        &e2e::app_manifest(&s.repo, &ns, "app", "3.0.0", 3),
     )
     .await
     .unwrap();
