@@ -170,6 +170,7 @@ mod tests {
                     status: s.to_string(),
                     reason: r.to_string(),
                     message: "m".into(),
+                    observed_generation: None,
                 })
                 .collect(),
             history: history
