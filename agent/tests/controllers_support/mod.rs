@@ -84,15 +84,15 @@ pub fn start(upstream: Upstream) {
             .with_ansi(false)
             .try_init();
         let cp = vworkspace_e2e::shared();
-        if upstream == Upstream::All {
-            if let Err(e) = vworkspace_e2e::upstream::try_shared() {
-                panic!(
-                    "the real upstream controllers (kube-controller-manager, Flux) did not \
+        if upstream == Upstream::All
+            && let Err(e) = vworkspace_e2e::upstream::try_shared()
+        {
+            panic!(
+                "the real upstream controllers (kube-controller-manager, Flux) did not \
                      start: {e}\nThey are built once from Go modules into ~/.cache/vworkspace; \
                      see tests/README.md for the TEST_ASSET_* variables that point at prebuilt \
                      binaries instead."
-                );
-            }
+            );
         }
         let (tx, rx) = mpsc::channel::<Result<(), String>>();
         std::thread::Builder::new()
