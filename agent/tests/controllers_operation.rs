@@ -1,13 +1,16 @@
 //! Operation controller against the real API server with the real upstream
-//! CRDs (Velero, CSI snapshots, VolSync, Argo, Flux) and batch/v1 Jobs; the
-//! engines' controllers are stood in for by `vworkspace_e2e::standins`.
+//! CRDs (Velero, CSI snapshots, VolSync, Argo, Flux) and batch/v1 Jobs. Flux
+//! (source- and helm-controller) and kube-controller-manager's Job controller
+//! run for real; what needs a kubelet or a CSI driver (Velero, snapshots,
+//! VolSync, Argo, and the end of a Job's Pod) is stood in for by
+//! `vworkspace_e2e::standins`.
 
 mod controllers_support;
 
 use controllers_support::*;
 use k8s_openapi::api::{
     batch::v1::Job,
-    core::v1::{PersistentVolumeClaim, ServiceAccount},
+    core::v1::{ConfigMap, PersistentVolumeClaim, ServiceAccount},
 };
 use kube::{
     Api, ResourceExt,
@@ -409,11 +412,9 @@ async fn a_workload_deleted_from_outside_fails_the_operation() {
     assert!(msg.contains("deleted outside the agent"), "{msg}");
 }
 
-#[tokio::test]
-async fn helm_upgrade_changes_the_instance_version_and_waits_for_the_release() {
-    let (client, ns) = env("op-upgrade").await;
-    create_app(&client, &ns, "nc", helm_spec("nc", &ns, "6.6.0")).await;
-    wait_app(&client, &ns, "nc", "Ready", |a| {
+async fn ready_release(client: &kube::Client, ns: &str) {
+    create_app(client, ns, "nc", helm_spec("nc", ns, "0.1.0")).await;
+    wait_app(client, ns, "nc", "Ready", |a| {
         cond_is(
             &a.status.clone().unwrap_or_default().conditions,
             "Ready",
@@ -422,11 +423,19 @@ async fn helm_upgrade_changes_the_instance_version_and_waits_for_the_release() {
         )
     })
     .await;
+}
+
+/// Upgrade to 0.2.0 and roll back, both really done by helm-controller: the
+/// ConfigMap 0.2.0 adds appears with the upgrade and goes with the roll-back.
+#[tokio::test]
+async fn helm_upgrade_changes_the_instance_version_and_waits_for_the_release() {
+    let (client, ns) = env("op-upgrade").await;
+    ready_release(&client, &ns).await;
     create_op(
         &client,
         &ns,
         "up",
-        op_spec("nc", "Upgrade", "helm", json!({"targetVersion": "6.7.0"})),
+        op_spec("nc", "Upgrade", "helm", json!({"targetVersion": "0.2.0"})),
     )
     .await;
     let done = wait_phase(
@@ -444,16 +453,26 @@ async fn helm_upgrade_changes_the_instance_version_and_waits_for_the_release() {
             out["chartVersion"].as_str(),
             out["previousVersion"].as_str()
         ),
-        (Some("6.7.0"), Some("6.6.0"))
+        (Some("0.2.0"), Some("0.1.0"))
     );
     let ai = Api::<ApplicationInstance>::namespaced(client.clone(), &ns)
         .get("nc")
         .await
         .unwrap();
-    assert_eq!(ai.spec.chart.unwrap().version, "6.7.0");
+    assert_eq!(ai.spec.chart.unwrap().version, "0.2.0");
     let hr = helm_releases(&client, &ns).get("nc").await.unwrap();
-    assert_eq!(hr.data["status"]["history"][0]["chartVersion"], "6.7.0");
+    assert_eq!(hr.data["status"]["history"][0]["chartVersion"], "0.2.0");
     assert_eq!(hr.data["status"]["history"][0]["status"], "deployed");
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    assert_eq!(
+        release_config_map(&client, &ns, "nc")
+            .await
+            .unwrap()
+            .data
+            .unwrap()["chartVersion"],
+        "0.2.0"
+    );
+    assert!(cms.get_opt("nc-hello-feature").await.unwrap().is_some());
 
     // Rollback without a version goes back to the previous deployed one.
     create_op(
@@ -476,31 +495,59 @@ async fn helm_upgrade_changes_the_instance_version_and_waits_for_the_release() {
         .get("nc")
         .await
         .unwrap();
-    assert_eq!(ai.spec.chart.unwrap().version, "6.6.0");
+    assert_eq!(ai.spec.chart.unwrap().version, "0.1.0");
+    assert_eq!(
+        release_config_map(&client, &ns, "nc")
+            .await
+            .unwrap()
+            .data
+            .unwrap()["chartVersion"],
+        "0.1.0"
+    );
+    assert!(
+        cms.get_opt("nc-hello-feature").await.unwrap().is_none(),
+        "Helm removes what 0.2.0 added"
+    );
 }
 
+/// The upgrade to 0.2.0 fails for real (`block_feature_config_map`);
+/// helm-controller rolls back to 0.1.0 as the agent's remediation asks, and
+/// the Operation fails saying so.
 #[tokio::test]
 async fn a_failed_helm_upgrade_fails_the_operation() {
     let (client, ns) = env("op-upfail").await;
-    create_app(&client, &ns, "nc", helm_spec("nc", &ns, "6.6.0")).await;
-    wait_app(&client, &ns, "nc", "Ready", |a| {
-        cond_is(
-            &a.status.clone().unwrap_or_default().conditions,
-            "Ready",
-            "True",
-            "HelmReleaseReady",
-        )
-    })
-    .await;
-    scenario(&client, &ns, Some("HelmRelease"), "failure").await;
+    ready_release(&client, &ns).await;
+    block_feature_config_map(&client, &ns, "nc").await;
     create_op(
         &client,
         &ns,
         "up",
-        op_spec("nc", "Upgrade", "helm", json!({"targetVersion": "7.0.0"})),
+        op_spec("nc", "Upgrade", "helm", json!({"targetVersion": "0.2.0"})),
     )
     .await;
-    wait_phase(&client, &ns, "up", "Failed", "Failed", "UpgradeFailed").await;
+    let o = wait_phase(&client, &ns, "up", "Failed", "Failed", "RolledBack").await;
+    let msg = st(&o)
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Failed")
+        .unwrap()
+        .message;
+    assert!(
+        msg.contains("rolled HelmRelease nc back") && msg.contains("0.2.0"),
+        "{msg}"
+    );
+    let hr = helm_releases(&client, &ns).get("nc").await.unwrap();
+    assert_eq!(
+        flux_condition(&hr, "Remediated")["reason"],
+        "RollbackSucceeded"
+    );
+    assert!(
+        flux_condition(&hr, "Released")["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("immutable")),
+        "{hr:?}"
+    );
+    unhold_config_map(&client, &ns, "nc-hello-feature").await;
 }
 
 #[tokio::test]
@@ -1170,25 +1217,18 @@ async fn cancel_stops_every_engine_and_keeps_backups() {
     .await;
 }
 
+/// An upgrade to a version the repository does not have never finishes:
+/// helm-controller waits for source-controller's chart. Cancel puts the
+/// previous version back and helm-controller settles on it.
 #[tokio::test]
 async fn cancelling_a_helm_upgrade_puts_the_previous_version_back() {
     let (client, ns) = env("op-upcancel").await;
-    create_app(&client, &ns, "nc", helm_spec("nc", &ns, "6.6.0")).await;
-    wait_app(&client, &ns, "nc", "Ready", |a| {
-        cond_is(
-            &a.status.clone().unwrap_or_default().conditions,
-            "Ready",
-            "True",
-            "HelmReleaseReady",
-        )
-    })
-    .await;
-    scenario(&client, &ns, Some("HelmRelease"), "hang").await;
+    ready_release(&client, &ns).await;
     create_op(
         &client,
         &ns,
         "up",
-        op_spec("nc", "Upgrade", "helm", json!({"targetVersion": "6.8.0"})),
+        op_spec("nc", "Upgrade", "helm", json!({"targetVersion": "0.3.0"})),
     )
     .await;
     wait_op(&client, &ns, "up", "Running", |o| {
@@ -1198,7 +1238,7 @@ async fn cancelling_a_helm_upgrade_puts_the_previous_version_back() {
     let apps = Api::<ApplicationInstance>::namespaced(client.clone(), &ns);
     assert_eq!(
         apps.get("nc").await.unwrap().spec.chart.unwrap().version,
-        "6.8.0"
+        "0.3.0"
     );
     cancel(&client, &ns, "up").await;
     wait_phase(
@@ -1212,6 +1252,23 @@ async fn cancelling_a_helm_upgrade_puts_the_previous_version_back() {
     .await;
     assert_eq!(
         apps.get("nc").await.unwrap().spec.chart.unwrap().version,
-        "6.6.0"
+        "0.1.0"
+    );
+    wait_app(&client, &ns, "nc", "Ready again at 0.1.0", |a| {
+        cond_is(
+            &a.status.clone().unwrap_or_default().conditions,
+            "Ready",
+            "True",
+            "HelmReleaseReady",
+        )
+    })
+    .await;
+    assert_eq!(
+        release_config_map(&client, &ns, "nc")
+            .await
+            .unwrap()
+            .data
+            .unwrap()["chartVersion"],
+        "0.1.0"
     );
 }

@@ -1,7 +1,10 @@
 //! Shared setup of the controller tests: one real control plane per test
-//! binary with our CRDs and the upstream CRDs installed, the controllers and
-//! the stand-ins running on their own runtime for the whole binary, and every
-//! log line captured so tests can scan it for secrets.
+//! binary with our CRDs and the upstream CRDs installed, the real upstream
+//! controllers beside it (kube-controller-manager, Flux source- and
+//! helm-controller, the test charts over HTTP and OCI), the agent's
+//! controllers and the stand-ins for what needs a kubelet running on their own
+//! runtime for the whole binary, and every log line captured so tests can scan
+//! it for secrets.
 
 #![allow(dead_code)]
 
@@ -60,13 +63,17 @@ pub fn logs() -> String {
 /// What the optional-CRD variants install.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Upstream {
-    /// Every upstream CRD.
+    /// Every upstream CRD and every real upstream controller
+    /// ([`vworkspace_e2e::upstream::shared`]).
     All,
-    /// Only Flux (HelmRelease and sources): engines like Velero are missing.
+    /// Only the Flux CRDs (HelmRelease and sources): engines like Velero are
+    /// missing. Flux itself does not run (it would install every upstream
+    /// CRD); kube-controller-manager does, so Jobs finish for real.
     FluxOnly,
 }
 
-/// Starts (once per binary) the control plane, CRDs, controllers and stand-ins.
+/// Starts (once per binary) the control plane, CRDs, upstream controllers,
+/// the agent's controllers and the stand-ins.
 pub fn start(upstream: Upstream) {
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {
@@ -77,6 +84,16 @@ pub fn start(upstream: Upstream) {
             .with_ansi(false)
             .try_init();
         let cp = vworkspace_e2e::shared();
+        if upstream == Upstream::All
+            && let Err(e) = vworkspace_e2e::upstream::try_shared()
+        {
+            panic!(
+                "the real upstream controllers (kube-controller-manager, Flux) did not \
+                     start: {e}\nThey are built once from Go modules into ~/.cache/vworkspace; \
+                     see tests/README.md for the TEST_ASSET_* variables that point at prebuilt \
+                     binaries instead."
+            );
+        }
         let (tx, rx) = mpsc::channel::<Result<(), String>>();
         std::thread::Builder::new()
             .name("controllers".into())
@@ -94,6 +111,16 @@ pub fn start(upstream: Upstream) {
                     if let Err(e) = install(&client, upstream).await {
                         return tx.send(Err(e)).unwrap_or(());
                     }
+                    // Without the shared upstream, the Job controller alone:
+                    // the Job stand-in only moves Pods, as a kubelet would.
+                    let _controller_manager = if upstream == Upstream::FluxOnly {
+                        match start_controller_manager(cp).await {
+                            Ok(cm) => Some(cm),
+                            Err(e) => return tx.send(Err(e)).unwrap_or(()),
+                        }
+                    } else {
+                        None
+                    };
                     let _standins = standins::run_all(
                         client.clone(),
                         StandInConfig {
@@ -124,6 +151,21 @@ pub fn start(upstream: Upstream) {
             Err(e) => panic!("controller test setup did not finish: {e}"),
         }
     });
+}
+
+/// kube-controller-manager on its own, for [`Upstream::FluxOnly`]. The
+/// directory holds its log and lives as long as the process.
+async fn start_controller_manager(
+    cp: &'static vworkspace_e2e::ControlPlane,
+) -> Result<vworkspace_e2e::upstream::ControllerManager, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("vws-controller-manager-")
+        .tempdir()
+        .map_err(|e| format!("creating the controller manager's directory: {e}"))?
+        .keep();
+    vworkspace_e2e::upstream::ControllerManager::start(cp, &dir)
+        .await
+        .map_err(|e| format!("starting kube-controller-manager: {e}"))
 }
 
 async fn install(client: &Client, upstream: Upstream) -> Result<(), String> {
@@ -184,7 +226,14 @@ pub async fn env_started(prefix: &str) -> (Client, String) {
 }
 
 /// Sets the stand-in scenario of a namespace (optionally for one kind).
+///
+/// Only kinds a stand-in handles (`vworkspace_e2e::standins`): Flux runs for
+/// real, so a HelmRelease outcome comes from the chart and the cluster.
 pub async fn scenario(client: &Client, ns: &str, kind: Option<&str>, scenario: &str) {
+    assert!(
+        kind != Some("HelmRelease"),
+        "HelmReleases are reconciled by the real helm-controller; pick the outcome with the chart"
+    );
     let key = match kind {
         Some(k) => format!(
             "{}-{}",
@@ -214,15 +263,135 @@ pub fn app(name: &str, ns: &str, spec: Value) -> ApplicationInstance {
     .expect("valid ApplicationInstance")
 }
 
-/// A managed helm-source spec with inline values.
+/// The chart every helm-source instance installs: the test chart `hello`
+/// (0.1.0 and 0.2.0; a ConfigMap `<release>-hello` with the values greeting,
+/// replicaCount and chartVersion, and a Secret `<release>-hello-credentials`
+/// with the value password; 0.2.0 adds ConfigMap `<release>-hello-feature`).
+pub const CHART: &str = "hello";
+/// A chart that fails to render unless value `must` is set.
+pub const NEEDS_VALUE_CHART: &str = "needs-value";
+/// A chart whose Deployment never becomes ready (no kubelet): an install
+/// stays in progress until Helm's timeout (5 min).
+pub const NEVER_READY_CHART: &str = "never-ready";
+/// The message Helm fails [`NEEDS_VALUE_CHART`] with.
+pub const NEEDS_VALUE_MESSAGE: &str = "value 'must' is required";
+/// Greeting in the inline values of [`helm_spec`].
+pub const GREETING: &str = "hello from the controller tests";
+
+/// The HTTP Helm repository serving tests/charts (the shared upstream).
+pub fn chart_repo_url() -> String {
+    vworkspace_e2e::upstream::shared()
+        .charts
+        .http_url()
+        .to_string()
+}
+
+/// The OCI registry path holding the charts of tests/charts.
+pub fn chart_oci_url() -> String {
+    vworkspace_e2e::upstream::shared().charts.oci_url()
+}
+
+/// A managed helm-source spec of the [`CHART`] chart from the local Helm
+/// repository, with inline values.
 pub fn helm_spec(release: &str, ns: &str, version: &str) -> Value {
+    chart_spec(release, ns, CHART, version)
+}
+
+/// A managed helm-source spec of any chart in the local Helm repository.
+pub fn chart_spec(release: &str, ns: &str, chart: &str, version: &str) -> Value {
     json!({
-        "appRef": { "catalogId": "nextcloud" },
+        "appRef": { "catalogId": chart },
         "mode": "managed",
-        "chart": { "sourceType": "helm", "url": "https://charts.example.com", "name": "nextcloud", "version": version },
+        "chart": { "sourceType": "helm", "url": chart_repo_url(), "name": chart, "version": version },
         "release": { "name": release, "namespace": ns },
-        "values": { "source": "inline", "inline": { "replicas": 1 } },
+        "values": { "source": "inline", "inline": { "greeting": GREETING, "replicaCount": 1 } },
     })
+}
+
+/// The ConfigMap `<release>-hello` the chart installed (its data shows the
+/// values and chart version Helm rendered).
+pub async fn release_config_map(
+    client: &Client,
+    ns: &str,
+    release: &str,
+) -> Option<k8s_openapi::api::core::v1::ConfigMap> {
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(&format!("{release}-hello"))
+        .await
+        .expect("reading the release's ConfigMap")
+}
+
+/// Waits until the release's ConfigMap has `key` = `value`.
+pub async fn wait_release_data(client: &Client, ns: &str, release: &str, key: &str, value: &str) {
+    vworkspace_e2e::wait::eventually(
+        &format!("{ns}/{release}-hello data {key}={value}"),
+        WAIT,
+        || async move {
+            let cm = release_config_map(client, ns, release).await;
+            let got = cm
+                .as_ref()
+                .and_then(|c| c.data.as_ref())
+                .and_then(|d| d.get(key))
+                .cloned();
+            if got.as_deref() == Some(value) {
+                Ok(())
+            } else {
+                Err(format!("{key} is {got:?}"))
+            }
+        },
+    )
+    .await
+}
+
+/// Finalizer a test puts on an object to hold its deletion.
+pub const HOLD: &str = "test.vworkspace.io/hold";
+
+/// Creates ConfigMap `<release>-hello-feature`, immutable and held by
+/// [`HOLD`], with data of its own: 0.2.0 of the chart renders that ConfigMap
+/// with other data, which the API server refuses ("field is immutable"), and
+/// Helm's clean-up on failure cannot delete it away. Every upgrade to 0.2.0
+/// fails until [`unhold_config_map`].
+pub async fn block_feature_config_map(client: &Client, ns: &str, release: &str) {
+    let cm = k8s_openapi::api::core::v1::ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(format!("{release}-hello-feature")),
+            finalizers: Some(vec![HOLD.into()]),
+            ..Default::default()
+        },
+        data: Some([("owner".to_string(), "someone else".to_string())].into()),
+        immutable: Some(true),
+        ..Default::default()
+    };
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("creating the conflicting ConfigMap");
+}
+
+/// Removes the finalizers of a ConfigMap (the test's [`HOLD`] among them).
+pub async fn unhold_config_map(client: &Client, ns: &str, name: &str) {
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .expect("removing the test's finalizer");
+}
+
+/// The condition `type_` of a Flux object (Null when absent).
+pub fn flux_condition(obj: &DynamicObject, type_: &str) -> Value {
+    obj.data["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// The last lines of the upstream logs, for failure messages.
+pub fn upstream_logs() -> String {
+    vworkspace_e2e::upstream::shared().log_tails(40)
 }
 
 /// A placeholder spec.

@@ -3,9 +3,11 @@
 //! Each exists because the real program needs what this machine lacks: a
 //! kubelet to run pods (Velero's data path and server pod, VolSync movers,
 //! Argo steps, Job pods) or a CSI driver with real volumes (snapshots).
-//! Flux, Helm and the controller manager's garbage collector and namespace
-//! controller do run here, for real ([`crate::upstream`]); no stand-in
-//! replaces them.
+//! Flux, Helm and the controller manager's garbage collector, namespace and
+//! Job controllers do run here, for real ([`crate::upstream`]); no stand-in
+//! replaces them. For Jobs the stand-in therefore plays only the kubelet's
+//! part: it ends the Job's Pods, and the real Job controller counts them and
+//! writes the Job's status (two writers of Job status would fight).
 //!
 //! [`run_all`] starts one small controller per kind. Each moves an object's
 //! status the way the real controller does, and nothing else:
@@ -16,13 +18,16 @@
 //! | `StandInSnapshotter` | CSI external-snapshotter | VolumeSnapshot `readyToUse` / `error` |
 //! | `StandInVolSync` | VolSync | ReplicationSource manual sync result |
 //! | `StandInArgo` | Argo workflow-controller | Workflow `phase`, `shutdown` |
-//! | `StandInJobController` | kube-controller-manager's Job controller | Job conditions, counts, suspend |
+//! | `StandInKubelet` | the kubelet, for Pods of Jobs | Pod `phase` Succeeded / Failed with the container's exit |
 //!
 //! The outcome is picked per object by [`Scenario`]: the annotation
-//! [`SCENARIO_ANNOTATION`] on the object, else on the namespace the object is
-//! about (for Velero objects, their first `includedNamespaces` entry; the
-//! per-kind key `standin.vworkspace.io/scenario-<kind>` wins), else
-//! [`StandInConfig::default_scenario`]. Tests and the demo set it per namespace.
+//! [`SCENARIO_ANNOTATION`] on the object (for a Pod, also on its Job), else on
+//! the namespace the object is about (for Velero objects, their first
+//! `includedNamespaces` entry; the per-kind key
+//! `standin.vworkspace.io/scenario-<kind>` wins, and Pods of Jobs use
+//! `scenario-job`), else [`StandInConfig::default_scenario`]. Tests and the
+//! demo set it per namespace. Job Pods are only ended where a Job controller
+//! runs ([`crate::upstream`]); without one, nothing writes the Job's status.
 
 use std::{
     collections::HashMap,
@@ -55,7 +60,8 @@ pub enum Scenario {
     PartialFailure,
     /// Stay in progress for [`StandInConfig::slow_delay`], then succeed.
     Slow,
-    /// Stay in progress forever (for cancel and timeout tests).
+    /// Stay in progress forever (for cancel and timeout tests); a Job's Pod
+    /// stays Pending, which the Job controller counts as active.
     Hang,
 }
 
@@ -123,8 +129,12 @@ const KINDS: &[(&str, &str, &str, &str, bool)] = &[
         true,
     ),
     ("argoproj.io", "v1alpha1", "Workflow", "workflows", false),
-    ("batch", "v1", "Job", "jobs", true),
+    ("", "v1", "Pod", "pods", true),
 ];
+
+/// The label the Job controller puts on its Pods; the kubelet stand-in
+/// handles only Pods that carry it.
+const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
 const MANAGER: &str = "vworkspace-standins";
 
@@ -159,9 +169,12 @@ pub fn run_all(client: Client, config: StandInConfig) -> JoinHandle<()> {
             } else {
                 format!("{group}/{version}")
             };
-            let served = client
-                .list_api_group_resources(&gv)
-                .await
+            let resources = if group.is_empty() {
+                client.list_core_api_resources(version).await
+            } else {
+                client.list_api_group_resources(&gv).await
+            };
+            let served = resources
                 .map(|l| l.resources.iter().any(|r| r.name == *plural))
                 .unwrap_or(false);
             if !served {
@@ -181,8 +194,13 @@ pub fn run_all(client: Client, config: StandInConfig) -> JoinHandle<()> {
                 seen: Mutex::new(HashMap::new()),
             });
             let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
+            let watch = if *kind == "Pod" {
+                watcher::Config::default().labels(JOB_NAME_LABEL)
+            } else {
+                watcher::Config::default()
+            };
             runs.push(
-                Controller::new_with(api, watcher::Config::default(), ar)
+                Controller::new_with(api, watch, ar)
                     .run(reconcile, error_policy, ctx)
                     .for_each(|r| {
                         if let Err(e) = r {
@@ -229,7 +247,7 @@ async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Sta
         "VolumeSnapshot" => snapshot(&obj, outcome, done),
         "ReplicationSource" => replication_source(&obj, outcome, done),
         "Workflow" => workflow(&obj, outcome, done),
-        "Job" => job(&obj, outcome, done),
+        "Pod" => job_pod(&obj, outcome, done),
         _ => None,
     };
     if let Some(status) = next {
@@ -254,6 +272,21 @@ async fn scenario(obj: &DynamicObject, ctx: &Ctx) -> Result<Scenario, kube::Erro
     {
         return Ok(s);
     }
+    // A Job Pod: the Job's annotation, then the namespace's `scenario-job`.
+    let kind = if ctx.kind == "Pod" { "Job" } else { ctx.kind };
+    if ctx.kind == "Pod"
+        && let (Some(ns), Some(job)) = (obj.namespace(), obj.labels().get(JOB_NAME_LABEL))
+        && let Some(j) =
+            Api::<k8s_openapi::api::batch::v1::Job>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(job)
+                .await?
+        && let Some(s) = j
+            .annotations()
+            .get(SCENARIO_ANNOTATION)
+            .and_then(|s| Scenario::parse(s))
+    {
+        return Ok(s);
+    }
     let subject = if ctx.kind == "Backup" || ctx.kind == "Restore" {
         obj.data["spec"]["includedNamespaces"][0]
             .as_str()
@@ -268,7 +301,7 @@ async fn scenario(obj: &DynamicObject, ctx: &Ctx) -> Result<Scenario, kube::Erro
             .await?
     {
         let a = n.annotations();
-        let per_kind = format!("{SCENARIO_ANNOTATION}-{}", ctx.kind.to_ascii_lowercase());
+        let per_kind = format!("{SCENARIO_ANNOTATION}-{}", kind.to_ascii_lowercase());
         if let Some(s) = a
             .get(&per_kind)
             .or_else(|| a.get(SCENARIO_ANNOTATION))
@@ -438,58 +471,52 @@ fn workflow(obj: &DynamicObject, outcome: Scenario, done: bool) -> Option<Value>
     ))
 }
 
-// --- StandInJobController: Job conditions the way the Job controller writes them.
-fn job(obj: &DynamicObject, outcome: Scenario, done: bool) -> Option<Value> {
+// --- StandInKubelet: a Job's Pod ends the way the kubelet reports it. The
+// Pod stays Pending until then (no node runs it); the real Job controller
+// counts it active, then succeeded or failed, and writes the Job's status.
+fn job_pod(obj: &DynamicObject, outcome: Scenario, done: bool) -> Option<Value> {
     let st = &obj.data["status"];
-    let has = |t: &str| {
-        st["conditions"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["type"] == t && c["status"] == "True"))
+    let phase = st["phase"].as_str().unwrap_or_default();
+    if matches!(phase, "Succeeded" | "Failed") || obj.metadata.deletion_timestamp.is_some() || !done
+    {
+        return None;
+    }
+    let (phase, exit_code, reason) = match outcome {
+        Scenario::Failure => ("Failed", 1, "Error"),
+        _ => ("Succeeded", 0, "Completed"),
     };
-    if has("Complete") || has("Failed") {
-        return None;
-    }
-    let cond = |t: &str, reason: &str, message: &str| json!({"type": t, "status": "True", "reason": reason, "message": message, "lastProbeTime": now(), "lastTransitionTime": now()});
-    if obj.data["spec"]["suspend"] == true {
-        if has("Suspended") {
-            return None;
-        }
-        return Some(json!({
-            "startTime": st["startTime"].clone(),
-            "active": 0,
-            "ready": 0,
-            "conditions": [cond("Suspended", "JobSuspended", "Job suspended")],
-        }));
-    }
-    if st["startTime"].is_null() {
-        return Some(
-            json!({"startTime": now(), "active": 1, "ready": 1, "terminating": 0, "uncountedTerminatedPods": {}}),
-        );
-    }
-    if !done {
-        return None;
-    }
-    Some(match outcome {
-        Scenario::Failure => json!({
-            "startTime": st["startTime"].clone(),
-            "active": 0, "ready": 0, "failed": 1, "terminating": 0,
-            "uncountedTerminatedPods": {},
-            "conditions": [
-                cond("FailureTarget", "BackoffLimitExceeded", "Job has reached the specified backoff limit"),
-                cond("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit"),
-            ],
+    let at = now();
+    let containers: Vec<Value> = obj.data["spec"]["containers"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .map(|c| {
+                    json!({
+                        "name": c["name"],
+                        "image": c["image"],
+                        "imageID": "",
+                        "ready": false,
+                        "started": false,
+                        "restartCount": 0,
+                        "state": {"terminated": {
+                            "exitCode": exit_code,
+                            "reason": reason,
+                            "startedAt": at,
+                            "finishedAt": at,
+                        }},
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(merged(
+        obj,
+        json!({
+            "phase": phase,
+            "startTime": st["startTime"].as_str().map_or_else(|| json!(at), |t| json!(t)),
+            "containerStatuses": containers,
         }),
-        _ => json!({
-            "startTime": st["startTime"].clone(),
-            "completionTime": now(),
-            "active": 0, "ready": 0, "succeeded": 1, "terminating": 0,
-            "uncountedTerminatedPods": {},
-            "conditions": [
-                cond("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods"),
-                cond("Complete", "CompletionsReached", "Reached expected number of succeeded pods"),
-            ],
-        }),
-    })
+    ))
 }
 
 #[cfg(test)]
@@ -544,22 +571,22 @@ mod tests {
     }
 
     #[test]
-    fn job_finishes_with_the_conditions_kubernetes_requires() {
-        let start = job(&obj(json!({"spec": {}})), Scenario::Success, true).unwrap();
-        assert_eq!(start["active"], 1);
-        let done = job(
-            &obj(json!({"spec": {}, "status": start.clone()})),
-            Scenario::Success,
-            true,
-        )
-        .unwrap();
-        assert_eq!(done["conditions"][1]["type"], "Complete");
-        let failed = job(
-            &obj(json!({"spec": {}, "status": start})),
-            Scenario::Failure,
-            true,
-        )
-        .unwrap();
-        assert_eq!(failed["conditions"][1]["type"], "Failed");
+    fn job_pods_end_with_the_scenario_phase_and_exit_code() {
+        let pod = obj(json!({"spec": {"containers": [{"name": "runner", "image": "busybox"}]}}));
+        let ok = job_pod(&pod, Scenario::Success, true).unwrap();
+        assert_eq!(ok["phase"], "Succeeded");
+        assert_eq!(
+            ok["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+            0
+        );
+        let failed = job_pod(&pod, Scenario::Failure, true).unwrap();
+        assert_eq!(failed["phase"], "Failed");
+        assert_eq!(
+            failed["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+            1
+        );
+        assert!(job_pod(&pod, Scenario::Hang, false).is_none());
+        let ended = obj(json!({"status": ok}));
+        assert!(job_pod(&ended, Scenario::Failure, true).is_none());
     }
 }

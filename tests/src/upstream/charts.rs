@@ -217,7 +217,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_repository_has_two_versions_of_hello_and_a_chart_that_needs_a_value() {
+    fn the_repository_has_two_versions_of_hello_and_the_failure_charts() {
         let found: Vec<(String, String)> = chart_sources(&charts_dir())
             .unwrap()
             .into_iter()
@@ -227,6 +227,7 @@ mod tests {
             ("hello", "0.1.0"),
             ("hello", "0.2.0"),
             ("needs-value", "0.1.0"),
+            ("never-ready", "0.1.0"),
         ] {
             assert!(
                 found.contains(&(want.0.to_string(), want.1.to_string())),

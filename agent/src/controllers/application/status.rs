@@ -71,20 +71,9 @@ impl ReleaseView {
                     .collect()
             })
             .unwrap_or_default();
-        // While helm-controller retries a failed install it leaves
-        // status.observedGeneration at -1 and reports the failure on a Ready
-        // condition that names the generation: that condition counts.
-        let ready_generation = conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .and_then(|c| c.observed_generation);
-        let observed_generation = match (status["observedGeneration"].as_i64(), ready_generation) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
         Self {
             generation,
-            observed_generation,
+            observed_generation: status["observedGeneration"].as_i64(),
             conditions,
             history,
         }
@@ -110,12 +99,21 @@ impl ReleaseView {
     }
 
     /// helm-controller has not yet looked at the current spec.
+    ///
+    /// `status.observedGeneration` alone is not enough: helm-controller leaves
+    /// it at -1 (the CRD default) or the last settled generation while it
+    /// retries or waits for the chart, yet stamps its Ready condition with the
+    /// generation it judged.
     pub fn is_stale(&self) -> bool {
-        match (self.generation, self.observed_generation) {
-            (Some(g), Some(o)) => o < g,
-            (Some(_), None) => true,
-            _ => false,
-        }
+        let Some(g) = self.generation else {
+            return false;
+        };
+        let observed = self.observed_generation.is_some_and(|o| o >= g);
+        let judged = self
+            .condition("Ready")
+            .and_then(|c| c.observed_generation)
+            .is_some_and(|o| o >= g);
+        !(observed || judged)
     }
 
     /// Ready=True at the current generation.
@@ -638,6 +636,28 @@ mod tests {
         let got = map(Some(&hr), &[], Some(4), &at());
         assert_eq!(got[0].message, "boom: hook failed");
         assert!(got.iter().all(|c| c.observed_generation == Some(4)));
+    }
+
+    /// What helm-controller writes while it retries a failed install: the
+    /// status keeps observedGeneration -1, Ready carries the generation.
+    #[test]
+    fn a_failure_judged_at_the_current_generation_is_not_stale() {
+        let data = serde_json::json!({"status": {
+            "observedGeneration": -1,
+            "conditions": [
+                {"type": "Reconciling", "status": "True", "reason": "Progressing", "message": "Running 'install' action with timeout of 5m0s", "observedGeneration": 1},
+                {"type": "Ready", "status": "False", "reason": "InstallFailed", "message": "Helm install failed: value 'must' is required", "observedGeneration": 1},
+            ],
+        }});
+        let v = ReleaseView::from_object(Some(1), &data);
+        assert!(!v.is_stale());
+        let got = map(Some(&v), &[], Some(1), &at());
+        assert_eq!(
+            (got[0].status.as_str(), got[0].reason.as_str()),
+            ("False", "InstallFailed")
+        );
+        // A Ready written for an older generation does not count.
+        assert!(ReleaseView::from_object(Some(2), &data).is_stale());
     }
 
     #[test]
