@@ -64,7 +64,7 @@ impl ReleaseView {
                 h.iter()
                     .map(|e| {
                         (
-                            e["chartVersion"].as_str().unwrap_or_default().to_string(),
+                            chart_version(e).to_string(),
                             e["status"].as_str().unwrap_or_default().to_string(),
                         )
                     })
@@ -119,6 +119,29 @@ impl ReleaseView {
     /// Ready=True at the current generation.
     pub fn is_ready(&self) -> bool {
         !self.is_stale() && self.condition("Ready").is_some_and(|c| c.status == "True")
+    }
+}
+
+/// The chart version of one `status.history` entry, as the instance names it.
+///
+/// For a chart from an OCIRepository, helm-controller appends the artifact's
+/// digest as build metadata (`0.2.0` becomes `0.2.0+f75e78c5ee5d`) and records
+/// the digest in `ociDigest`; the version the instance asked for is the part
+/// before it.
+pub fn chart_version(entry: &Value) -> &str {
+    let version = entry["chartVersion"].as_str().unwrap_or_default();
+    let from_oci = entry["ociDigest"].as_str().is_some_and(|d| !d.is_empty());
+    match version.rsplit_once('+') {
+        Some((base, digest))
+            if from_oci
+                || (digest.len() == 12
+                    && digest
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))) =>
+        {
+            base
+        }
+        _ => version,
     }
 }
 
@@ -595,6 +618,29 @@ mod tests {
                 assert!(reasons::ALL.contains(&r), "{name}: {r} not in vocabulary");
             }
         }
+    }
+
+    #[test]
+    fn the_digest_flux_appends_to_an_oci_chart_version_is_not_part_of_it() {
+        let e = |v: &str, digest: Option<&str>| {
+            let mut e = serde_json::json!({"chartVersion": v, "status": "deployed"});
+            if let Some(d) = digest {
+                e["ociDigest"] = serde_json::json!(d);
+            }
+            e
+        };
+        assert_eq!(
+            chart_version(&e("0.2.0+f75e78c5ee5d", Some("sha256:f75e78c5ee5d0"))),
+            "0.2.0"
+        );
+        assert_eq!(chart_version(&e("0.2.0+f75e78c5ee5d", None)), "0.2.0");
+        assert_eq!(
+            chart_version(&e("0.1.0+7061d6b", Some("sha256:7061d6b"))),
+            "0.1.0"
+        );
+        // A chart's own build metadata from an HTTP repository stays.
+        assert_eq!(chart_version(&e("1.2.3+build.7", None)), "1.2.3+build.7");
+        assert_eq!(chart_version(&e("6.6.0", None)), "6.6.0");
     }
 
     #[test]
