@@ -15,20 +15,6 @@ use e2e::{helm_release_resource, velero_resource};
 
 const STEP: Duration = Duration::from_secs(90);
 
-fn ready(o: &Value) -> bool {
-    e2e::has_condition(
-        &o["status"]["conditions"],
-        "Ready",
-        "True",
-        "HelmReleaseReady",
-    )
-}
-
-fn succeeded(o: &Value) -> bool {
-    o["status"]["phase"] == "Succeeded"
-        && e2e::has_condition(&o["status"]["conditions"], "Succeeded", "True", "")
-}
-
 fn chart_version(hr: &Value) -> String {
     hr["spec"]["chart"]["spec"]["version"]
         .as_str()
@@ -73,7 +59,7 @@ async fn an_application_lives_its_whole_life_through_the_hub() {
             "nc",
             "v1 applied and Ready",
             STEP,
-            |o| o["last_outcome"] == "applied" && ready(o),
+            |o| o["last_outcome"] == "applied" && e2e::hub_ready(o),
         )
         .await;
     assert_eq!(o["version"], 1);
@@ -99,7 +85,12 @@ async fn an_application_lives_its_whole_life_through_the_hub() {
             "nc",
             "v2 applied and Ready at generation 2",
             STEP,
-            |o| o["version"] == 2 && o["last_outcome"] == "applied" && ready(o) && gen_now(o) >= 2,
+            |o| {
+                o["version"] == 2
+                    && o["last_outcome"] == "applied"
+                    && e2e::hub_ready(o)
+                    && gen_now(o) >= 2
+            },
         )
         .await;
     eventually("the HelmRelease to carry chart 0.2.0", STEP, || async {
@@ -139,7 +130,13 @@ async fn an_application_lives_its_whole_life_through_the_hub() {
     .await
     .unwrap();
     let o = w
-        .at_hub("Operation", "backup-1", "Succeeded", STEP, succeeded)
+        .at_hub(
+            "Operation",
+            "backup-1",
+            "Succeeded",
+            STEP,
+            e2e::hub_succeeded,
+        )
         .await;
     let backup_name = format!("{ns}-backup-1");
     assert_eq!(
@@ -173,8 +170,14 @@ async fn an_application_lives_its_whole_life_through_the_hub() {
     )
     .await
     .unwrap();
-    w.at_hub("Operation", "restore-1", "Succeeded", STEP, succeeded)
-        .await;
+    w.at_hub(
+        "Operation",
+        "restore-1",
+        "Succeeded",
+        STEP,
+        e2e::hub_succeeded,
+    )
+    .await;
     let r = w
         .get_json(
             &velero_resource("Restore"),
@@ -193,8 +196,14 @@ async fn an_application_lives_its_whole_life_through_the_hub() {
     )
     .await
     .unwrap();
-    w.at_hub("Operation", "rollback-1", "Succeeded", STEP, succeeded)
-        .await;
+    w.at_hub(
+        "Operation",
+        "rollback-1",
+        "Succeeded",
+        STEP,
+        e2e::hub_succeeded,
+    )
+    .await;
     // The rollback rewrites the instance's spec; the intent's version record
     // (the replay guard) and the labels the status stream selects by must stay.
     let ai = e2e::cluster_object(&w.client, "ApplicationInstance", &ns, "nc")
@@ -230,7 +239,7 @@ async fn an_application_lives_its_whole_life_through_the_hub() {
         "nc",
         "Ready after the rollback",
         STEP,
-        ready,
+        e2e::hub_ready,
     )
     .await;
 

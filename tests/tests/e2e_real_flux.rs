@@ -16,20 +16,6 @@ use vworkspace_e2e::wait::eventually;
 
 const STEP: Duration = Duration::from_secs(120);
 
-fn ready(o: &Value) -> bool {
-    e2e::has_condition(
-        &o["status"]["conditions"],
-        "Ready",
-        "True",
-        "HelmReleaseReady",
-    )
-}
-
-fn succeeded(o: &Value) -> bool {
-    o["status"]["phase"] == "Succeeded"
-        && e2e::has_condition(&o["status"]["conditions"], "Succeeded", "True", "")
-}
-
 /// The hub's Ready condition of an object, as `(status, reason, message)`.
 fn ready_condition(o: &Value) -> (String, String, String) {
     let c = o["status"]["conditions"]
@@ -184,7 +170,13 @@ async fn charts_install_upgrade_roll_back_fail_recover_and_uninstall_through_the
         .await
         .unwrap();
     let o = w
-        .at_hub("ApplicationInstance", "web", "installed", STEP, ready)
+        .at_hub(
+            "ApplicationInstance",
+            "web",
+            "installed",
+            STEP,
+            e2e::hub_ready,
+        )
         .await;
     t.mark("web installed (HTTP repository)", &o);
     assert!(
@@ -192,7 +184,13 @@ async fn charts_install_upgrade_roll_back_fail_recover_and_uninstall_through_the
         "Ready carries helm-controller's message: {o}"
     );
     let o = w
-        .at_hub("ApplicationInstance", "oci", "installed", STEP, ready)
+        .at_hub(
+            "ApplicationInstance",
+            "oci",
+            "installed",
+            STEP,
+            e2e::hub_ready,
+        )
         .await;
     t.mark("oci installed (OCI registry)", &o);
     config_value(&w, &ns, "web-hello", "chartVersion", "0.1.0").await;
@@ -223,7 +221,7 @@ async fn charts_install_upgrade_roll_back_fail_recover_and_uninstall_through_the
             o["version"] == 2
                 && o["last_outcome"] == "applied"
                 && o["status"]["generation"].as_i64() >= Some(2)
-                && ready(o)
+                && e2e::hub_ready(o)
         })
         .await;
     config_value(&w, &ns, "web-hello", "chartVersion", "0.2.0").await;
@@ -247,7 +245,13 @@ async fn charts_install_upgrade_roll_back_fail_recover_and_uninstall_through_the
     .await
     .unwrap();
     let op = w
-        .at_hub("Operation", "rollback-web", "Succeeded", STEP, succeeded)
+        .at_hub(
+            "Operation",
+            "rollback-web",
+            "Succeeded",
+            STEP,
+            e2e::hub_succeeded,
+        )
         .await;
     t.mark("rollback-web Succeeded", &op);
     config_value(&w, &ns, "web-hello", "chartVersion", "0.1.0").await;
@@ -258,7 +262,7 @@ async fn charts_install_upgrade_roll_back_fail_recover_and_uninstall_through_the
             "web",
             "Ready after the roll-back",
             STEP,
-            ready,
+            e2e::hub_ready,
         )
         .await;
     t.mark("web back on 0.1.0", &o);
@@ -292,7 +296,7 @@ async fn charts_install_upgrade_roll_back_fail_recover_and_uninstall_through_the
     .unwrap();
     let o = w
         .at_hub("ApplicationInstance", "broken", "recovered", STEP, |o| {
-            o["version"] == 2 && o["status"]["generation"].as_i64() >= Some(2) && ready(o)
+            o["version"] == 2 && o["status"]["generation"].as_i64() >= Some(2) && e2e::hub_ready(o)
         })
         .await;
     config_value(&w, &ns, "broken-needs-value", "must", "now").await;
@@ -356,7 +360,7 @@ async fn charts_install_upgrade_roll_back_fail_recover_and_uninstall_through_the
         "doomed-app",
         "installed",
         STEP,
-        ready,
+        e2e::hub_ready,
     )
     .await;
     e2e::apply(

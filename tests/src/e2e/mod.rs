@@ -314,6 +314,22 @@ pub struct DeliveryReport {
     pub problems: Vec<String>,
 }
 
+/// A hub record of an ApplicationInstance that helm-controller made Ready.
+pub fn hub_ready(hub_object: &Value) -> bool {
+    has_condition(
+        &hub_object["status"]["conditions"],
+        "Ready",
+        "True",
+        "HelmReleaseReady",
+    )
+}
+
+/// A hub record of an Operation that succeeded.
+pub fn hub_succeeded(hub_object: &Value) -> bool {
+    hub_object["status"]["phase"] == "Succeeded"
+        && has_condition(&hub_object["status"]["conditions"], "Succeeded", "True", "")
+}
+
 /// Whether the agent reported a declared Operation deleted without a delete
 /// intent: the Operation history limit removed it after it finished.
 pub fn history_cleaned(hub_object: &Value) -> bool {
