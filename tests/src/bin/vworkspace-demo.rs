@@ -204,11 +204,11 @@ async fn run(opts: &Options, started: Instant) -> anyhow::Result<Outcome> {
     );
     let _standins = if opts.stand_ins {
         println!(
-            "  TEST STAND-INS started (--with-stand-ins): StandInVelero, StandInSnapshotter, StandInVolSync, StandInArgo, StandInJobController"
+            "  TEST STAND-INS started (--with-stand-ins): StandInVelero, StandInSnapshotter, StandInVolSync, StandInArgo, StandInKubelet"
         );
         println!(
-            "  (they move Backup/Restore, VolumeSnapshot, ReplicationSource, Workflow and Job status the way those controllers do; \
-             the real ones need pods or CSI volumes, and no kubelet runs here)"
+            "  (they move Backup/Restore, VolumeSnapshot, ReplicationSource and Workflow status the way those controllers do, \
+             and Job pods' phase the way a kubelet does; the real ones need pods or CSI volumes, and no kubelet runs here)"
         );
         Some(standins::run_all(client.clone(), StandInConfig::default()))
     } else {
