@@ -133,6 +133,7 @@ impl Velero {
     /// returns once `default` is Available. `dir` holds the logs, the plugin
     /// directory, the store's data and Velero's credential files.
     pub async fn start(cp: &ControlPlane, dir: &Path) -> Result<Self, UpstreamError> {
+        let started = std::time::Instant::now();
         let bins = tokio::task::spawn_blocking(crate::assets::resolve_velero)
             .await
             .map_err(|e| UpstreamError::Panicked(e.to_string()))??;
@@ -163,6 +164,33 @@ impl Velero {
             )
             .await?;
         apply_location(&client, "default", &store.url(), true).await?;
+        // Restores read the server's own Deployment (its image names the
+        // restore helper); the server runs out of cluster, so it runs no
+        // pods: replicas 0.
+        kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
+            client.clone(),
+            NAMESPACE,
+        )
+        .patch(
+            "velero",
+            &pp,
+            &Patch::Apply(json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "velero", "namespace": NAMESPACE},
+                "spec": {
+                    "replicas": 0,
+                    "selector": {"matchLabels": {"deploy": "velero"}},
+                    "template": {
+                        "metadata": {"labels": {"deploy": "velero"}},
+                        "spec": {"containers": [{
+                            "name": "velero",
+                            "image": format!("velero/velero:{}", crate::crds::VELERO_BACKUP.version),
+                        }]},
+                    },
+                },
+            })),
+        )
+        .await?;
 
         let plugins = dir.join("plugins");
         let tmp = dir.join("tmp");
@@ -212,6 +240,10 @@ impl Velero {
         velero
             .wait_location_phase(&client, "default", "Available", READY_TIMEOUT)
             .await?;
+        eprintln!(
+            "Velero and its S3 store ready in {:.1?} (location default Available)",
+            started.elapsed()
+        );
         Ok(velero)
     }
 
