@@ -355,7 +355,7 @@ impl Drop for Resume {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_store_fails_the_backup_and_cancel_leaves_velero_to_finish() {
+async fn an_unreachable_store_fails_volumes_are_not_backed_up_and_cancel_leaves_velero_to_finish() {
     let (w, velero) = start().await;
     let ns = w.app_ns.clone();
     let hub = w.hub.admin().clone();
@@ -411,6 +411,45 @@ async fn an_unreachable_store_fails_the_backup_and_cancel_leaves_velero_to_finis
     assert!(
         message.contains("BackupStorageLocation unreachable is in Unavailable status"),
         "Velero's reason reaches the hub: {message}"
+    );
+
+    // Volume data asked for: Velero backs up resources only here, and the
+    // Operation's outputs say so.
+    e2e::apply(
+        &hub,
+        &w.cluster,
+        &e2e::op_manifest(
+            &ns,
+            "backup-volumes",
+            "app",
+            "Backup",
+            "velero",
+            json!({"snapshotVolumes": true}),
+        ),
+    )
+    .await
+    .unwrap();
+    let op = w
+        .at_hub(
+            "Operation",
+            "backup-volumes",
+            "Succeeded",
+            STEP,
+            phase_is("Succeeded"),
+        )
+        .await;
+    println!(
+        "backup-volumes at the hub: outputs {}",
+        op["status"]["outputs"]
+    );
+    assert_eq!(output(&op, "volumeSnapshotsCompleted"), "0", "{op}");
+    assert!(
+        op["status"]["outputs"]["warnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|m| m
+                .as_str()
+                .is_some_and(|m| m.contains("resources only, no volume data")))),
+        "{op}"
     );
 
     // Cancel while Velero has not finished: freeze the server so the Backup
