@@ -9,6 +9,7 @@
 //! | [`ControlPlaneSet`] | `k8s-bins` | kube-apiserver, etcd, kubectl, kube-controller-manager |
 //! | [`FluxSet`] | `flux-bins` | source-controller, helm-controller, helm |
 //! | [`RegistrySet`] | `oci-registry` | registry (CNCF distribution) |
+//! | [`VeleroSet`] | `velero-bins` | velero, velero-plugin-for-aws, gofakes3 |
 //!
 //! Lookup order per binary, as controller-runtime's envtest does it:
 //! 1. its own variable (`TEST_ASSET_KUBE_APISERVER`, `TEST_ASSET_HELM`, …);
@@ -36,12 +37,14 @@ use std::time::Instant;
 const K8S_GO_MOD: &str = include_str!("../k8s-bins/go.mod");
 const FLUX_GO_MOD: &str = include_str!("../flux-bins/go.mod");
 const REGISTRY_GO_MOD: &str = include_str!("../oci-registry/go.mod");
+const VELERO_GO_MOD: &str = include_str!("../velero-bins/go.mod");
 
 /// What to do when no binaries are found; included in every asset error.
 pub const HOW_TO_FIX: &str = "to fix: either point the TEST_ASSET_* variables or the set's \
 directory variable (KUBEBUILDER_ASSETS for kube-apiserver/etcd/kubectl/kube-controller-manager, \
 e.g. from `setup-envtest use -p path 1.37.x`; VWS_FLUX_ASSETS for source-controller/\
-helm-controller/helm; VWS_REGISTRY_ASSETS for registry) at existing binaries, \
+helm-controller/helm; VWS_REGISTRY_ASSETS for registry; VWS_VELERO_ASSETS for velero/\
+velero-plugin-for-aws/gofakes3) at existing binaries, \
 or install Go >= 1.26 (the `go` command on PATH, with access to the Go module proxy) so the \
 harness can build them from the wrapper modules in tests/ (takes several minutes once, then cached)";
 
@@ -179,6 +182,16 @@ pub struct RegistrySet {
     pub registry: PathBuf,
 }
 
+/// The Velero server, its AWS object-store plugin and the S3-compatible store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VeleroSet {
+    pub velero: PathBuf,
+    /// Must sit alone in Velero's `--plugin-dir`: Velero runs every file there.
+    pub aws_plugin: PathBuf,
+    /// gofakes3 (MIT), an S3 API over a directory.
+    pub gofakes3: PathBuf,
+}
+
 /// Versions pinned by tests/k8s-bins/go.mod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PinnedVersions {
@@ -238,6 +251,29 @@ pub fn registry_version() -> Result<String, AssetError> {
             what: "github.com/distribution/distribution/v3",
         },
     )
+}
+
+/// Versions pinned by tests/velero-bins/go.mod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VeleroVersions {
+    pub velero: String,
+    pub aws_plugin: String,
+    pub gofakes3: String,
+}
+
+/// Reads the pinned Velero, AWS plugin and gofakes3 versions.
+pub fn velero_versions() -> Result<VeleroVersions, AssetError> {
+    let pin = |what| {
+        go_mod_version(VELERO_GO_MOD, what).ok_or(AssetError::GoMod {
+            module: "velero-bins",
+            what,
+        })
+    };
+    Ok(VeleroVersions {
+        velero: pin("github.com/vmware-tanzu/velero")?,
+        aws_plugin: pin("github.com/vmware-tanzu/velero-plugin-for-aws")?,
+        gofakes3: pin("github.com/johannesboyne/gofakes3")?,
+    })
 }
 
 fn k8s_set() -> BinSet {
@@ -354,6 +390,49 @@ fn registry_set() -> Result<BinSet, AssetError> {
                 "-s -w -X github.com/distribution/distribution/v3/version.version={v}"
             ),
         }],
+    })
+}
+
+fn velero_set() -> Result<BinSet, AssetError> {
+    let v = velero_versions()?;
+    let plain = |file, package, var| Target {
+        file,
+        package,
+        var,
+        ldflags: "-s -w".into(),
+    };
+    Ok(BinSet {
+        module: "velero-bins",
+        dir_var: "VWS_VELERO_ASSETS",
+        key: format!(
+            "velero-{}-aws-{}-gofakes3-{}",
+            v.velero, v.aws_plugin, v.gofakes3
+        ),
+        summary: format!(
+            "Velero {}, velero-plugin-for-aws {} and gofakes3 {}",
+            v.velero, v.aws_plugin, v.gofakes3
+        ),
+        targets: vec![
+            plain(
+                "gofakes3",
+                "github.com/johannesboyne/gofakes3/cmd/gofakes3",
+                "TEST_ASSET_GOFAKES3",
+            ),
+            plain(
+                "velero-plugin-for-aws",
+                "github.com/vmware-tanzu/velero-plugin-for-aws/velero-plugin-for-aws",
+                "TEST_ASSET_VELERO_PLUGIN_FOR_AWS",
+            ),
+            Target {
+                file: "velero",
+                package: "github.com/vmware-tanzu/velero/cmd/velero",
+                var: "TEST_ASSET_VELERO",
+                ldflags: format!(
+                    "-s -w -X github.com/vmware-tanzu/velero/pkg/buildinfo.Version={}",
+                    v.velero
+                ),
+            },
+        ],
     })
 }
 
@@ -541,6 +620,22 @@ pub fn resolve_registry() -> Result<RegistrySet, AssetError> {
     Ok(RESOLVED.get_or_init(|| a).clone())
 }
 
+/// Resolves Velero, its AWS plugin and gofakes3 (built once, ~10 minutes on 2 cores).
+pub fn resolve_velero() -> Result<VeleroSet, AssetError> {
+    static RESOLVED: OnceLock<VeleroSet> = OnceLock::new();
+    if let Some(a) = RESOLVED.get() {
+        return Ok(a.clone());
+    }
+    let files = ["velero", "velero-plugin-for-aws", "gofakes3"];
+    let found = lookup(&velero_set()?, &files)?;
+    let a = VeleroSet {
+        velero: found["velero"].clone().expect("required"),
+        aws_plugin: found["velero-plugin-for-aws"].clone().expect("required"),
+        gofakes3: found["gofakes3"].clone().expect("required"),
+    };
+    Ok(RESOLVED.get_or_init(|| a).clone())
+}
+
 /// What a first run would build: one line per set whose cache is missing.
 ///
 /// Empty when everything is cached or supplied; the demo prints it once.
@@ -548,6 +643,7 @@ pub fn pending_builds() -> Vec<String> {
     let mut sets = vec![k8s_set()];
     sets.extend(flux_set());
     sets.extend(registry_set());
+    sets.extend(velero_set());
     sets.into_iter()
         .filter(|set| {
             let explicit = set
@@ -723,6 +819,10 @@ mod tests {
         assert_eq!(v.source_controller, "v1.9.3");
         assert_eq!(v.helm, "v4.2.4");
         assert!(registry_version().unwrap().starts_with("v3."));
+        let v = velero_versions().unwrap();
+        assert_eq!(v.velero, "v1.18.3");
+        assert_eq!(v.aws_plugin, "v1.14.3");
+        assert_eq!(v.gofakes3, "v1.2.0");
     }
 
     #[test]
@@ -742,6 +842,10 @@ mod tests {
             ["source-controller", "helm-controller", "helm"]
         );
         assert_eq!(files(registry_set().unwrap()), ["registry"]);
+        assert_eq!(
+            files(velero_set().unwrap()),
+            ["gofakes3", "velero-plugin-for-aws", "velero"]
+        );
     }
 
     #[test]
@@ -750,6 +854,7 @@ mod tests {
             "KUBEBUILDER_ASSETS",
             "VWS_FLUX_ASSETS",
             "VWS_REGISTRY_ASSETS",
+            "VWS_VELERO_ASSETS",
             "Go >= 1.26",
         ] {
             assert!(HOW_TO_FIX.contains(needle), "{needle}");

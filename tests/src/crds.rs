@@ -403,10 +403,45 @@ pub const UPSTREAM: &[UpstreamSource] = &[
 /// helm-controller creates `HelmChart`s) and helm-controller's HelmRelease.
 pub fn flux_controller_crds() -> Result<Vec<UpstreamCrd>, CrdError> {
     let mut out = vec![upstream_crd(HELM_RELEASE)?];
-    let dir = module_dir(FLUX_SOURCE, HELM_REPOSITORY.version)?.join("config/crd/bases");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+    out.extend(module_dir_crds(
+        FLUX_SOURCE,
+        HELM_REPOSITORY.version,
+        "config/crd/bases",
+    )?);
+    Ok(out)
+}
+
+/// Every CRD the Velero server watches (`config/crd/v1/bases` and
+/// `config/crd/v2alpha1/bases` of the pinned module): it waits for all of
+/// them at start, BackupStorageLocation and DataUpload among them.
+pub fn velero_server_crds() -> Result<Vec<UpstreamCrd>, CrdError> {
+    let mut out = module_dir_crds(VELERO, VELERO_BACKUP.version, "config/crd/v1/bases")?;
+    out.extend(module_dir_crds(
+        VELERO,
+        VELERO_BACKUP.version,
+        "config/crd/v2alpha1/bases",
+    )?);
+    Ok(out)
+}
+
+/// Installs [`velero_server_crds`] and waits for them.
+pub async fn install_velero_server_crds(
+    client: &kube::Client,
+) -> Result<Vec<CustomResourceDefinition>, CrdError> {
+    let sets = tokio::task::spawn_blocking(velero_server_crds)
+        .await
+        .expect("Velero CRD reader panicked")?;
+    let crds = parse_all(&sets)?;
+    install(client, &crds).await?;
+    Ok(crds)
+}
+
+/// Every `*.yaml` in `dir` of a module, sorted by name.
+fn module_dir_crds(module: &str, version: &str, dir: &str) -> Result<Vec<UpstreamCrd>, CrdError> {
+    let path = module_dir(module, version)?.join(dir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&path)
         .map_err(|e| CrdError::Read {
-            path: dir.clone(),
+            path: path.clone(),
             source: e,
         })?
         .filter_map(Result::ok)
@@ -414,21 +449,22 @@ pub fn flux_controller_crds() -> Result<Vec<UpstreamCrd>, CrdError> {
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();
     files.sort();
-    for path in files {
-        let yaml = std::fs::read_to_string(&path).map_err(|e| CrdError::Read {
-            path: path.clone(),
-            source: e,
-        })?;
-        out.push(UpstreamCrd {
-            origin: format!(
-                "{FLUX_SOURCE}@{}/config/crd/bases/{}",
-                HELM_REPOSITORY.version,
-                path.file_name().unwrap_or_default().to_string_lossy()
-            ),
-            yaml,
-        });
-    }
-    Ok(out)
+    files
+        .into_iter()
+        .map(|file| {
+            let yaml = std::fs::read_to_string(&file).map_err(|e| CrdError::Read {
+                path: file.clone(),
+                source: e,
+            })?;
+            Ok(UpstreamCrd {
+                origin: format!(
+                    "{module}@{version}/{dir}/{}",
+                    file.file_name().unwrap_or_default().to_string_lossy()
+                ),
+                yaml,
+            })
+        })
+        .collect()
 }
 
 /// Installs [`flux_controller_crds`] and waits for them.
@@ -673,5 +709,7 @@ status:
         assert_eq!(HELM_RELEASE.version, pins.helm_controller);
         assert_eq!(HELM_REPOSITORY.version, pins.source_controller);
         assert_eq!(OCI_REPOSITORY.version, pins.source_controller);
+        let velero = crate::assets::velero_versions().unwrap();
+        assert_eq!(VELERO_BACKUP.version, velero.velero);
     }
 }

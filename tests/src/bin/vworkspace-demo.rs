@@ -4,9 +4,10 @@
 //! ones, the real kube-controller-manager and Flux (source-controller and
 //! helm-controller) with a local Helm repository of test charts, hub-sim and
 //! `vworkspace-agent` as separate processes, and a sample application declared
-//! at the hub that Helm really installs. With `--with-stand-ins` it also runs
-//! a backup through the Velero stand-in (Velero needs pods, and no kubelet
-//! runs here). Prints the conditions as they reach the hub and a summary;
+//! at the hub that Helm really installs, then a backup of it that the real
+//! Velero server (out of cluster, with its AWS plugin and an S3 store on
+//! 127.0.0.1) writes to the bucket. `--with-stand-ins` runs the backup through
+//! the Velero test stand-in instead (no Velero build needed). Prints the conditions as they reach the hub and a summary;
 //! exits non-zero if the loop does not converge before the deadline.
 
 use std::collections::BTreeMap;
@@ -34,11 +35,12 @@ USAGE: tests/demo [--keep] [--deadline 3m] [--with-stand-ins]
 
   --keep            leave the control plane, hub-sim and the agent running after
                     the summary (Ctrl-C stops everything)
-  --deadline DUR    fail if the app is not Ready (and the backup not Succeeded)
+  --deadline DUR    fail if the app is not Ready and the backup not Succeeded
                     this long after they were declared (default 3m; e.g. 90s, 5m)
-  --with-stand-ins  also declare a Velero backup, run by a TEST STAND-IN that
-                    moves the Backup's status the way the Velero server does
-                    (the real Velero needs pods; no kubelet runs here)
+  --with-stand-ins  run the backup through a TEST STAND-IN that moves the
+                    Backup's status the way the Velero server does, instead of
+                    the real Velero server and its S3 store (and start the other
+                    stand-ins: snapshots, VolSync, Argo, Jobs)
 ";
 
 struct Options {
@@ -202,6 +204,25 @@ async fn run(opts: &Options, started: Instant) -> anyhow::Result<Outcome> {
         "  logs of the upstream programs: {}",
         upstream.dir().display()
     );
+    let velero = if opts.stand_ins {
+        None
+    } else {
+        let t = Instant::now();
+        let dir = upstream.dir().join("velero");
+        std::fs::create_dir_all(&dir)?;
+        let v = vworkspace_e2e::upstream::velero::Velero::start(&cp, &dir)
+            .await
+            .context("starting Velero and its S3 store")?;
+        println!(
+            "  REAL: Velero server {} with velero-plugin-for-aws, BackupStorageLocation default Available on the S3 store {} (gofakes3, bucket {}) ({:.1}s)",
+            v.bins().velero.display(),
+            v.store().url(),
+            vworkspace_e2e::upstream::velero::BUCKET,
+            t.elapsed().as_secs_f64()
+        );
+        println!("  (resource-only backups: no node agent, no volume snapshots)");
+        Some(v)
+    };
     let _standins = if opts.stand_ins {
         println!(
             "  TEST STAND-INS started (--with-stand-ins): StandInVelero, StandInSnapshotter, StandInVolSync, StandInArgo, StandInKubelet"
@@ -212,7 +233,7 @@ async fn run(opts: &Options, started: Instant) -> anyhow::Result<Outcome> {
         );
         Some(standins::run_all(client.clone(), StandInConfig::default()))
     } else {
-        println!("  no stand-ins (run with --with-stand-ins to add a Velero backup through one)");
+        println!("  no stand-ins (--with-stand-ins runs the backup through one instead of Velero)");
         None
     };
 
@@ -290,22 +311,13 @@ async fn run(opts: &Options, started: Instant) -> anyhow::Result<Outcome> {
     step(
         started,
         6,
-        if opts.stand_ins {
-            "declaring an application and a backup at the hub (signed intents)"
-        } else {
-            "declaring an application at the hub (a signed intent)"
-        },
+        "declaring an application and a backup at the hub (signed intents)",
     );
     let app_file = work.path().join("app.yaml");
     let op_file = work.path().join("backup.yaml");
     std::fs::write(&app_file, app_yaml(upstream.charts.http_url()))?;
     std::fs::write(&op_file, backup_yaml())?;
-    let declared_files = if opts.stand_ins {
-        vec![&app_file, &op_file]
-    } else {
-        vec![&app_file]
-    };
-    for f in declared_files {
+    for f in [&app_file, &op_file] {
         let out = hub.cli(&["apply", "-f", path_str(f)?, "--cluster", CLUSTER])?;
         println!("  hub-sim apply -f {}: {}", file_name(f), out.trim());
     }
@@ -356,7 +368,7 @@ async fn run(opts: &Options, started: Instant) -> anyhow::Result<Outcome> {
                 succeeded_at = Some(started.elapsed());
             }
         }
-        if ready_at.is_some() && (succeeded_at.is_some() || !opts.stand_ins) {
+        if ready_at.is_some() && succeeded_at.is_some() {
             break;
         }
         if Instant::now() >= deadline {
@@ -384,7 +396,7 @@ async fn run(opts: &Options, started: Instant) -> anyhow::Result<Outcome> {
         APP,
     )
     .await;
-    let velero = kube_get(
+    let velero_backup = kube_get(
         &client,
         "velero.io",
         "v1",
@@ -445,7 +457,7 @@ async fn run(opts: &Options, started: Instant) -> anyhow::Result<Outcome> {
                 format!(
                     "velero Backup {}/{backup_name} phase={}",
                     e2e::VELERO_NAMESPACE,
-                    velero
+                    velero_backup
                         .as_ref()
                         .and_then(|b| b["status"]["phase"].as_str().map(str::to_owned))
                         .unwrap_or_else(|| "?".into())
@@ -480,6 +492,34 @@ async fn run(opts: &Options, started: Instant) -> anyhow::Result<Outcome> {
             .map(String::as_str)
             .unwrap_or("?"),
     );
+    match &velero {
+        Some(v) => {
+            let keys = v
+                .store()
+                .list(
+                    vworkspace_e2e::upstream::velero::BUCKET,
+                    &format!("backups/{backup_name}/"),
+                )
+                .await
+                .unwrap_or_else(|e| vec![format!("(listing failed: {e})")]);
+            println!(
+                "Backed up by Velero: {} items (status.progress.itemsBackedUp), {} objects in s3://{}/backups/{backup_name}/ at {}:",
+                velero_backup
+                    .as_ref()
+                    .map(|b| b["status"]["progress"]["itemsBackedUp"].to_string())
+                    .unwrap_or_else(|| "?".into()),
+                keys.len(),
+                vworkspace_e2e::upstream::velero::BUCKET,
+                v.store().url(),
+            );
+            for k in &keys {
+                println!("  {k}");
+            }
+        }
+        None => println!(
+            "Backup moved by the Velero TEST STAND-IN (--with-stand-ins): nothing was written to a store."
+        ),
+    }
     match succeeded_at {
         Some(done) => println!(
             "\nWall time: {:.1}s from start to Ready ({:.1}s to the backup Succeeded); {:.1}s from the apply to both.",

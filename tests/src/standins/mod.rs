@@ -1,20 +1,23 @@
 //! Test stand-ins for third-party controllers that cannot run here.
 //!
 //! Each exists because the real program needs what this machine lacks: a
-//! kubelet to run pods (Velero's data path and server pod, VolSync movers,
-//! Argo steps, Job pods) or a CSI driver with real volumes (snapshots).
+//! kubelet to run pods (VolSync movers, Argo steps, Job pods) or a CSI driver
+//! with real volumes (snapshots).
 //! Flux, Helm and the controller manager's garbage collector, namespace and
 //! Job controllers do run here, for real ([`crate::upstream`]); no stand-in
 //! replaces them. For Jobs the stand-in therefore plays only the kubelet's
 //! part: it ends the Job's Pods, and the real Job controller counts them and
-//! writes the Job's status (two writers of Job status would fight).
+//! writes the Job's status (two writers of Job status would fight). The
+//! Velero server runs for real too where a test starts it
+//! ([`crate::upstream::velero`]); once it runs in the process,
+//! `StandInVelero` leaves Backups and Restores alone.
 //!
 //! [`run_all`] starts one small controller per kind. Each moves an object's
 //! status the way the real controller does, and nothing else:
 //!
 //! | stand-in | stands in for | moves |
 //! | --- | --- | --- |
-//! | `StandInVelero` | Velero server | Backup / Restore `status.phase` |
+//! | `StandInVelero` | Velero server (only where [`crate::upstream::velero`] is not started) | Backup / Restore `status.phase` |
 //! | `StandInSnapshotter` | CSI external-snapshotter | VolumeSnapshot `readyToUse` / `error` |
 //! | `StandInVolSync` | VolSync | ReplicationSource manual sync result |
 //! | `StandInArgo` | Argo workflow-controller | Workflow `phase`, `shutdown` |
@@ -220,6 +223,10 @@ fn error_policy(_o: Arc<DynamicObject>, e: &StandInError, _c: Arc<Ctx>) -> Actio
 }
 
 async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, StandInError> {
+    if matches!(ctx.kind, "Backup" | "Restore") && crate::upstream::velero::running() {
+        // The real Velero server runs in this process: it owns these objects.
+        return Ok(Action::await_change());
+    }
     let ns = obj.namespace().unwrap_or_default();
     let scenario = scenario(&obj, &ctx).await?;
     let key = (

@@ -1,6 +1,8 @@
 //! The real upstream programs beside the control plane: kube-controller-manager,
 //! Flux source- and helm-controller, and the test charts served over HTTP and
-//! OCI. Built from Go modules like the control plane ([`crate::assets`]).
+//! OCI; and, started apart by the tests that back up ([`velero::shared`]), the
+//! Velero server with an S3 store. Built from Go modules like the control
+//! plane ([`crate::assets`]).
 //!
 //! ```no_run
 //! # async fn t() {
@@ -12,6 +14,7 @@
 pub mod charts;
 pub mod controller_manager;
 pub mod flux;
+pub mod velero;
 
 use std::sync::OnceLock;
 

@@ -679,7 +679,7 @@ async fn read(op: &Operation, info: &OpInfo, ctx: &Context) -> Result<Option<Obs
         Engine::Velero => get(velero::kind(info.type_))
             .await?
             .filter(owned)
-            .map(|o| velero::outcome_from_status(info.type_, &name, &o.data["status"])),
+            .map(|o| velero::outcome_from_object(info.type_, &name, &o.data)),
         Engine::Volsync => get(REPLICATION_SOURCE)
             .await?
             .filter(owned)

@@ -167,6 +167,44 @@ pub fn outcome_from_status(type_: OperationType, name: &str, status: &Value) -> 
     Observation { outcome, outputs }
 }
 
+/// [`outcome_from_status`] for the whole Backup or Restore object: when a
+/// Backup asked for `snapshotVolumes: true` and succeeded, the outputs also
+/// say how many volume snapshots Velero took, and warn when it took none
+/// (no VolumeSnapshotLocation, CSI driver or node agent: the backup holds the
+/// namespace's resources only, no volume data).
+pub fn outcome_from_object(type_: OperationType, name: &str, data: &Value) -> Observation {
+    let mut obs = outcome_from_status(type_, name, &data["status"]);
+    let asked = type_ != OperationType::Restore && data["spec"]["snapshotVolumes"] == true;
+    if !asked || !matches!(obs.outcome, Outcome::Succeeded { .. }) {
+        return obs;
+    }
+    let st = &data["status"];
+    let count = |k: &str| st[k].as_i64().unwrap_or(0);
+    let attempted = count("volumeSnapshotsAttempted") + count("csiVolumeSnapshotsAttempted");
+    let completed = count("volumeSnapshotsCompleted") + count("csiVolumeSnapshotsCompleted");
+    obs.outputs.insert(
+        "volumeSnapshotsCompleted".into(),
+        json!(completed.to_string()),
+    );
+    if completed == 0 {
+        let note = format!(
+            "snapshotVolumes was requested but velero took no volume snapshots ({attempted} attempted): \
+             this backup holds resources only, no volume data"
+        );
+        match obs
+            .outputs
+            .get_mut("warnings")
+            .and_then(Value::as_array_mut)
+        {
+            Some(w) => w.push(json!(note)),
+            None => {
+                obs.outputs.insert("warnings".into(), json!([note]));
+            }
+        }
+    }
+    obs
+}
+
 fn completed_reason(type_: OperationType) -> &'static str {
     if type_ == OperationType::Restore {
         reasons::ENGINE_COMPLETED
@@ -323,6 +361,40 @@ mod tests {
             assert_eq!((p, r), (phase, reason), "{status}");
             assert!(reasons::ALL.contains(&r));
         }
+    }
+
+    #[test]
+    fn asked_for_volumes_but_none_taken_says_so() {
+        let done = json!({"phase": "Completed", "progress": {"itemsBackedUp": 25}});
+        let obs = outcome_from_object(
+            OperationType::Backup,
+            "b",
+            &json!({"spec": {"snapshotVolumes": true}, "status": done}),
+        );
+        assert!(matches!(obs.outcome, Outcome::Succeeded { .. }));
+        assert_eq!(obs.outputs["volumeSnapshotsCompleted"], "0");
+        assert!(
+            obs.outputs["warnings"][0]
+                .as_str()
+                .unwrap()
+                .contains("resources only, no volume data"),
+            "{:?}",
+            obs.outputs
+        );
+        let taken = outcome_from_object(
+            OperationType::Backup,
+            "b",
+            &json!({"spec": {"snapshotVolumes": true}, "status": {"phase": "Completed", "csiVolumeSnapshotsAttempted": 2, "csiVolumeSnapshotsCompleted": 2}}),
+        );
+        assert_eq!(taken.outputs["volumeSnapshotsCompleted"], "2");
+        assert!(!taken.outputs.contains_key("warnings"));
+        let not_asked = outcome_from_object(
+            OperationType::Backup,
+            "b",
+            &json!({"spec": {"snapshotVolumes": false}, "status": done}),
+        );
+        assert!(!not_asked.outputs.contains_key("warnings"));
+        assert!(!not_asked.outputs.contains_key("volumeSnapshotsCompleted"));
     }
 
     #[test]
