@@ -331,7 +331,7 @@ async fn rsa_and_p384_csrs_are_refused_and_p256_and_ed25519_are_signed() {
     let dir = tempfile::tempdir().unwrap();
     let hub = start_hub(dir.path()).await;
     let ca = hub.hub.ca().cert_pem().to_owned();
-    let rsa = rcgen::KeyPair::from_pem(include_str!("fixtures/rsa2048.pkcs8.pem")).unwrap();
+    let rsa = rsa_2048_key();
     let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
     for (what, key) in [("RSA-2048", &rsa), ("P-384", &p384)] {
         let token = hub.hub.create_token("edge-1", "acme", None).unwrap().token;
@@ -575,7 +575,7 @@ async fn a_client_certificate_with_an_rsa_key_is_refused_at_the_tunnel() {
     // (as a hub that certified RSA keys would have done).
     let ca_key = rcgen::KeyPair::try_from(hub.hub.ca().key_pkcs8_der()).unwrap();
     let issuer = rcgen::Issuer::from_ca_cert_pem(hub.hub.ca().cert_pem(), ca_key).unwrap();
-    let rsa = rcgen::KeyPair::from_pem(include_str!("fixtures/rsa2048.pkcs8.pem")).unwrap();
+    let rsa = rsa_2048_key();
     let mut params = rcgen::CertificateParams::default();
     params
         .distinguished_name

@@ -115,6 +115,28 @@ pub async fn start_hub_with(
     hub_sim::start(cfg).await.expect("hub starts")
 }
 
+/// A fresh RSA-2048 key, made by `openssl` at test time: ring (this tree's
+/// one crypto provider) can sign with RSA but not generate RSA keys, and no
+/// key material is committed.
+pub fn rsa_2048_key() -> KeyPair {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .expect("running openssl (install Debian's openssl package)");
+    assert!(
+        out.status.success(),
+        "openssl genpkey failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    KeyPair::from_pem(&String::from_utf8_lossy(&out.stdout)).expect("a PKCS#8 RSA key")
+}
+
 /// A fresh key and CSR (the hub ignores the CSR's subject).
 pub fn new_csr() -> (String, String) {
     let key = KeyPair::generate().unwrap();
