@@ -551,89 +551,93 @@ fn cache_dir_any(set: &BinSet) -> PathBuf {
         .unwrap_or_else(|| root.join(format!("{}-go-unknown", set.key)))
 }
 
+/// The value in `cell`, computing and keeping it on first success.
+fn memoised<T: Clone>(
+    cell: &OnceLock<T>,
+    resolve: impl FnOnce() -> Result<T, AssetError>,
+) -> Result<T, AssetError> {
+    if let Some(v) = cell.get() {
+        return Ok(v.clone());
+    }
+    let v = resolve()?;
+    Ok(cell.get_or_init(|| v).clone())
+}
+
 /// Resolves kube-apiserver, etcd and kubectl, building them into the cache
 /// when needed (minutes, once). Memoised for the process.
 pub fn resolve() -> Result<Assets, AssetError> {
     static RESOLVED: OnceLock<Assets> = OnceLock::new();
-    if let Some(a) = RESOLVED.get() {
-        return Ok(a.clone());
-    }
-    let found = lookup(&k8s_set(), &["kube-apiserver", "etcd"])?;
-    let a = Assets {
-        kube_apiserver: found["kube-apiserver"].clone().expect("required"),
-        etcd: found["etcd"].clone().expect("required"),
-        kubectl: found["kubectl"].clone(),
-        kube_controller_manager: found["kube-controller-manager"].clone(),
-    };
-    Ok(RESOLVED.get_or_init(|| a).clone())
+    memoised(&RESOLVED, || {
+        let found = lookup(&k8s_set(), &["kube-apiserver", "etcd"])?;
+        let a = Assets {
+            kube_apiserver: found["kube-apiserver"].clone().expect("required"),
+            etcd: found["etcd"].clone().expect("required"),
+            kubectl: found["kubectl"].clone(),
+            kube_controller_manager: found["kube-controller-manager"].clone(),
+        };
+        Ok(a)
+    })
 }
 
 /// Resolves kube-controller-manager (built with the control-plane set when missing).
 pub fn resolve_controller_manager() -> Result<PathBuf, AssetError> {
     static RESOLVED: OnceLock<PathBuf> = OnceLock::new();
-    if let Some(p) = RESOLVED.get() {
-        return Ok(p.clone());
-    }
-    let found = lookup(&k8s_set(), &["kube-controller-manager"])?;
-    let p = found["kube-controller-manager"].clone().expect("required");
-    Ok(RESOLVED.get_or_init(|| p).clone())
+    memoised(&RESOLVED, || {
+        let found = lookup(&k8s_set(), &["kube-controller-manager"])?;
+        Ok(found["kube-controller-manager"].clone().expect("required"))
+    })
 }
 
 /// Resolves the Flux controllers and helm (built once, ~7 minutes on 2 cores).
 pub fn resolve_flux() -> Result<FluxSet, AssetError> {
     static RESOLVED: OnceLock<FluxSet> = OnceLock::new();
-    if let Some(a) = RESOLVED.get() {
-        return Ok(a.clone());
-    }
-    let files = ["source-controller", "helm-controller", "helm"];
-    let found = lookup(&flux_set()?, &files)?;
-    let a = FluxSet {
-        source_controller: found["source-controller"].clone().expect("required"),
-        helm_controller: found["helm-controller"].clone().expect("required"),
-        helm: found["helm"].clone().expect("required"),
-    };
-    Ok(RESOLVED.get_or_init(|| a).clone())
+    memoised(&RESOLVED, || {
+        let files = ["source-controller", "helm-controller", "helm"];
+        let found = lookup(&flux_set()?, &files)?;
+        let a = FluxSet {
+            source_controller: found["source-controller"].clone().expect("required"),
+            helm_controller: found["helm-controller"].clone().expect("required"),
+            helm: found["helm"].clone().expect("required"),
+        };
+        Ok(a)
+    })
 }
 
 /// Resolves the helm CLI alone (`TEST_ASSET_HELM`, `VWS_FLUX_ASSETS`, else the
 /// Flux set's cache, built with the controllers when missing).
 pub fn resolve_helm() -> Result<PathBuf, AssetError> {
     static RESOLVED: OnceLock<PathBuf> = OnceLock::new();
-    if let Some(p) = RESOLVED.get() {
-        return Ok(p.clone());
-    }
-    let found = lookup(&flux_set()?, &["helm"])?;
-    let p = found["helm"].clone().expect("required");
-    Ok(RESOLVED.get_or_init(|| p).clone())
+    memoised(&RESOLVED, || {
+        let found = lookup(&flux_set()?, &["helm"])?;
+        Ok(found["helm"].clone().expect("required"))
+    })
 }
 
 /// Resolves the OCI registry (built once, ~3 minutes on 2 cores).
 pub fn resolve_registry() -> Result<RegistrySet, AssetError> {
     static RESOLVED: OnceLock<RegistrySet> = OnceLock::new();
-    if let Some(a) = RESOLVED.get() {
-        return Ok(a.clone());
-    }
-    let found = lookup(&registry_set()?, &["registry"])?;
-    let a = RegistrySet {
-        registry: found["registry"].clone().expect("required"),
-    };
-    Ok(RESOLVED.get_or_init(|| a).clone())
+    memoised(&RESOLVED, || {
+        let found = lookup(&registry_set()?, &["registry"])?;
+        let a = RegistrySet {
+            registry: found["registry"].clone().expect("required"),
+        };
+        Ok(a)
+    })
 }
 
 /// Resolves Velero, its AWS plugin and gofakes3 (built once, ~10 minutes on 2 cores).
 pub fn resolve_velero() -> Result<VeleroSet, AssetError> {
     static RESOLVED: OnceLock<VeleroSet> = OnceLock::new();
-    if let Some(a) = RESOLVED.get() {
-        return Ok(a.clone());
-    }
-    let files = ["velero", "velero-plugin-for-aws", "gofakes3"];
-    let found = lookup(&velero_set()?, &files)?;
-    let a = VeleroSet {
-        velero: found["velero"].clone().expect("required"),
-        aws_plugin: found["velero-plugin-for-aws"].clone().expect("required"),
-        gofakes3: found["gofakes3"].clone().expect("required"),
-    };
-    Ok(RESOLVED.get_or_init(|| a).clone())
+    memoised(&RESOLVED, || {
+        let files = ["velero", "velero-plugin-for-aws", "gofakes3"];
+        let found = lookup(&velero_set()?, &files)?;
+        let a = VeleroSet {
+            velero: found["velero"].clone().expect("required"),
+            aws_plugin: found["velero-plugin-for-aws"].clone().expect("required"),
+            gofakes3: found["gofakes3"].clone().expect("required"),
+        };
+        Ok(a)
+    })
 }
 
 /// What a first run would build: one line per set whose cache is missing.

@@ -47,26 +47,37 @@ pub fn try_shared() -> Result<&'static ControlPlane, Error> {
     static SHARED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
     SHARED
         .get_or_init(|| {
-            // Start on a thread with its own runtime: the caller may be inside any
-            // runtime, and nothing of the instance may be tied to one.
-            std::thread::Builder::new()
-                .name("vws-shared-controlplane".into())
-                .spawn(|| {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| format!("building a tokio runtime: {e}"))?;
-                    rt.block_on(ControlPlane::start())
-                        .map_err(|e| e.to_string())
-                })
-                .map_err(|e| format!("spawning the start thread: {e}"))
-                .and_then(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err("control plane start panicked".to_string()))
-                })
+            // The caller may be inside any runtime, and nothing of the
+            // instance may be tied to one.
+            on_own_runtime("vws-shared-controlplane", || async {
+                ControlPlane::start().await.map_err(|e| e.to_string())
+            })
         })
         .as_ref()
         .map_err(|e| Error::Shared(e.clone()))
+}
+
+/// Runs `start` to completion on a thread with a runtime of its own, for the
+/// statics shared by a test binary: what they start must outlive every test's
+/// runtime. Errors are strings so the result can be kept in a `OnceLock`.
+pub(crate) fn on_own_runtime<T, F, Fut>(name: &str, start: F) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("building a tokio runtime: {e}"))?
+                .block_on(start())
+        })
+        .map_err(|e| format!("spawning the start thread: {e}"))?
+        .join()
+        .unwrap_or_else(|_| Err(format!("{name} panicked while starting")))
 }
 
 /// A fresh admin client for the shared control plane, on the caller's runtime.

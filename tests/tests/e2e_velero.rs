@@ -529,6 +529,8 @@ async fn an_unreachable_store_fails_volumes_are_not_backed_up_and_cancel_leaves_
         keys.contains(&format!("backups/{backup_name}/{backup_name}.tar.gz")),
         "the cancelled backup still landed in the bucket: {keys:?}"
     );
+    // A check that something stays: give the agent time to see the Backup it
+    // no longer owns complete, then the hub must still say Cancelled.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let op = w
         .at_hub("Operation", "backup-cancel", "still Cancelled", STEP, |o| {

@@ -134,27 +134,12 @@ pub fn try_shared() -> Result<&'static Upstream, UpstreamError> {
     SHARED
         .get_or_init(|| {
             let cp = crate::try_shared().map_err(|e| e.to_string())?;
-            // A runtime of its own, as for the control plane: nothing started
-            // here may belong to one test's runtime.
-            std::thread::Builder::new()
-                .name("vws-shared-upstream".into())
-                .spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| format!("building a tokio runtime: {e}"))?;
-                    let up = rt
-                        .block_on(Upstream::start(cp))
-                        .map_err(|e| e.to_string())?;
-                    // Statics are never dropped: the exit hook removes the directory.
-                    crate::process::register(Vec::new(), vec![up.dir().to_path_buf()]);
-                    Ok(up)
-                })
-                .map_err(|e| format!("spawning the start thread: {e}"))
-                .and_then(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err("upstream start panicked".to_string()))
-                })
+            crate::on_own_runtime("vws-shared-upstream", move || async move {
+                let up = Upstream::start(cp).await.map_err(|e| e.to_string())?;
+                // Statics are never dropped: the exit hook removes the directory.
+                crate::process::register(Vec::new(), vec![up.dir().to_path_buf()]);
+                Ok(up)
+            })
         })
         .as_ref()
         .map_err(|e| UpstreamError::Shared(e.clone()))

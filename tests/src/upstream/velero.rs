@@ -370,27 +370,15 @@ pub fn try_shared() -> Result<&'static Velero, UpstreamError> {
     SHARED
         .get_or_init(|| {
             let cp = crate::try_shared().map_err(|e| e.to_string())?;
-            std::thread::Builder::new()
-                .name("vws-shared-velero".into())
-                .spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| format!("building a tokio runtime: {e}"))?;
-                    let dir = tempfile::Builder::new()
-                        .prefix("vws-velero-")
-                        .tempdir()
-                        .map_err(|e| format!("creating the Velero temp dir: {e}"))?
-                        .keep();
-                    crate::process::register(Vec::new(), vec![dir.clone()]);
-                    rt.block_on(Velero::start(cp, &dir))
-                        .map_err(|e| e.to_string())
-                })
-                .map_err(|e| format!("spawning the start thread: {e}"))
-                .and_then(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err("Velero start panicked".to_string()))
-                })
+            crate::on_own_runtime("vws-shared-velero", move || async move {
+                let dir = tempfile::Builder::new()
+                    .prefix("vws-velero-")
+                    .tempdir()
+                    .map_err(|e| format!("creating the Velero temp dir: {e}"))?
+                    .keep();
+                crate::process::register(Vec::new(), vec![dir.clone()]);
+                Velero::start(cp, &dir).await.map_err(|e| e.to_string())
+            })
         })
         .as_ref()
         .map_err(|e| UpstreamError::Shared(e.clone()))
