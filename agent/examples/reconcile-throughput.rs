@@ -109,11 +109,17 @@ async fn main() -> anyhow::Result<()> {
         config.concurrency = c.parse().context("CONCURRENCY must be a number")?;
     }
     let concurrency = config.concurrency;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = tokio_util::sync::CancellationToken::new();
     let t1 = Instant::now();
-    let ctrl = tokio::spawn(controllers::run(client.clone(), config, metrics, async {
-        let _ = stop_rx.await;
-    }));
+    let (gate, gate_watch) = controllers::NamespaceGate::watch(client.clone(), Default::default());
+    let gate_watch = tokio::spawn(gate_watch);
+    let ctrl = tokio::spawn(controllers::run(
+        client.clone(),
+        config,
+        metrics,
+        gate,
+        stop.clone(),
+    ));
     let hr_ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("helm.toolkit.fluxcd.io", "v2", "HelmRelease"),
         "helmreleases",
@@ -175,8 +181,9 @@ async fn main() -> anyhow::Result<()> {
     );
     drop(flux);
     drop(charts);
-    let _ = stop_tx.send(());
+    stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), ctrl).await;
+    gate_watch.abort();
     Ok(())
 }
 

@@ -1,7 +1,9 @@
 //! `vworkspace-agent`: install the crypto provider, parse flags, run.
 
 use clap::Parser;
-use vworkspace_agent::{Agent, Args, Command, Redactor, cli, logging};
+use vworkspace_agent::process::logging;
+use vworkspace_agent::runtime::cli;
+use vworkspace_agent::{Agent, Args, Command, Redactor};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -16,8 +18,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(run) => {
             let client = vworkspace_agent::kube_client(&run.kube).await?;
             let agent = Agent::build(run.into_config()?, client, redactor).await?;
-            let (tx, rx) = tokio::sync::watch::channel(false);
-            let mut task = tokio::spawn(agent.run(rx));
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let mut task = tokio::spawn(agent.run(shutdown.clone()));
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
@@ -26,7 +28,7 @@ async fn main() -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
             tracing::info!("Shutting down");
-            let _ = tx.send(true);
+            shutdown.cancel();
             tokio::select! {
                 r = &mut task => Ok(r??),
                 _ = term.recv() => anyhow::bail!("second signal; aborting"),

@@ -12,7 +12,7 @@ use hub_sim::faults::Faults;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use vworkspace_agent::ConnState;
-use vworkspace_agent::args::{IdentityArgs, KubeArgs, OutputFormat, StatusArgs};
+use vworkspace_agent::process::args::{IdentityArgs, KubeArgs, OutputFormat, StatusArgs};
 use vworkspace_crds::ApplicationInstance;
 use vworkspace_crds::well_known::annotations::APPLIED_INTENT_VERSION;
 
@@ -178,7 +178,7 @@ async fn join_token_reaches_connected_and_intents_become_objects_with_acks() {
     );
 
     // `status` shows connection, identity, certificate expiry and last contact.
-    let report = vworkspace_agent::cli::status(
+    let report = vworkspace_agent::runtime::cli::status(
         cp.client.clone(),
         &StatusArgs {
             kube: KubeArgs::default(),
@@ -197,7 +197,7 @@ async fn join_token_reaches_connected_and_intents_become_objects_with_acks() {
     assert_eq!(report.org.as_deref(), Some("acme"));
     assert!(report.certificate_not_after.is_some());
     assert!(report.last_contact.is_some());
-    let text = vworkspace_agent::cli::render(&report, OutputFormat::Text);
+    let text = vworkspace_agent::runtime::cli::render(&report, OutputFormat::Text);
     assert!(text.contains("Connected") && !text.contains("PRIVATE"));
 
     // An intent becomes an ApplicationInstance in a gated namespace, and is acked.
@@ -459,7 +459,7 @@ async fn forged_expired_foreign_ungated_invalid_and_replayed_intents_are_rejecte
     .await;
     let tomb =
         Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(cp.client.clone(), &cp.agent_ns)
-            .get(vworkspace_agent::tombstones::CONFIG_MAP)
+            .get(vworkspace_agent::hub::tombstones::CONFIG_MAP)
             .await
             .unwrap();
     let key = format!("ApplicationInstance.{ns}.x");

@@ -9,7 +9,7 @@ use agent_support::*;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use vworkspace_agent::ConnState;
-use vworkspace_agent::creds::{Credentials, TOKEN_FINGERPRINT_ANNOTATION, token_fingerprint};
+use vworkspace_agent::hub::creds::{Credentials, TOKEN_FINGERPRINT_ANNOTATION, token_fingerprint};
 use vworkspace_crds::Cluster;
 
 const CONNECT: Duration = Duration::from_secs(90);
@@ -233,8 +233,8 @@ async fn enrollment_failures_are_reported_on_the_cluster_without_the_token() {
 }
 
 async fn join_expecting_error(cp: &Cluster_, token: &str) {
-    use vworkspace_agent::args::{Dur, IdentityArgs, JoinArgs, KubeArgs};
-    let err = vworkspace_agent::cli::join(
+    use vworkspace_agent::process::args::{Dur, IdentityArgs, JoinArgs, KubeArgs};
+    let err = vworkspace_agent::runtime::cli::join(
         cp.client.clone(),
         JoinArgs {
             kube: KubeArgs::default(),

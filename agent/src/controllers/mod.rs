@@ -16,47 +16,43 @@
 //! Entry points for the agent's `main`:
 //!
 //! - [`Metrics::register`] once, with a sub-registry of the agent's registry;
-//! - [`run`]`(client, Config, metrics, shutdown)` runs both controllers until
-//!   `shutdown` resolves (the agent calls it only while it holds the Lease);
-//! - [`validate_application_spec`] and [`namespace_is_gated`]: the same checks
-//!   the controller applies, for the intent path to refuse bad specs early;
+//! - [`run`]`(client, Config, metrics, gate, shutdown)` runs both controllers
+//!   until `shutdown` is cancelled (the agent calls it only while it holds the
+//!   Lease);
+//! - [`validate_application_spec`] and [`namespaces::NamespaceGate`]: the same
+//!   checks the controller applies, for the intent path to refuse bad specs
+//!   and namespaces early;
 //! - [`approval::verify_claim`]/[`approval::sign_claim`]: the upstream `vws1.`
 //!   approval claim.
 //!
-//! Only namespaces labelled `managed-by=vworkspace` (or listed in
-//! [`Config::allowed_namespaces`]) are acted on; every write is server-side
+//! Only namespaces labelled `managed-by=vworkspace` (and on the allow-list,
+//! when one is given: [`namespaces`]) are acted on; every write is server-side
 //! apply with [`FIELD_MANAGER`], and a status is sent only when it changed
 //! (ignoring `lastTransitionTime`).
 
 pub mod application;
 pub mod approval;
 pub mod metrics;
+pub mod namespaces;
 pub mod operation;
 pub mod resources;
 pub mod validation;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use futures::{FutureExt, StreamExt, future};
-use k8s_openapi::{
-    api::core::v1::{Namespace, ObjectReference},
-    apimachinery::pkg::apis::meta::v1::Condition,
-};
+use futures::future;
+use k8s_openapi::{api::core::v1::ObjectReference, apimachinery::pkg::apis::meta::v1::Condition};
 use kube::{
-    Api, Client,
-    runtime::{
-        WatchStreamExt,
-        events::{Event, EventType, Recorder, Reporter},
-        reflector, watcher,
-    },
+    Client,
+    runtime::events::{Event, EventType, Recorder, Reporter},
 };
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use crate::FIELD_MANAGER;
 pub use metrics::Metrics;
-pub use validation::{SpecError, namespace_is_gated, validate_application_spec};
-
-/// Field manager of every write the controllers make.
-pub const FIELD_MANAGER: &str = "vworkspace-agent";
+pub use namespaces::{NamespaceGate, namespace_is_gated};
+pub use validation::{SpecError, validate_application_spec};
 
 /// Field manager of the helm engine's chart-version changes (Upgrade,
 /// Rollback, and their undo on cancel), kept apart from [`FIELD_MANAGER`] so
@@ -66,8 +62,6 @@ pub const OPERATIONS_FIELD_MANAGER: &str = "vworkspace-agent-operations";
 /// Operator knobs of the controllers.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Namespaces acted on even without the `managed-by=vworkspace` label.
-    pub allowed_namespaces: Vec<String>,
     /// Namespace Velero runs in; Backups and Restores are created there.
     pub velero_namespace: String,
     /// Finished Operations kept per target; older ones are deleted.
@@ -86,7 +80,6 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            allowed_namespaces: Vec::new(),
             velero_namespace: "velero".into(),
             history_limit: 10,
             approval_secret: None,
@@ -144,8 +137,8 @@ pub struct Context {
     pub config: Config,
     /// Metric handles.
     pub metrics: Metrics,
-    /// Cache of Namespaces, for the gate.
-    pub namespaces: reflector::Store<Namespace>,
+    /// The namespace gate (its cache is shared with the intent path).
+    pub namespaces: NamespaceGate,
     /// Serialises operation admission per target (namespace/name), so two
     /// conflicting operations cannot start at the same moment.
     pub(crate) target_locks: std::sync::Mutex<TargetLocks>,
@@ -177,12 +170,12 @@ const SERVED_TTL: Duration = Duration::from_secs(20);
 // === impl Context ===
 
 impl Context {
-    /// A context around `client`; `namespaces` must be fed by a reflector.
+    /// A context around `client`; the gate's watch must be running.
     pub fn new(
         client: Client,
         config: Config,
         metrics: Metrics,
-        namespaces: reflector::Store<Namespace>,
+        namespaces: NamespaceGate,
     ) -> Self {
         Self {
             client: client.clone(),
@@ -292,20 +285,9 @@ impl Context {
         Ok(out)
     }
 
-    /// Whether the agent may act in `namespace` (see [`namespace_is_gated`]).
+    /// Whether the agent may act in `namespace` (see [`NamespaceGate::is_gated`]).
     pub async fn is_gated(&self, namespace: &str) -> bool {
-        // The first list may still be in flight right after start.
-        let _ =
-            tokio::time::timeout(Duration::from_secs(30), self.namespaces.wait_until_ready()).await;
-        let key = reflector::ObjectRef::<Namespace>::new(namespace);
-        match self.namespaces.get(&key) {
-            Some(ns) => namespace_is_gated(&ns, &self.config.allowed_namespaces),
-            None => self
-                .config
-                .allowed_namespaces
-                .iter()
-                .any(|a| a == namespace),
-        }
+        self.namespaces.is_gated(namespace).await
     }
 
     pub(crate) fn target_lock(&self, namespace: &str, name: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -323,18 +305,19 @@ impl Context {
 }
 
 /// Runs the ApplicationInstance and Operation controllers until `shutdown`
-/// resolves; in-flight reconciles finish first.
+/// is cancelled; in-flight reconciles finish first.
 ///
 /// Fails at once when the vWorkspace CRDs are not installed. Optional
 /// third-party kinds (Flux, Velero, ...) that are missing are not watched; the
-/// objects that need them report it in their conditions.
+/// objects that need them report it in their conditions. `gate`'s Namespace
+/// watch is driven by the caller, which shares it with the intent path.
 pub async fn run(
     client: Client,
     config: Config,
     metrics: Metrics,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    gate: NamespaceGate,
+    shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let shutdown = shutdown.shared();
     for (api_version, plural, name) in [
         (
             "apps.vworkspace.io/v1alpha1",
@@ -356,44 +339,13 @@ pub async fn run(
             return Err(Error::CrdMissing(name));
         }
     }
-    let (namespaces, writer) = reflector::store();
-    let ns_watch = watcher(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(writer)
-    .take_until(shutdown.clone())
-    .for_each(|ev| {
-        if let Err(error) = ev {
-            warn!(%error, "Namespace watch failed");
-        }
-        future::ready(())
-    });
-
-    let ctx = Arc::new(Context::new(client.clone(), config, metrics, namespaces));
-    let apps = application::run(ctx.clone(), shutdown.clone()).await?;
-    let ops = operation::run(ctx.clone(), shutdown.clone()).await?;
+    let ctx = Arc::new(Context::new(client.clone(), config, metrics, gate));
+    let apps = application::run(ctx.clone(), shutdown.clone().cancelled_owned()).await?;
+    let ops = operation::run(ctx.clone(), shutdown.clone().cancelled_owned()).await?;
     info!("Controllers started");
-    future::join3(ns_watch, apps, ops).await;
+    future::join(apps, ops).await;
     info!("Controllers stopped");
     Ok(())
-}
-
-/// Starts a namespace reflector for tests and tools that build a [`Context`]
-/// by hand; the returned future drives it.
-pub fn namespace_store(
-    client: Client,
-) -> (
-    reflector::Store<Namespace>,
-    impl Future<Output = ()> + Send + 'static,
-) {
-    let (store, writer) = reflector::store();
-    let fut = watcher(Api::<Namespace>::all(client), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .for_each(|_| future::ready(()));
-    (store, fut)
 }
 
 #[cfg(test)]

@@ -4,8 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Namespace;
-use vworkspace_crds::{ApplicationInstanceSpec, ValuesSource, well_known::labels};
+use vworkspace_crds::{ApplicationInstanceSpec, ValuesSource};
 
 /// Why a spec is refused. Messages name the field to fix and never carry values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -120,26 +119,6 @@ pub fn validate_application_spec(
     Ok(())
 }
 
-/// Whether the agent may act in this namespace: it carries the gate label
-/// `managed-by=vworkspace` and, when the operator gave an allow list, its name
-/// is on it. The list only narrows the labelled namespaces, never widens them,
-/// so a namespace owner can always withdraw consent by removing the label.
-pub fn namespace_is_gated(ns: &Namespace, allow_list: &[String]) -> bool {
-    let labelled = ns
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(labels::NAMESPACE_GATE))
-        .is_some_and(|v| v == labels::NAMESPACE_GATE_VALUE);
-    labelled
-        && (allow_list.is_empty()
-            || ns
-                .metadata
-                .name
-                .as_ref()
-                .is_some_and(|n| allow_list.iter().any(|a| a == n)))
-}
-
 /// Exact semver 2.0.0 (with an optional leading `v`, as Helm accepts): no
 /// ranges, no wildcards, no `latest`.
 pub fn is_exact_semver(version: &str) -> bool {
@@ -229,7 +208,6 @@ pub fn scan_inline_secrets(values: &BTreeMap<String, serde_json::Value>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::api::ObjectMeta;
     use vworkspace_crds::{
         AppRef, ChartSource, ChartSourceType, KeyRef, Mode, ReleaseRef, ValuesSpec,
     };
@@ -407,24 +385,5 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(scan_inline_secrets(&ok), Ok(()));
-    }
-
-    #[test]
-    fn namespace_gate_needs_the_label_and_a_listed_name_when_a_list_is_given() {
-        let ns = |name: &str, label: Option<&str>| Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                labels: label.map(|v| BTreeMap::from([("managed-by".to_string(), v.to_string())])),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let allow = vec!["extra".to_string()];
-        assert!(namespace_is_gated(&ns("a", Some("vworkspace")), &[]));
-        assert!(!namespace_is_gated(&ns("a", Some("other")), &[]));
-        assert!(!namespace_is_gated(&ns("a", None), &allow));
-        assert!(!namespace_is_gated(&ns("extra", None), &allow));
-        assert!(namespace_is_gated(&ns("extra", Some("vworkspace")), &allow));
-        assert!(!namespace_is_gated(&ns("a", Some("vworkspace")), &allow));
     }
 }

@@ -13,7 +13,8 @@ use hub_sim::{Config as HubConfig, RunningHub};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use tokio::sync::watch;
-use vworkspace_agent::args::{Dur, IdentityArgs, JoinArgs, KubeArgs};
+use tokio_util::sync::CancellationToken;
+use vworkspace_agent::process::args::{Dur, IdentityArgs, JoinArgs, KubeArgs};
 use vworkspace_agent::{Agent, Config, ConnState, NamespaceList, Redactor};
 use vworkspace_crds::Cluster;
 
@@ -155,14 +156,14 @@ pub struct RunningAgent {
     pub admin: std::net::SocketAddr,
     pub state: watch::Receiver<ConnState>,
     pub leader: watch::Receiver<bool>,
-    pub shutdown: watch::Sender<bool>,
+    pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<Result<(), vworkspace_agent::RunError>>,
 }
 
 impl RunningAgent {
     /// Graceful stop.
     pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
     }
 
@@ -209,8 +210,8 @@ pub async fn start_agent(client: &kube::Client, cfg: Config) -> RunningAgent {
     let admin = agent.admin_addr();
     let state = agent.state();
     let leader = agent.leader();
-    let (shutdown, rx) = watch::channel(false);
-    let task = tokio::spawn(agent.run(rx));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(agent.run(shutdown.clone()));
     RunningAgent {
         admin,
         state,
@@ -222,7 +223,7 @@ pub async fn start_agent(client: &kube::Client, cfg: Config) -> RunningAgent {
 
 /// Runs `vworkspace-agent join` against the control plane.
 pub async fn join(cp: &Cluster_, token: &str) -> String {
-    vworkspace_agent::cli::join(
+    vworkspace_agent::runtime::cli::join(
         cp.client.clone(),
         JoinArgs {
             kube: KubeArgs::default(),

@@ -137,7 +137,16 @@ pub fn start(upstream: Upstream) {
                         resync: Duration::from_secs(60),
                         ..Config::default()
                     };
-                    let run = controllers::run(client, config, metrics, futures::future::pending());
+                    let (gate, gate_watch) =
+                        controllers::NamespaceGate::watch(client.clone(), Default::default());
+                    tokio::spawn(gate_watch);
+                    let run = controllers::run(
+                        client,
+                        config,
+                        metrics,
+                        gate,
+                        tokio_util::sync::CancellationToken::new(),
+                    );
                     let _ = tx.send(Ok(()));
                     if let Err(e) = run.await {
                         panic!("controllers stopped: {e}");

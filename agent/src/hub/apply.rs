@@ -9,11 +9,6 @@
 //! object is written by server-side apply with one field manager. Nothing is
 //! written for a rejected intent.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use vworkspace_crds::well_known::{annotations, labels};
@@ -25,9 +20,9 @@ use vworkspace_protocol::{
 };
 
 use crate::FIELD_MANAGER;
-use crate::args::NamespaceList;
-use crate::metrics::Metrics;
-use crate::tombstones::Tombstones;
+use crate::controllers::namespaces::NamespaceGate;
+use crate::hub::metrics::Metrics;
+use crate::hub::tombstones::Tombstones;
 
 /// What the applier knows about this cluster.
 #[derive(Clone)]
@@ -40,55 +35,14 @@ pub struct Applier {
     pub org: String,
     /// Trusted intent-signing keys.
     pub keys: KeyRing,
-    /// Extra namespace allow-list.
-    pub allowed_namespaces: NamespaceList,
+    /// The namespace gate (shared with the controllers).
+    pub gate: NamespaceGate,
     /// Limits of the connection.
     pub limits: Limits,
     /// Metrics.
     pub metrics: Metrics,
     /// Versions of deleted objects.
     pub tombstones: Tombstones,
-    /// Recently read namespace labels.
-    pub ns_cache: NamespaceCache,
-}
-
-/// Namespace labels read in the last [`NamespaceCache::TTL`]: a burst of
-/// intents for one namespace reads it once, and a label removed by an
-/// operator takes effect within a second.
-#[derive(Clone, Default)]
-pub struct NamespaceCache {
-    entries: Arc<Mutex<HashMap<String, CachedLabels>>>,
-}
-
-/// When the labels were read, and the labels (`None`: no such namespace).
-type CachedLabels = (Instant, Option<Labels>);
-
-/// Labels of one object.
-type Labels = BTreeMap<String, String>;
-
-impl NamespaceCache {
-    /// How long an entry is trusted.
-    pub const TTL: Duration = Duration::from_secs(1);
-    /// Entries kept at most.
-    const MAX: usize = 1024;
-
-    fn get(&self, ns: &str) -> Option<Option<Labels>> {
-        let m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(ns)
-            .filter(|(at, _)| at.elapsed() < Self::TTL)
-            .map(|(_, l)| l.clone())
-    }
-
-    fn put(&self, ns: &str, labels: Option<Labels>) {
-        let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if m.len() >= Self::MAX {
-            m.retain(|_, (at, _)| at.elapsed() < Self::TTL);
-            if m.len() >= Self::MAX {
-                m.clear();
-            }
-        }
-        m.insert(ns.to_owned(), (Instant::now(), labels));
-    }
 }
 
 /// The outcome of one intent before it is wrapped in an ack.
@@ -196,9 +150,9 @@ impl Applier {
             }
             _ => {}
         }
-        match self.namespace_gate(&p.object.namespace).await {
+        match self.gate.check(&p.object.namespace).await {
             Ok(None) => {}
-            Ok(Some(why)) => return Verdict::Rejected(RejectionCode::Forbidden, why),
+            Ok(Some(why)) => return Verdict::Rejected(RejectionCode::Forbidden, why.to_string()),
             Err(e) => return apply_failed("reading the namespace", &e),
         }
         match p.action {
@@ -250,54 +204,6 @@ impl Applier {
             }
         }
     }
-
-    /// `None` when the namespace may be written; otherwise why not.
-    async fn namespace_gate(&self, ns: &str) -> Result<Option<String>, kube::Error> {
-        if let Some(labels) = self.ns_cache.get(ns) {
-            return Ok(gate_decision(ns, labels.as_ref(), &self.allowed_namespaces));
-        }
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let labels = namespaces
-            .get_opt(ns)
-            .await?
-            .map(|n| n.metadata.labels.unwrap_or_default());
-        self.ns_cache.put(ns, labels.clone());
-        Ok(gate_decision(ns, labels.as_ref(), &self.allowed_namespaces))
-    }
-}
-
-/// The namespace gate as a pure function: the namespace must exist, carry
-/// `managed-by=vworkspace`, and pass the allow-list.
-pub fn gate_decision(
-    ns: &str,
-    ns_labels: Option<&BTreeMap<String, String>>,
-    allow: &NamespaceList,
-) -> Option<String> {
-    let Some(l) = ns_labels else {
-        return Some(format!("namespace {ns} does not exist (NamespaceNotGated)"));
-    };
-    // The label check alone first, so the rejection says which half failed.
-    let namespace = Namespace {
-        metadata: kube::api::ObjectMeta {
-            name: Some(ns.to_owned()),
-            labels: Some(l.clone()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    if !crate::controllers::namespace_is_gated(&namespace, &[]) {
-        return Some(format!(
-            "namespace {ns} is not labelled {}={} (NamespaceNotGated)",
-            labels::NAMESPACE_GATE,
-            labels::NAMESPACE_GATE_VALUE
-        ));
-    }
-    if !allow.allows(ns) {
-        return Some(format!(
-            "namespace {ns} is not in the agent's allow-list (NamespaceNotGated)"
-        ));
-    }
-    None
 }
 
 fn apply_failed(what: &str, e: &kube::Error) -> Verdict {
@@ -430,35 +336,6 @@ pub fn manifest(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn namespace_gate_needs_the_label_and_the_allow_list() {
-        let gated = labels(&[("managed-by", "vworkspace")]);
-        let other = labels(&[("managed-by", "someone-else")]);
-        let any = NamespaceList::default();
-        let only_a: NamespaceList = "team-a".parse().unwrap();
-        let cases: &[(&str, Option<&Labels>, &NamespaceList, bool)] = &[
-            ("team-a", Some(&gated), &any, true),
-            ("team-a", Some(&gated), &only_a, true),
-            ("team-b", Some(&gated), &only_a, false),
-            ("team-a", Some(&other), &any, false),
-            ("team-a", None, &any, false),
-        ];
-        for (ns, l, allow, ok) in cases {
-            let d = gate_decision(ns, *l, allow);
-            assert_eq!(d.is_none(), *ok, "{ns} {l:?} {allow:?}: {d:?}");
-            if let Some(why) = d {
-                assert!(why.contains("NamespaceNotGated"), "{why}");
-            }
-        }
-    }
 
     #[test]
     fn specs_are_checked_against_the_kind() {

@@ -16,12 +16,13 @@ use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use vworkspace_crds::well_known::{annotations, labels};
 use vworkspace_crds::{ApplicationInstance, Cluster, Operation};
 use vworkspace_protocol::{Condition, Inventory, InventoryEntry, ObjectKind, ObjectRef, Status};
 
-use crate::metrics::Metrics;
+use crate::hub::metrics::Metrics;
 
 /// Sent-but-unconfirmed statuses remembered at most; older ones count as
 /// delivered (the hub can always ask with `ResyncRequest`).
@@ -39,16 +40,17 @@ struct State {
     unconfirmed: VecDeque<(u64, ObjectRef, String)>,
 }
 
-/// Shared between the watchers (writers) and the tunnel (reader).
+/// The agent's outbox of statuses: shared between the watchers (writers)
+/// and the tunnel (reader).
 #[derive(Clone, Debug)]
-pub struct StatusHub {
+pub struct Outbox {
     state: Arc<Mutex<State>>,
     changed: Arc<Notify>,
     metrics: Metrics,
 }
 
-impl StatusHub {
-    /// An empty hub.
+impl Outbox {
+    /// An empty outbox.
     pub fn new(metrics: Metrics) -> Self {
         Self {
             state: Arc::default(),
@@ -349,12 +351,12 @@ pub fn of_cluster(c: &Cluster) -> Option<(Status, u64)> {
     Some((s, 0))
 }
 
-/// Runs the three watches until `shutdown`, feeding `hub`.
+/// Runs the three watches until `shutdown` is cancelled, feeding `outbox`.
 pub async fn run(
     client: kube::Client,
     cluster_object: String,
-    hub: StatusHub,
-    mut shutdown: watch::Receiver<bool>,
+    outbox: Outbox,
+    shutdown: CancellationToken,
 ) {
     let selector = format!(
         "{}={}",
@@ -364,26 +366,26 @@ pub async fn run(
     let ais = watch_kind(
         Api::<ApplicationInstance>::all(client.clone()),
         watcher::Config::default().labels(&selector),
-        hub.clone(),
+        outbox.clone(),
         ObjectKind::ApplicationInstance,
         of_application,
     );
     let ops = watch_kind(
         Api::<Operation>::all(client.clone()),
         watcher::Config::default().labels(&selector),
-        hub.clone(),
+        outbox.clone(),
         ObjectKind::Operation,
         of_operation,
     );
     let cluster = watch_kind(
         Api::<Cluster>::all(client),
         watcher::Config::default().fields(&format!("metadata.name={cluster_object}")),
-        hub,
+        outbox,
         ObjectKind::Cluster,
         of_cluster,
     );
     tokio::select! {
-        _ = crate::signaled(&mut shutdown) => {}
+        _ = shutdown.cancelled() => {}
         _ = ais => {}
         _ = ops => {}
         _ = cluster => {}
@@ -393,7 +395,7 @@ pub async fn run(
 async fn watch_kind<K>(
     api: Api<K>,
     config: watcher::Config,
-    hub: StatusHub,
+    outbox: Outbox,
     kind: ObjectKind,
     to_status: fn(&K) -> Option<(Status, u64)>,
 ) where
@@ -414,25 +416,25 @@ async fn watch_kind<K>(
         match ev {
             Ok(Event::Apply(o)) => {
                 if let Some((st, v)) = to_status(&o) {
-                    hub.upsert(st, v);
+                    outbox.upsert(st, v);
                 }
             }
-            Ok(Event::Delete(o)) => hub.remove(&key(&o)),
+            Ok(Event::Delete(o)) => outbox.remove(&key(&o)),
             Ok(Event::Init) => seen = Some(BTreeSet::new()),
             Ok(Event::InitApply(o)) => {
                 if let Some((st, v)) = to_status(&o) {
                     if let Some(s) = seen.as_mut() {
                         s.insert(st.object.clone());
                     }
-                    hub.upsert(st, v);
+                    outbox.upsert(st, v);
                 }
             }
             Ok(Event::InitDone) => {
                 // Objects deleted while the watch was down.
                 if let Some(s) = seen.take() {
-                    for o in hub.known(kind) {
+                    for o in outbox.known(kind) {
                         if !s.contains(&o) {
-                            hub.remove(&o);
+                            outbox.remove(&o);
                         }
                     }
                 }
@@ -457,13 +459,13 @@ mod tests {
         s
     }
 
-    fn hub() -> StatusHub {
-        StatusHub::new(Metrics::register(&mut Registry::default()))
+    fn outbox() -> Outbox {
+        Outbox::new(Metrics::register(&mut Registry::default()))
     }
 
     #[test]
     fn changes_to_one_object_coalesce_to_the_latest() {
-        let h = hub();
+        let h = outbox();
         h.upsert(st("a", "Pending"), 1);
         h.upsert(st("a", "Running"), 1);
         h.upsert(st("b", "Pending"), 1);
@@ -475,7 +477,7 @@ mod tests {
 
     #[test]
     fn after_reconnect_only_unconfirmed_or_changed_statuses_are_resent() {
-        let h = hub();
+        let h = outbox();
         h.upsert(st("a", "Pending"), 1);
         h.upsert(st("b", "Pending"), 1);
         let out = h.take_dirty(10);
@@ -496,7 +498,7 @@ mod tests {
 
     #[test]
     fn deletions_are_sent_once_then_forgotten() {
-        let h = hub();
+        let h = outbox();
         h.upsert(st("a", "Pending"), 1);
         let out = h.take_dirty(10);
         h.sent(1, &out[0]);

@@ -10,9 +10,14 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::controllers::namespaces::NamespaceList;
+
 /// The vWorkspace cluster agent.
 #[derive(Debug, Parser)]
 #[command(name = "vworkspace-agent", version, about)]
+// The flattened groups and the subcommand carry no doc comment: clap would
+// turn it into help text.
+#[allow(missing_docs)]
 pub struct Args {
     #[command(flatten)]
     pub log: LogArgs,
@@ -105,6 +110,9 @@ impl Default for IdentityArgs {
 
 /// `run` flags.
 #[derive(Clone, Debug, clap::Args)]
+// The flattened groups and the subcommand carry no doc comment: clap would
+// turn it into help text.
+#[allow(missing_docs)]
 pub struct RunArgs {
     #[command(flatten)]
     pub kube: KubeArgs,
@@ -183,6 +191,9 @@ pub struct RunArgs {
 
 /// `join` flags.
 #[derive(Clone, Debug, clap::Args)]
+// The flattened groups and the subcommand carry no doc comment: clap would
+// turn it into help text.
+#[allow(missing_docs)]
 pub struct JoinArgs {
     #[command(flatten)]
     pub kube: KubeArgs,
@@ -219,6 +230,9 @@ pub enum OutputFormat {
 
 /// `status` flags.
 #[derive(Clone, Debug, clap::Args)]
+// The flattened groups and the subcommand carry no doc comment: clap would
+// turn it into help text.
+#[allow(missing_docs)]
 pub struct StatusArgs {
     #[command(flatten)]
     pub kube: KubeArgs,
@@ -233,13 +247,14 @@ pub struct StatusArgs {
 
 // === impl Dur ===
 
-/// A duration flag: `500ms`, `30s`, `5m`, `2h`, or a bare number of seconds.
+/// A duration flag in jiff's friendly format (`500ms`, `30s`, `5m`,
+/// `1h 30m`), or a bare number of seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dur(pub Duration);
 
 /// Why a duration flag did not parse.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid duration {0:?}: use a number with ms, s, m or h (e.g. 30s)")]
+#[error("invalid duration {0:?}: use e.g. 500ms, 30s, 5m or 1h 30m")]
 pub struct ParseDurError(String);
 
 impl FromStr for Dur {
@@ -248,82 +263,22 @@ impl FromStr for Dur {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim();
         let err = || ParseDurError(s.to_owned());
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let n: u64 = num.parse().map_err(|_| err())?;
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "" | "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(err)?),
-            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(err)?),
-            _ => return Err(err()),
-        };
-        Ok(Dur(d))
+        // A bare number has always meant seconds.
+        if let Ok(secs) = t.parse::<u64>() {
+            return Ok(Dur(Duration::from_secs(secs)));
+        }
+        let d: jiff::SignedDuration = t.parse().map_err(|_| err())?;
+        Duration::try_from(d).map(Dur).map_err(|_| err())
     }
 }
 
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0.as_millis();
-        if !ms.is_multiple_of(1000) {
-            write!(f, "{ms}ms")
-        } else {
-            let s = ms / 1000;
-            if s != 0 && s.is_multiple_of(3600) {
-                write!(f, "{}h", s / 3600)
-            } else if s != 0 && s.is_multiple_of(60) {
-                write!(f, "{}m", s / 60)
-            } else {
-                write!(f, "{s}s")
-            }
+        match jiff::SignedDuration::try_from(self.0) {
+            // The alternate form is jiff's friendly format ("1h 30m").
+            Ok(d) => write!(f, "{d:#}"),
+            Err(_) => write!(f, "{}s", self.0.as_secs()),
         }
-    }
-}
-
-// === impl NamespaceList ===
-
-/// A comma-separated list of namespace names; empty means "no extra restriction".
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NamespaceList(pub Vec<String>);
-
-/// Why a namespace list did not parse.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid namespace {0:?} in the list: namespaces are DNS labels")]
-pub struct ParseNamespaceListError(String);
-
-impl NamespaceList {
-    /// Whether `ns` passes the list (an empty list passes everything).
-    pub fn allows(&self, ns: &str) -> bool {
-        self.0.is_empty() || self.0.iter().any(|n| n == ns)
-    }
-}
-
-impl FromStr for NamespaceList {
-    type Err = ParseNamespaceListError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut out = Vec::new();
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let ok = part.len() <= 63
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !part.starts_with('-')
-                && !part.ends_with('-');
-            if !ok {
-                return Err(ParseNamespaceListError(part.to_owned()));
-            }
-            out.push(part.to_owned());
-        }
-        out.sort();
-        out.dedup();
-        Ok(Self(out))
-    }
-}
-
-impl fmt::Display for NamespaceList {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.join(","))
     }
 }
 
@@ -333,25 +288,21 @@ mod tests {
 
     #[test]
     fn durations_round_trip_through_display() {
-        for s in ["500ms", "30s", "5m", "2h", "0s", "90s", "1500ms"] {
+        for s in ["500ms", "30s", "5m", "2h", "0s", "1h 30m", "1s 500ms"] {
             let d: Dur = s.parse().unwrap();
             assert_eq!(d.to_string(), s, "{s}");
             assert_eq!(d.to_string().parse::<Dur>().unwrap(), d);
         }
+        // jiff's friendly printer normalises to the largest units.
+        assert_eq!("90s".parse::<Dur>().unwrap().to_string(), "1m 30s");
         assert_eq!("7".parse::<Dur>().unwrap().0, Duration::from_secs(7));
-        assert!("5 minutes".parse::<Dur>().is_err());
+        assert_eq!(
+            "5 minutes".parse::<Dur>().unwrap().0,
+            Duration::from_secs(300)
+        );
         assert!("-1s".parse::<Dur>().is_err());
         assert!("".parse::<Dur>().is_err());
-    }
-
-    #[test]
-    fn namespace_lists_round_trip_and_reject_bad_names() {
-        let l: NamespaceList = "team-b, team-a,,team-a".parse().unwrap();
-        assert_eq!(l.0, ["team-a", "team-b"]);
-        assert_eq!(l.to_string().parse::<NamespaceList>().unwrap(), l);
-        assert!(l.allows("team-a") && !l.allows("team-c"));
-        assert!(NamespaceList::default().allows("anything"));
-        assert!("Team_A".parse::<NamespaceList>().is_err());
+        assert!("5 parsecs".parse::<Dur>().is_err());
     }
 
     #[test]

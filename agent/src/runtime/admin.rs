@@ -18,8 +18,9 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::tunnel::ConnState;
+use crate::hub::tunnel::ConnState;
 
 /// Shared state of the admin handlers.
 #[derive(Clone)]
@@ -28,7 +29,7 @@ pub struct AdminState {
     conn: watch::Receiver<ConnState>,
     last_up: Arc<Mutex<Instant>>,
     grace: Duration,
-    draining: watch::Receiver<bool>,
+    draining: CancellationToken,
 }
 
 impl AdminState {
@@ -37,7 +38,7 @@ impl AdminState {
         registry: Arc<Registry>,
         conn: watch::Receiver<ConnState>,
         grace: Duration,
-        draining: watch::Receiver<bool>,
+        draining: CancellationToken,
     ) -> Self {
         Self {
             registry,
@@ -50,7 +51,7 @@ impl AdminState {
 
     /// Whether `/readyz` answers 200, and why.
     pub fn readiness(&self) -> (bool, &'static str) {
-        if *self.draining.borrow() {
+        if self.draining.is_cancelled() {
             return (false, "shutting down");
         }
         let state = *self.conn.borrow();
@@ -70,12 +71,12 @@ impl AdminState {
     }
 
     /// Keeps `last_up` current when nobody polls `/readyz`.
-    pub async fn track(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn track(self, shutdown: CancellationToken) {
         let mut conn = self.conn.clone();
         loop {
             let _ = self.readiness();
             tokio::select! {
-                _ = crate::signaled(&mut shutdown) => return,
+                _ = shutdown.cancelled() => return,
                 r = conn.changed() => if r.is_err() { return },
             }
         }
@@ -195,7 +196,7 @@ fn admit(open: &Arc<Mutex<Open>>) -> (Place, tokio::sync::oneshot::Receiver<()>)
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AdminState,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let router = router(state);
     let open = Arc::new(Mutex::new(Open::default()));
@@ -203,7 +204,7 @@ pub async fn serve(
     loop {
         let (stream, _) = tokio::select! {
             biased;
-            _ = crate::signaled(&mut shutdown) => break,
+            _ = shutdown.cancelled() => break,
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(error) => {
@@ -261,15 +262,14 @@ mod tests {
         let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (_conn_tx, conn_rx) = watch::channel(ConnState::Connected);
-        let (_drain_tx, drain_rx) = watch::channel(false);
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shutdown = CancellationToken::new();
         let state = AdminState::new(
             Arc::new(Registry::default()),
             conn_rx,
             Duration::from_secs(60),
-            drain_rx,
+            CancellationToken::new(),
         );
-        let server = tokio::spawn(serve(listener, state, shutdown_rx));
+        let server = tokio::spawn(serve(listener, state, shutdown.clone()));
 
         // Three times the connection cap, opened and left silent.
         let mut idle = Vec::new();
@@ -288,7 +288,7 @@ mod tests {
                 idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
             }
         }
-        let _ = shutdown_tx.send(true);
+        shutdown.cancel();
         let _ = server.await;
     }
 }

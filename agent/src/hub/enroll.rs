@@ -25,6 +25,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use vworkspace_crds::cluster::{CredentialStatus, NamespacedName};
 use vworkspace_crds::conditions::{self, Status as CondStatus, reasons};
 use vworkspace_crds::well_known::values::REGISTRATION_TOKEN_KEY;
@@ -35,10 +36,10 @@ use vworkspace_protocol::enrollment::{
 use vworkspace_protocol::untrusted::escape;
 use vworkspace_protocol::{JoinToken, ca_sha256_hex, unix_now};
 
-use crate::cluster_status::ClusterStatusWriter;
-use crate::creds::{self, Credentials, CredsError};
-use crate::logging::Redactor;
-use crate::metrics::Metrics;
+use crate::hub::cluster_status::ClusterStatusWriter;
+use crate::hub::creds::{self, Credentials, CredsError};
+use crate::hub::metrics::Metrics;
+use crate::process::logging::Redactor;
 
 /// Longest enrollment response accepted.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -371,8 +372,8 @@ enum Next {
 }
 
 impl Enroller {
-    /// Runs until `shutdown` turns true.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
         let mut token_secret: Option<String> = None;
         let mut triggers = self.triggers(token_secret.as_deref());
         let mut failed: Option<(String, u32)> = None;
@@ -394,7 +395,7 @@ impl Enroller {
             loop {
                 tokio::select! {
                     biased;
-                    _ = crate::signaled(&mut shutdown) => return,
+                    _ = shutdown.cancelled() => return,
                     _ = &mut sleep => break,
                     ev = triggers.next() => {
                         if ev.is_none() { return; }
@@ -623,7 +624,7 @@ impl Enroller {
                     self.publish(c);
                 }
                 if retryable {
-                    Ok(Next::Retry(crate::backoff::full_jitter(
+                    Ok(Next::Retry(crate::hub::backoff::full_jitter(
                         Duration::from_secs(2),
                         Duration::from_secs(300),
                         attempts,

@@ -15,7 +15,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-use crate::args::{LogArgs, LogFormat};
+use crate::process::args::{LogArgs, LogFormat};
 
 /// Placeholder written instead of a secret.
 pub const REDACTED: &str = "<redacted>";

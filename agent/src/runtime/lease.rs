@@ -16,8 +16,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::hub::metrics::Metrics;
 
 /// Lease settings.
 #[derive(Clone, Debug)]
@@ -40,7 +41,7 @@ pub async fn run(
     cfg: LeaseConfig,
     leader: watch::Sender<bool>,
     metrics: Metrics,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
     let mut observed: Option<(String, Instant)> = None;
@@ -81,7 +82,7 @@ pub async fn run(
         }
         tokio::select! {
             biased;
-            _ = crate::signaled(&mut shutdown) => break,
+            _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(cfg.renew) => {}
         }
     }

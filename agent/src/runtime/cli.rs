@@ -16,8 +16,8 @@ use vworkspace_crds::well_known::values::REGISTRATION_TOKEN_KEY;
 use vworkspace_crds::{Cluster, ClusterPhase};
 use vworkspace_protocol::{JoinToken, unix_now};
 
-use crate::args::{JoinArgs, OutputFormat, StatusArgs};
-use crate::creds::{self, keys};
+use crate::hub::creds::{self, keys};
+use crate::process::args::{JoinArgs, OutputFormat, StatusArgs};
 
 /// Field manager of the CLI's writes (distinct from the agent's, as upstream).
 pub const CLI_FIELD_MANAGER: &str = "vworkspace-cli";
@@ -164,7 +164,7 @@ pub async fn status(client: kube::Client, args: &StatusArgs) -> Result<StatusRep
             rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).find_map(Result::ok)
         })
         .and_then(|der| creds::cert_validity(der.as_ref()))
-        .and_then(|(_, na)| crate::enroll::time_from_unix(na))
+        .and_then(|(_, na)| crate::hub::enroll::time_from_unix(na))
         .map(|t| t.0.to_string())
         .or_else(|| st.certificate_not_after.as_ref().map(|t| t.0.to_string()));
     Ok(StatusReport {
