@@ -358,6 +358,10 @@ mod tests {
             include_str!("application/status.rs"),
         ),
         ("operation/mod.rs", include_str!("operation/mod.rs")),
+        ("operation/admit.rs", include_str!("operation/admit.rs")),
+        ("operation/observe.rs", include_str!("operation/observe.rs")),
+        ("operation/history.rs", include_str!("operation/history.rs")),
+        ("operation/status.rs", include_str!("operation/status.rs")),
         (
             "operation/engines/velero.rs",
             include_str!("operation/engines/velero.rs"),

@@ -7,7 +7,19 @@ use serde_json::json;
 use vworkspace_crds::{ApplicationInstanceSpec, OperationType, conditions::reasons};
 
 use super::{Observation, OpInfo, Outcome, Outputs, ParamError, cut};
+use super::{
+    Prepared,
+    io::{Workload, apply_target_version, helm_release},
+};
+use crate::controllers::{
+    Context, Error,
+    resources::{HELM_RELEASE, Kind},
+};
 use crate::controllers::{application::status::ReleaseView, validation::is_exact_semver};
+use futures::future::BoxFuture;
+use kube::Api;
+use vworkspace_crds::OperationStatus;
+use vworkspace_crds::{ApplicationInstance, Operation};
 
 /// What the engine will do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +128,100 @@ pub fn outcome_from_status(name: &str, release: Option<&ReleaseView>, plan: &Pla
         )),
     };
     Observation { outcome, outputs }
+}
+
+// === impl Driver ===
+
+/// The helm engine's cluster side: it changes the target's chart version and
+/// waits on the target's HelmRelease.
+pub struct Driver;
+
+impl super::Driver for Driver {
+    fn supports(&self, type_: OperationType) -> bool {
+        matches!(type_, OperationType::Upgrade | OperationType::Rollback)
+    }
+
+    fn required_kinds(&self, _type_: OperationType) -> Vec<Kind> {
+        vec![HELM_RELEASE]
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        info: &'a OpInfo,
+        target: &'a ApplicationInstance,
+        ctx: &'a Context,
+    ) -> BoxFuture<'a, Result<Result<Prepared, ParamError>, Error>> {
+        Box::pin(async move {
+            let release = match target.spec.release.as_ref() {
+                Some(r) => r.name.clone(),
+                None => {
+                    return Ok(Err(ParamError(
+                        "the target has no release to upgrade".into(),
+                    )));
+                }
+            };
+            let view = helm_release(ctx, &info.namespace, &release).await?;
+            Ok(
+                plan(info, &target.spec, view.as_ref()).map(|plan| Prepared::Helm {
+                    plan,
+                    release,
+                    target: Box::new(target.clone()),
+                }),
+            )
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        op: &'a Operation,
+        _info: &'a OpInfo,
+        at: &'a Workload,
+        ctx: &'a Context,
+    ) -> BoxFuture<'a, Result<Option<Observation>, Error>> {
+        Box::pin(async move {
+            let plan = plan_from_outputs(&op.status.clone().unwrap_or_default());
+            let view = helm_release(ctx, &at.namespace, &at.name).await?;
+            Ok(Some(outcome_from_status(&at.name, view.as_ref(), &plan)))
+        })
+    }
+
+    /// Puts the previous chart version back, unless someone changed it since.
+    fn stop<'a>(
+        &'a self,
+        op: &'a Operation,
+        info: &'a OpInfo,
+        ctx: &'a Context,
+        _orphan: bool,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let plan = plan_from_outputs(&op.status.clone().unwrap_or_default());
+            let api = Api::<ApplicationInstance>::namespaced(ctx.client.clone(), &info.namespace);
+            if let Some(target) = api.get_opt(&info.target).await? {
+                let current = target.spec.chart.as_ref().map(|c| c.version.clone());
+                if current.as_deref() == Some(plan.target_version.as_str())
+                    && !plan.previous_version.is_empty()
+                {
+                    apply_target_version(ctx, &target, &plan.previous_version).await?;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The plan a running upgrade recorded in its outputs.
+fn plan_from_outputs(st: &OperationStatus) -> Plan {
+    let out = st.outputs.clone().unwrap_or_default();
+    let s = |k: &str| {
+        out.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    Plan {
+        target_version: s("chartVersion"),
+        previous_version: s("previousVersion"),
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,18 @@ use vworkspace_crds::{
 };
 
 use super::{Observation, OpInfo, Outcome, Outputs, ParamError, cut};
+use super::{
+    Prepared,
+    io::{Workload, reapply_job},
+};
+use crate::controllers::{
+    Context, Error,
+    resources::{JOB, Kind},
+};
+use futures::future::BoxFuture;
+use kube::{Api, ResourceExt};
+use vworkspace_crds::OperationType;
+use vworkspace_crds::{ApplicationInstance, Operation};
 
 /// Finished Jobs are reclaimed by Kubernetes after a day (upstream default).
 pub const TTL_SECONDS_AFTER_FINISHED: i32 = 86_400;
@@ -217,6 +229,91 @@ pub fn outcome_from_status(engine: Engine, name: &str, status: Option<&JobStatus
         }
     };
     Observation { outcome, outputs }
+}
+
+// === impl Driver ===
+
+/// The Job engines' cluster side (`job`, and `helm-hook-job` for migrations).
+pub struct Driver(pub Engine);
+
+impl super::Driver for Driver {
+    fn supports(&self, type_: OperationType) -> bool {
+        match self.0 {
+            Engine::HelmHookJob => matches!(type_, OperationType::Migration),
+            _ => matches!(type_, OperationType::RunCommand),
+        }
+    }
+
+    fn required_kinds(&self, _type_: OperationType) -> Vec<Kind> {
+        vec![JOB]
+    }
+
+    fn has_logs(&self) -> bool {
+        true
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        info: &'a OpInfo,
+        _target: &'a ApplicationInstance,
+        _ctx: &'a Context,
+    ) -> BoxFuture<'a, Result<Result<Prepared, ParamError>, Error>> {
+        Box::pin(async move {
+            Ok(desired_object(info, Shape::default()).map(|j| Prepared::Job(Box::new(j))))
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        _op: &'a Operation,
+        info: &'a OpInfo,
+        at: &'a Workload,
+        ctx: &'a Context,
+    ) -> BoxFuture<'a, Result<Option<Observation>, Error>> {
+        Box::pin(async move {
+            Ok(Api::<Job>::namespaced(ctx.client.clone(), &at.namespace)
+                .get_opt(&at.name)
+                .await?
+                .filter(|j| j.labels().get(labels::OPERATION) == Some(&info.uid))
+                .map(|j| outcome_from_status(info.engine, &at.name, j.status.as_ref())))
+        })
+    }
+
+    fn stop<'a>(
+        &'a self,
+        _op: &'a Operation,
+        info: &'a OpInfo,
+        ctx: &'a Context,
+        orphan: bool,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let shape = Shape {
+                suspend: true,
+                orphan,
+            };
+            match desired_object(info, shape) {
+                Ok(j) => reapply_job(ctx, info, &j).await,
+                Err(_) => Ok(()),
+            }
+        })
+    }
+
+    fn keep_for_logs<'a>(
+        &'a self,
+        info: &'a OpInfo,
+        ctx: &'a Context,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let shape = Shape {
+                suspend: false,
+                orphan: true,
+            };
+            match desired_object(info, shape) {
+                Ok(j) => reapply_job(ctx, info, &j).await,
+                Err(_) => Ok(()),
+            }
+        })
+    }
 }
 
 #[cfg(test)]

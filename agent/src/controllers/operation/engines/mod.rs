@@ -3,6 +3,7 @@
 //! (workload status → [`Observation`]).
 
 pub mod helm;
+pub mod io;
 pub mod job;
 pub mod snapshot;
 pub mod velero;
@@ -11,15 +12,18 @@ pub mod workflow;
 
 use std::collections::BTreeMap;
 
+use futures::future::BoxFuture;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::DynamicObject;
 use kube::{Resource, ResourceExt, api::ObjectMeta};
 use serde_json::Value;
+use vworkspace_crds::ApplicationInstance;
 use vworkspace_crds::{Engine, Operation, OperationType, well_known::labels};
 
-use crate::controllers::resources::{
-    HELM_RELEASE, JOB, Kind, REPLICATION_SOURCE, VELERO_BACKUP, VELERO_RESTORE, VOLUME_SNAPSHOT,
-    WORKFLOW,
-};
+use self::io::Workload;
+use crate::controllers::resources::Kind;
+use crate::controllers::{Context, Error};
 
 /// Engine outputs (`status.outputs`).
 pub type Outputs = BTreeMap<String, Value>;
@@ -66,34 +70,6 @@ pub struct ParamError(pub String);
 
 /// Longest engine message copied into a condition (Velero docs: 1 KiB).
 pub const MAX_ENGINE_MESSAGE: usize = 1024;
-
-/// Which (type, engine) pairs exist, as upstream's built-in templates plus
-/// the engines this project adds.
-pub fn supports(engine: Engine, type_: OperationType) -> bool {
-    use OperationType as T;
-    match engine {
-        Engine::Velero => matches!(type_, T::Backup | T::Restore),
-        Engine::Snapshot => matches!(type_, T::Backup),
-        Engine::Volsync => matches!(type_, T::Backup),
-        Engine::Workflow => matches!(type_, T::Runbook | T::Migration),
-        Engine::Job => matches!(type_, T::RunCommand),
-        Engine::Helm => matches!(type_, T::Upgrade | T::Rollback),
-        Engine::HelmHookJob => matches!(type_, T::Migration),
-    }
-}
-
-/// The downstream kinds an engine needs; missing ones block it with DependencyMissing.
-pub fn required_kinds(engine: Engine, type_: OperationType) -> Vec<Kind> {
-    match (engine, type_) {
-        (Engine::Velero, OperationType::Restore) => vec![VELERO_RESTORE],
-        (Engine::Velero, _) => vec![VELERO_BACKUP],
-        (Engine::Snapshot, _) => vec![VOLUME_SNAPSHOT],
-        (Engine::Volsync, _) => vec![REPLICATION_SOURCE],
-        (Engine::Workflow, _) => vec![WORKFLOW],
-        (Engine::Job | Engine::HelmHookJob, _) => vec![JOB],
-        (Engine::Helm, _) => vec![HELM_RELEASE],
-    }
-}
 
 /// The kind of workload an engine writes (for `engineRef` and watches).
 pub fn workload_kind(engine: Engine, type_: OperationType) -> Kind {
@@ -280,9 +256,123 @@ pub fn cut(message: &str) -> String {
     format!("{}…", &message[..end])
 }
 
+// === the engine table ===
+
+/// Every engine; the controller watches the workload kinds of all of them.
+pub const ENGINES: &[Engine] = &[
+    Engine::Velero,
+    Engine::Snapshot,
+    Engine::Volsync,
+    Engine::Workflow,
+    Engine::Job,
+    Engine::Helm,
+    Engine::HelmHookJob,
+];
+
+/// What an engine will create, prepared (and validated) before admission.
+pub enum Prepared {
+    /// Custom resources, applied in order; the first one is the `engineRef`.
+    Dynamic(Vec<DynamicObject>),
+    /// A Job, run by the operation-runner ServiceAccount.
+    Job(Box<Job>),
+    /// A chart version change of the target.
+    Helm {
+        /// The versions involved.
+        plan: helm::Plan,
+        /// The target's HelmRelease.
+        release: String,
+        /// The target.
+        target: Box<ApplicationInstance>,
+    },
+}
+
+/// The cluster side of one engine. The controller reaches an engine only
+/// through [`driver`], so a new engine is a module in this folder, a
+/// `Driver` impl in it, and one line in [`driver`] and [`ENGINES`].
+pub trait Driver: Send + Sync {
+    /// Which operation types the engine runs.
+    fn supports(&self, type_: OperationType) -> bool;
+
+    /// The downstream kinds the engine needs; missing ones block it with
+    /// DependencyMissing. The first one is the kind of its workload.
+    fn required_kinds(&self, type_: OperationType) -> Vec<Kind>;
+
+    /// Custom-resource kinds whose objects carry the Operation UID label and
+    /// wake the controller when they change.
+    fn watched_kinds(&self) -> &'static [Kind] {
+        &[]
+    }
+
+    /// Whether the workload's pods hold the logs (`status.logsRef`).
+    fn has_logs(&self) -> bool {
+        false
+    }
+
+    /// Builds (and validates) what the engine will create.
+    fn prepare<'a>(
+        &'a self,
+        info: &'a OpInfo,
+        target: &'a ApplicationInstance,
+        ctx: &'a Context,
+    ) -> BoxFuture<'a, Result<Result<Prepared, ParamError>, Error>>;
+
+    /// Reads the workload; `None` when it is gone.
+    fn read<'a>(
+        &'a self,
+        op: &'a Operation,
+        info: &'a OpInfo,
+        at: &'a Workload,
+        ctx: &'a Context,
+    ) -> BoxFuture<'a, Result<Option<Observation>, Error>>;
+
+    /// Stops the workload (cancel, timeout); `orphan` also drops its owner
+    /// reference so its logs outlive the Operation.
+    fn stop<'a>(
+        &'a self,
+        op: &'a Operation,
+        info: &'a OpInfo,
+        ctx: &'a Context,
+        orphan: bool,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// After a failure: keep what holds the logs when the Operation goes.
+    fn keep_for_logs<'a>(
+        &'a self,
+        _info: &'a OpInfo,
+        _ctx: &'a Context,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// The driver of `engine`: the one place the controller matches on engines.
+pub fn driver(engine: Engine) -> &'static dyn Driver {
+    match engine {
+        Engine::Velero => &velero::Driver,
+        Engine::Snapshot => &snapshot::Driver,
+        Engine::Volsync => &volsync::Driver,
+        Engine::Workflow => &workflow::Driver,
+        Engine::Job => &job::Driver(Engine::Job),
+        Engine::HelmHookJob => &job::Driver(Engine::HelmHookJob),
+        Engine::Helm => &helm::Driver,
+    }
+}
+
+/// Which (type, engine) pairs exist, as upstream's built-in templates plus
+/// the engines this project adds.
+pub fn supports(engine: Engine, type_: OperationType) -> bool {
+    driver(engine).supports(type_)
+}
+
+/// The downstream kinds an engine needs; missing ones block it with DependencyMissing.
+pub fn required_kinds(engine: Engine, type_: OperationType) -> Vec<Kind> {
+    driver(engine).required_kinds(type_)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controllers::resources::VELERO_RESTORE;
 
     #[test]
     fn support_table_covers_every_engine() {

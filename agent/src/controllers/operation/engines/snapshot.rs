@@ -10,7 +10,17 @@ use serde_json::{Value, json};
 use vworkspace_crds::conditions::reasons;
 
 use super::{Observation, OpInfo, Outcome, Outputs, ParamError, bounded_name, cut};
+use super::{
+    Prepared,
+    io::{Workload, delete_ignoring_missing, list_owned},
+};
 use crate::controllers::resources::VOLUME_SNAPSHOT;
+use crate::controllers::{Context, Error, resources::Kind};
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::{Api, ResourceExt, api::ListParams};
+use vworkspace_crds::OperationType;
+use vworkspace_crds::{ApplicationInstance, Operation};
 
 /// Label Helm charts put on what a release installs.
 pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
@@ -91,6 +101,113 @@ pub fn outcome_from_status(snapshots: &[(String, Value)]) -> Observation {
         }
     };
     Observation { outcome, outputs }
+}
+
+// === impl Driver ===
+
+/// Start of the parameter error when no PVC matches; admission fails the
+/// Operation with SourcePVCNotFound instead of calling its spec invalid.
+pub const NO_PVC: &str = "no PersistentVolumeClaim";
+
+/// The CSI snapshot engine's cluster side.
+pub struct Driver;
+
+impl super::Driver for Driver {
+    fn supports(&self, type_: OperationType) -> bool {
+        matches!(type_, OperationType::Backup)
+    }
+
+    fn required_kinds(&self, _type_: OperationType) -> Vec<Kind> {
+        vec![VOLUME_SNAPSHOT]
+    }
+
+    fn watched_kinds(&self) -> &'static [Kind] {
+        &[VOLUME_SNAPSHOT]
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        info: &'a OpInfo,
+        target: &'a ApplicationInstance,
+        ctx: &'a Context,
+    ) -> BoxFuture<'a, Result<Result<Prepared, ParamError>, Error>> {
+        Box::pin(async move {
+            let pvcs = match info.str_param("pvc") {
+                Err(e) => return Ok(Err(e)),
+                Ok(Some(p)) => vec![p],
+                Ok(None) => {
+                    let instance = target
+                        .spec
+                        .release
+                        .as_ref()
+                        .map_or(info.target.clone(), |r| r.name.clone());
+                    Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &info.namespace)
+                        .list(
+                            &ListParams::default()
+                                .labels(&format!("{}={instance}", INSTANCE_LABEL)),
+                        )
+                        .await?
+                        .items
+                        .iter()
+                        .map(ResourceExt::name_any)
+                        .collect()
+                }
+            };
+            if pvcs.is_empty() {
+                return Ok(Err(ParamError(format!(
+                    "{NO_PVC} of {} found (label {})",
+                    info.target, INSTANCE_LABEL
+                ))));
+            }
+            Ok(pvcs
+                .iter()
+                .map(|p| desired_object(info, p))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Prepared::Dynamic))
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        _op: &'a Operation,
+        info: &'a OpInfo,
+        at: &'a Workload,
+        ctx: &'a Context,
+    ) -> BoxFuture<'a, Result<Option<Observation>, Error>> {
+        Box::pin(async move {
+            let snaps: Vec<(String, Value)> = list_owned(ctx, VOLUME_SNAPSHOT, &at.namespace, info)
+                .await?
+                .iter()
+                .map(|o| (o.name_any(), o.data["status"].clone()))
+                .collect();
+            Ok((!snaps.is_empty()).then(|| outcome_from_status(&snaps)))
+        })
+    }
+
+    /// Deletes the snapshots not yet ready to use; finished ones are data.
+    fn stop<'a>(
+        &'a self,
+        _op: &'a Operation,
+        info: &'a OpInfo,
+        ctx: &'a Context,
+        _orphan: bool,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let api = Api::<DynamicObject>::namespaced_with(
+                ctx.client.clone(),
+                &info.namespace,
+                &VOLUME_SNAPSHOT.api_resource(),
+            );
+            let snaps = list_owned(ctx, VOLUME_SNAPSHOT, &info.namespace, info).await?;
+            for s in snaps
+                .iter()
+                .filter(|s| s.data["status"]["readyToUse"].as_bool() != Some(true))
+            {
+                delete_ignoring_missing(&api, &s.name_any()).await?;
+            }
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]

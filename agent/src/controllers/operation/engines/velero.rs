@@ -9,7 +9,11 @@ use serde_json::{Value, json};
 use vworkspace_crds::{OperationType, conditions::reasons};
 
 use super::{Observation, OpInfo, Outcome, Outputs, ParamError, bounded_name, cut};
+use super::{Prepared, io::Workload};
 use crate::controllers::resources::{Kind, VELERO_BACKUP, VELERO_RESTORE};
+use crate::controllers::{Context, Error};
+use futures::future::BoxFuture;
+use vworkspace_crds::{ApplicationInstance, Operation};
 
 /// Name of the Velero object: `<namespace>-<operation>` (Velero's namespace is
 /// shared by every team, so the Operation name alone could collide).
@@ -210,6 +214,63 @@ fn completed_reason(type_: OperationType) -> &'static str {
         reasons::ENGINE_COMPLETED
     } else {
         reasons::VELERO_BACKUP_COMPLETED
+    }
+}
+
+// === impl Driver ===
+
+/// The Velero engine's cluster side.
+pub struct Driver;
+
+impl super::Driver for Driver {
+    fn supports(&self, type_: OperationType) -> bool {
+        matches!(type_, OperationType::Backup | OperationType::Restore)
+    }
+
+    fn required_kinds(&self, type_: OperationType) -> Vec<Kind> {
+        vec![kind(type_)]
+    }
+
+    fn watched_kinds(&self) -> &'static [Kind] {
+        &[VELERO_BACKUP, VELERO_RESTORE]
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        info: &'a OpInfo,
+        _target: &'a ApplicationInstance,
+        ctx: &'a Context,
+    ) -> BoxFuture<'a, Result<Result<Prepared, ParamError>, Error>> {
+        Box::pin(async move {
+            Ok(desired_object(info, &ctx.config.velero_namespace)
+                .map(|o| Prepared::Dynamic(vec![o])))
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        _op: &'a Operation,
+        info: &'a OpInfo,
+        at: &'a Workload,
+        ctx: &'a Context,
+    ) -> BoxFuture<'a, Result<Option<Observation>, Error>> {
+        Box::pin(async move {
+            Ok(at
+                .get_owned(ctx, kind(info.type_), info)
+                .await?
+                .map(|o| outcome_from_object(info.type_, &at.name, &o.data)))
+        })
+    }
+
+    /// Velero cannot stop a backup in flight, and its objects are kept.
+    fn stop<'a>(
+        &'a self,
+        _op: &'a Operation,
+        _info: &'a OpInfo,
+        _ctx: &'a Context,
+        _orphan: bool,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
     }
 }
 

@@ -7,7 +7,16 @@ use serde_json::{Value, json};
 use vworkspace_crds::conditions::reasons;
 
 use super::{Observation, OpInfo, Outcome, Outputs, ParamError, cut};
+use super::{
+    Prepared,
+    io::{Workload, delete_ignoring_missing},
+};
 use crate::controllers::resources::REPLICATION_SOURCE;
+use crate::controllers::{Context, Error, resources::Kind};
+use futures::future::BoxFuture;
+use kube::Api;
+use vworkspace_crds::OperationType;
+use vworkspace_crds::{ApplicationInstance, Operation};
 
 /// The ReplicationSource for `op` (restic mover).
 pub fn desired_object(op: &OpInfo) -> Result<DynamicObject, ParamError> {
@@ -83,6 +92,66 @@ pub fn outcome_from_status(name: &str, trigger: &str, status: &Value) -> Observa
         }
     };
     Observation { outcome, outputs }
+}
+
+// === impl Driver ===
+
+/// The VolSync engine's cluster side.
+pub struct Driver;
+
+impl super::Driver for Driver {
+    fn supports(&self, type_: OperationType) -> bool {
+        matches!(type_, OperationType::Backup)
+    }
+
+    fn required_kinds(&self, _type_: OperationType) -> Vec<Kind> {
+        vec![REPLICATION_SOURCE]
+    }
+
+    fn watched_kinds(&self) -> &'static [Kind] {
+        &[REPLICATION_SOURCE]
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        info: &'a OpInfo,
+        _target: &'a ApplicationInstance,
+        _ctx: &'a Context,
+    ) -> BoxFuture<'a, Result<Result<Prepared, ParamError>, Error>> {
+        Box::pin(async move { Ok(desired_object(info).map(|o| Prepared::Dynamic(vec![o]))) })
+    }
+
+    fn read<'a>(
+        &'a self,
+        _op: &'a Operation,
+        info: &'a OpInfo,
+        at: &'a Workload,
+        ctx: &'a Context,
+    ) -> BoxFuture<'a, Result<Option<Observation>, Error>> {
+        Box::pin(async move {
+            Ok(at
+                .get_owned(ctx, REPLICATION_SOURCE, info)
+                .await?
+                .map(|o| outcome_from_status(&at.name, &info.uid, &o.data["status"])))
+        })
+    }
+
+    fn stop<'a>(
+        &'a self,
+        _op: &'a Operation,
+        info: &'a OpInfo,
+        ctx: &'a Context,
+        _orphan: bool,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let api = Api::<DynamicObject>::namespaced_with(
+                ctx.client.clone(),
+                &info.namespace,
+                &REPLICATION_SOURCE.api_resource(),
+            );
+            delete_ignoring_missing(&api, &info.name).await
+        })
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,16 @@ use serde_json::{Value, json};
 use vworkspace_crds::{conditions::reasons, well_known::values::OPERATION_RUNNER_SERVICE_ACCOUNT};
 
 use super::{Observation, OpInfo, Outcome, Outputs, ParamError, cut, job::Shape};
+use super::{
+    Prepared,
+    io::{Workload, reapply_dynamic},
+};
 use crate::controllers::resources::WORKFLOW;
+use crate::controllers::{Context, Error, resources::Kind};
+use futures::future::BoxFuture;
+use kube::ResourceExt;
+use vworkspace_crds::OperationType;
+use vworkspace_crds::{ApplicationInstance, Operation};
 
 /// Finished Workflows are reclaimed by Argo after a day.
 pub const TTL_SECONDS: i64 = 86_400;
@@ -91,6 +100,91 @@ pub fn outcome_from_status(name: &str, uid: Option<&str>, status: &Value) -> Obs
         },
     };
     Observation { outcome, outputs }
+}
+
+// === impl Driver ===
+
+/// The Argo Workflows engine's cluster side.
+pub struct Driver;
+
+impl super::Driver for Driver {
+    fn supports(&self, type_: OperationType) -> bool {
+        matches!(type_, OperationType::Runbook | OperationType::Migration)
+    }
+
+    fn required_kinds(&self, _type_: OperationType) -> Vec<Kind> {
+        vec![WORKFLOW]
+    }
+
+    fn watched_kinds(&self) -> &'static [Kind] {
+        &[WORKFLOW]
+    }
+
+    fn has_logs(&self) -> bool {
+        true
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        info: &'a OpInfo,
+        _target: &'a ApplicationInstance,
+        _ctx: &'a Context,
+    ) -> BoxFuture<'a, Result<Result<Prepared, ParamError>, Error>> {
+        Box::pin(async move {
+            Ok(desired_object(info, Shape::default()).map(|o| Prepared::Dynamic(vec![o])))
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        _op: &'a Operation,
+        info: &'a OpInfo,
+        at: &'a Workload,
+        ctx: &'a Context,
+    ) -> BoxFuture<'a, Result<Option<Observation>, Error>> {
+        Box::pin(async move {
+            Ok(at
+                .get_owned(ctx, WORKFLOW, info)
+                .await?
+                .map(|o| outcome_from_status(&at.name, o.uid().as_deref(), &o.data["status"])))
+        })
+    }
+
+    fn stop<'a>(
+        &'a self,
+        _op: &'a Operation,
+        info: &'a OpInfo,
+        ctx: &'a Context,
+        orphan: bool,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let shape = Shape {
+                suspend: true,
+                orphan,
+            };
+            match desired_object(info, shape) {
+                Ok(wf) => reapply_dynamic(ctx, info, &wf).await,
+                Err(_) => Ok(()),
+            }
+        })
+    }
+
+    fn keep_for_logs<'a>(
+        &'a self,
+        info: &'a OpInfo,
+        ctx: &'a Context,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let shape = Shape {
+                suspend: false,
+                orphan: true,
+            };
+            match desired_object(info, shape) {
+                Ok(wf) => reapply_dynamic(ctx, info, &wf).await,
+                Err(_) => Ok(()),
+            }
+        })
+    }
 }
 
 #[cfg(test)]

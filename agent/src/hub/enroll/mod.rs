@@ -7,341 +7,41 @@
 //! enrollment endpoint over TLS that trusts only the CA pinned in the token,
 //! stores key, certificate, CA bundle and signing keys in one Secret owned by
 //! the Cluster, and publishes the new identity to the tunnel.
+//!
+//! The request itself (key, CSR, pinned-CA TLS, answer checks) is in
+//! [`request`]; this file is the reconcile loop around it.
+
+mod request;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::StreamExt;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use vworkspace_crds::cluster::{CredentialStatus, NamespacedName};
 use vworkspace_crds::conditions::{self, Status as CondStatus, reasons};
 use vworkspace_crds::well_known::values::REGISTRATION_TOKEN_KEY;
 use vworkspace_crds::{Cluster, ClusterPhase};
-use vworkspace_protocol::enrollment::{
-    EnrollError, EnrollErrorCode, EnrollRequest, EnrollResponse,
-};
 use vworkspace_protocol::untrusted::escape;
-use vworkspace_protocol::{JoinToken, ca_sha256_hex, unix_now};
+use vworkspace_protocol::{JoinToken, unix_now};
 
 use crate::hub::cluster_status::ClusterStatusWriter;
 use crate::hub::creds::{self, Credentials, CredsError};
 use crate::hub::metrics::Metrics;
 use crate::process::logging::Redactor;
 
-/// Longest enrollment response accepted.
-const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
-/// Deadline of one enrollment request (connect, TLS, HTTP).
-const ENROLL_TIMEOUT: Duration = Duration::from_secs(30);
+pub use request::{
+    EnrollFailure, KeyAndCsr, check_response, generate_key_and_csr, request_enrollment,
+};
+
 /// Periodic re-check even without a watch event.
 const RESYNC: Duration = Duration::from_secs(60);
-
-/// Why one enrollment attempt failed. Messages never contain the token.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum EnrollFailure {
-    /// The token could not be parsed or has expired.
-    #[error("join token is not usable: {0}")]
-    Token(#[from] vworkspace_protocol::JoinTokenError),
-    /// The hub's certificate chain does not contain the CA pinned in the token.
-    #[error("the hub at {0} does not present the CA pinned in the join token")]
-    PinMismatch(String),
-    /// Network or TLS failure.
-    #[error("cannot reach the enrollment endpoint {url}: {message}")]
-    Connect {
-        /// Endpoint.
-        url: String,
-        /// Cause.
-        message: String,
-    },
-    /// The hub refused the request.
-    #[error("the hub refused enrollment ({code}): {message}")]
-    Refused {
-        /// Stable code.
-        code: EnrollErrorCode,
-        /// Hub's message.
-        message: String,
-    },
-    /// The hub's answer is unusable.
-    #[error("the hub's enrollment answer is unusable: {0}")]
-    BadResponse(String),
-    /// Key or CSR generation failed.
-    #[error("generating the key or CSR failed: {0}")]
-    Key(String),
-    /// Writing the credentials failed.
-    #[error(transparent)]
-    Creds(#[from] CredsError),
-}
-
-impl EnrollFailure {
-    /// Whether trying the same token again later can succeed.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            EnrollFailure::Connect { .. } | EnrollFailure::Creds(_) => true,
-            EnrollFailure::Refused { code, .. } => code.is_retryable(),
-            _ => false,
-        }
-    }
-
-    /// Metric label and Cluster condition reason.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            EnrollFailure::Token(_) => reasons::JOIN_TOKEN_INVALID,
-            EnrollFailure::PinMismatch(_) => reasons::CA_PIN_MISMATCH,
-            EnrollFailure::Connect { .. } => reasons::CONTROL_PLANE_UNREACHABLE,
-            _ => reasons::REGISTRATION_FAILED,
-        }
-    }
-}
-
-/// A freshly generated key and its CSR. `Debug` hides the key.
-pub struct KeyAndCsr {
-    /// PEM PKCS#8 private key.
-    pub key_pem: String,
-    /// DER SubjectPublicKeyInfo of the key.
-    pub spki_der: Vec<u8>,
-    /// PEM CSR.
-    pub csr_pem: String,
-}
-
-impl std::fmt::Debug for KeyAndCsr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyAndCsr").finish_non_exhaustive()
-    }
-}
-
-/// Generates a P-256 key in the agent and a CSR for it.
-pub fn generate_key_and_csr(common_name: &str) -> Result<KeyAndCsr, EnrollFailure> {
-    let key = rcgen::KeyPair::generate().map_err(|e| EnrollFailure::Key(e.to_string()))?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
-        .map_err(|e| EnrollFailure::Key(e.to_string()))?;
-    let mut dn = rcgen::DistinguishedName::new();
-    dn.push(rcgen::DnType::CommonName, common_name);
-    params.distinguished_name = dn;
-    let csr = params
-        .serialize_request(&key)
-        .map_err(|e| EnrollFailure::Key(e.to_string()))?;
-    Ok(KeyAndCsr {
-        key_pem: key.serialize_pem(),
-        spki_der: rcgen::PublicKeyData::subject_public_key_info(&key),
-        csr_pem: csr.pem().map_err(|e| EnrollFailure::Key(e.to_string()))?,
-    })
-}
-
-// === CA-pinned TLS ===
-
-/// Trusts a server only if its presented chain contains the CA whose SHA-256
-/// is pinned, and the chain verifies against that CA alone (hostname included).
-#[derive(Debug)]
-struct PinnedCaVerifier {
-    pin: String,
-    provider: Arc<CryptoProvider>,
-    mismatch: std::sync::atomic::AtomicBool,
-}
-
-impl ServerCertVerifier for PinnedCaVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some(ca) = intermediates
-            .iter()
-            .find(|c| ca_sha256_hex(c.as_ref()) == self.pin)
-        else {
-            self.mismatch
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::UnknownIssuer,
-            ));
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.clone().into_owned()).map_err(|_| {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
-        })?;
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            self.provider.clone(),
-        )
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
-        inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// Splits `https://host[:port]` into host and port.
-pub(crate) fn host_port(url: &str, default_port: u16) -> Option<(String, u16)> {
-    let uri: http::Uri = url.parse().ok()?;
-    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
-    Some((host.to_owned(), uri.port_u16().unwrap_or(default_port)))
-}
-
-/// Sends the enrollment request to the hub named in the token.
-pub async fn request_enrollment(
-    token: &JoinToken,
-    csr_pem: &str,
-) -> Result<EnrollResponse, EnrollFailure> {
-    let claims = token.claims();
-    let url = claims.enroll_url();
-    let connect_err = |message: String| EnrollFailure::Connect {
-        url: url.clone(),
-        message,
-    };
-    let (host, port) = host_port(&claims.hub_url, 443)
-        .ok_or_else(|| connect_err("hub_url is not a valid URL".into()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(PinnedCaVerifier {
-        pin: claims.ca_sha256.clone(),
-        provider: provider.clone(),
-        mismatch: Default::default(),
-    });
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| connect_err(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let server_name =
-        ServerName::try_from(host.clone()).map_err(|_| connect_err("invalid host name".into()))?;
-    let body = serde_json::to_vec(&EnrollRequest {
-        token: token.expose_secret().to_owned(),
-        csr_pem: csr_pem.to_owned(),
-    })
-    .map_err(|e| EnrollFailure::Key(e.to_string()))?;
-    let path = vworkspace_protocol::enrollment::ENROLL_PATH;
-    let exchange = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| connect_err(e.to_string()))?;
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-            .connect(server_name, tcp)
-            .await
-            .map_err(|e| {
-                if verifier.mismatch.load(std::sync::atomic::Ordering::Relaxed) {
-                    EnrollFailure::PinMismatch(claims.hub_url.clone())
-                } else {
-                    connect_err(format!("TLS: {e}"))
-                }
-            })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| connect_err(e.to_string()))?;
-        let conn = tokio::spawn(conn);
-        let req = http::Request::post(path)
-            .header(http::header::HOST, format!("{host}:{port}"))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| connect_err(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| connect_err(e.to_string()))?;
-        let status = resp.status();
-        let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|_| EnrollFailure::BadResponse("body unreadable or too large".into()))?
-            .to_bytes();
-        conn.abort();
-        if status.is_success() {
-            serde_json::from_slice::<EnrollResponse>(&bytes)
-                .map_err(|e| EnrollFailure::BadResponse(e.to_string()))
-        } else {
-            let err = serde_json::from_slice::<EnrollError>(&bytes).unwrap_or(EnrollError {
-                code: EnrollErrorCode::Unknown,
-                message: format!("HTTP {status}"),
-            });
-            Err(EnrollFailure::Refused {
-                code: err.code,
-                // The hub's text: escaped, since it reaches logs and conditions.
-                message: vworkspace_protocol::untrusted::escape(&err.message, 300),
-            })
-        }
-    };
-    tokio::time::timeout(ENROLL_TIMEOUT, exchange)
-        .await
-        .map_err(|_| connect_err("timed out".into()))?
-}
-
-/// Checks an enrollment answer against the pin and the key we generated.
-pub fn check_response(
-    resp: &EnrollResponse,
-    pin: &str,
-    spki_der: &[u8],
-) -> Result<(), EnrollFailure> {
-    let cas: Vec<_> = CertificateDer::pem_slice_iter(resp.ca_bundle_pem.as_bytes())
-        .filter_map(Result::ok)
-        .collect();
-    if !cas.iter().any(|c| ca_sha256_hex(c.as_ref()) == pin) {
-        return Err(EnrollFailure::BadResponse(
-            "the CA bundle does not contain the pinned CA".into(),
-        ));
-    }
-    let leaf = CertificateDer::pem_slice_iter(resp.certificate_pem.as_bytes())
-        .find_map(Result::ok)
-        .ok_or_else(|| EnrollFailure::BadResponse("no certificate".into()))?;
-    if creds::cert_spki(leaf.as_ref()).as_deref() != Some(spki_der) {
-        return Err(EnrollFailure::BadResponse(
-            "the certificate is not for the key this agent generated".into(),
-        ));
-    }
-    if resp.cluster_id.is_empty() || resp.org.is_empty() {
-        return Err(EnrollFailure::BadResponse("empty cluster id or org".into()));
-    }
-    Ok(())
-}
-
-use rustls_pki_types::pem::PemObject;
 
 // === the reconcile loop ===
 
@@ -775,6 +475,7 @@ pub fn time_from_unix(secs: i64) -> Option<k8s_openapi::apimachinery::pkg::apis:
 
 #[cfg(test)]
 mod tests {
+    use super::request::host_port;
     use super::*;
 
     #[test]
@@ -796,63 +497,5 @@ mod tests {
             host_port(&tunnel_url_from("https://hub.example"), 443),
             Some(("hub.example".into(), 443))
         );
-    }
-
-    /// A CA and a server leaf it signed for `hub.example`.
-    fn ca_and_leaf() -> (CertificateDer<'static>, CertificateDer<'static>) {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["hub.example".to_owned()])
-            .unwrap()
-            .signed_by(&leaf_key, &issuer)
-            .unwrap();
-        (ca.der().clone(), leaf.der().clone())
-    }
-
-    #[test]
-    fn a_leaf_only_chain_is_refused_even_when_the_pinned_ca_signed_it() {
-        let (ca, leaf) = ca_and_leaf();
-        let verifier = PinnedCaVerifier {
-            pin: ca_sha256_hex(ca.as_ref()),
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
-            mismatch: std::sync::atomic::AtomicBool::new(false),
-        };
-        let name = ServerName::try_from("hub.example").unwrap();
-        let now = UnixTime::now();
-        assert!(
-            verifier
-                .verify_server_cert(&leaf, &[], &name, &[], now)
-                .is_err(),
-            "the pinned CA must be in the presented chain"
-        );
-        assert!(verifier.mismatch.load(std::sync::atomic::Ordering::Relaxed));
-        verifier
-            .verify_server_cert(&leaf, std::slice::from_ref(&ca), &name, &[], now)
-            .expect("leaf followed by the pinned CA is accepted");
-    }
-
-    #[test]
-    fn host_and_port_are_parsed() {
-        assert_eq!(
-            host_port("https://127.0.0.1:8443", 443),
-            Some(("127.0.0.1".into(), 8443))
-        );
-        assert_eq!(host_port("https://hub", 443), Some(("hub".into(), 443)));
-        assert_eq!(host_port("wss://[::1]:9/x", 443), Some(("::1".into(), 9)));
-    }
-
-    #[test]
-    fn generated_csr_names_the_cluster_and_hides_the_key_in_debug() {
-        let kc = generate_key_and_csr("edge-1").unwrap();
-        assert!(
-            kc.csr_pem
-                .starts_with("-----BEGIN CERTIFICATE REQUEST-----")
-        );
-        assert!(kc.key_pem.contains("PRIVATE KEY"));
-        assert!(!format!("{kc:?}").contains("PRIVATE"));
     }
 }
