@@ -46,14 +46,14 @@ async fn pending_statuses(admin: std::net::SocketAddr) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run explicitly with --ignored --nocapture"]
 async fn agent_rss_and_intent_to_object_latency() {
-    init();
-    let _serial = serial().await;
-    let cp = control_plane("bench").await;
-    let dir = tempfile::tempdir().unwrap();
-    let hub = start_hub(hub_config(dir.path())).await;
     let cluster = "edge-bench";
-    let token = hub.hub.create_token(cluster, "acme", None).unwrap().token;
-    join(&cp, &token).await;
+    let Joined {
+        serial: _serial,
+        cp,
+        dir: _dir,
+        hub,
+        token: _,
+    } = joined("bench", cluster).await;
 
     let admin = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

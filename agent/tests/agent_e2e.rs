@@ -283,14 +283,14 @@ async fn join_token_reaches_connected_and_intents_become_objects_with_acks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forged_expired_foreign_ungated_invalid_and_replayed_intents_are_rejected_and_change_nothing()
  {
-    init();
-    let _serial = serial().await;
-    let cp = control_plane("reject").await;
-    let dir = tempfile::tempdir().unwrap();
-    let hub = start_hub(hub_config(dir.path())).await;
     let cluster = "edge-reject";
-    let token = hub.hub.create_token(cluster, "acme", None).unwrap().token;
-    join(&cp, &token).await;
+    let Joined {
+        serial: _serial,
+        cp,
+        dir: _dir,
+        hub,
+        token,
+    } = joined("reject", cluster).await;
     let mut agent = start_agent(&cp.client, agent_config(&cp, "replica-1")).await;
     agent.wait_state(ConnState::Connected, CONNECT).await;
     let ns = vworkspace_e2e::test_namespace(&cp.client, "gated")
@@ -471,14 +471,14 @@ async fn forged_expired_foreign_ungated_invalid_and_replayed_intents_are_rejecte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_agent_restarts_without_applying_anything_twice_and_resyncs_status() {
-    init();
-    let _serial = serial().await;
-    let cp = control_plane("restart").await;
-    let dir = tempfile::tempdir().unwrap();
-    let hub = start_hub(hub_config(dir.path())).await;
     let cluster = "edge-restart";
-    let token = hub.hub.create_token(cluster, "acme", None).unwrap().token;
-    join(&cp, &token).await;
+    let Joined {
+        serial: _serial,
+        cp,
+        dir: _dir,
+        hub,
+        token,
+    } = joined("restart", cluster).await;
     let mut agent = start_agent(&cp.client, agent_config(&cp, "replica-1")).await;
     agent.wait_state(ConnState::Connected, CONNECT).await;
     let ns = vworkspace_e2e::test_namespace(&cp.client, "apps")
@@ -682,14 +682,14 @@ async fn after_a_hub_restart_the_agent_waits_retry_after_reconnects_and_delivery
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_the_controllers_running_behind_the_lease_statuses_of_instances_and_operations_reach_the_hub()
  {
-    init();
-    let _serial = serial().await;
-    let cp = control_plane("ctrl").await;
-    let dir = tempfile::tempdir().unwrap();
-    let hub = start_hub(hub_config(dir.path())).await;
     let cluster = "edge-ctrl";
-    let token = hub.hub.create_token(cluster, "acme", None).unwrap().token;
-    join(&cp, &token).await;
+    let Joined {
+        serial: _serial,
+        cp,
+        dir: _dir,
+        hub,
+        token,
+    } = joined("ctrl", cluster).await;
     let mut cfg = agent_config(&cp, "replica-1");
     cfg.controllers = true;
     let mut agent = start_agent(&cp.client, cfg).await;

@@ -83,14 +83,14 @@ async fn the_client_certificate_is_renewed_over_the_tunnel_and_used_after_the_ol
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_revoked_identity_is_reported_and_a_replaced_token_re_enrolls() {
-    init();
-    let _serial = serial().await;
-    let cp = control_plane("revoke").await;
-    let dir = tempfile::tempdir().unwrap();
-    let hub = start_hub(hub_config(dir.path())).await;
     let cluster = "edge-revoke";
-    let token = hub.hub.create_token(cluster, "acme", None).unwrap().token;
-    join(&cp, &token).await;
+    let Joined {
+        serial: _serial,
+        cp,
+        dir: _dir,
+        hub,
+        token,
+    } = joined("revoke", cluster).await;
     let mut agent = start_agent(&cp.client, agent_config(&cp, "replica-1")).await;
     agent.wait_state(ConnState::Connected, CONNECT).await;
     assert_eq!(

@@ -34,14 +34,14 @@ async fn watch_single_tunnel(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_one_of_several_replicas_holds_the_tunnel_and_another_takes_over() {
-    init();
-    let _serial = serial().await;
-    let cp = control_plane("lease").await;
-    let dir = tempfile::tempdir().unwrap();
-    let hub = start_hub(hub_config(dir.path())).await;
     let cluster = "edge-lease";
-    let token = hub.hub.create_token(cluster, "acme", None).unwrap().token;
-    join(&cp, &token).await;
+    let Joined {
+        serial: _serial,
+        cp,
+        dir: _dir,
+        hub,
+        token: _,
+    } = joined("lease", cluster).await;
 
     let a = start_agent(&cp.client, agent_config(&cp, "replica-a")).await;
     let b = start_agent(&cp.client, agent_config(&cp, "replica-b")).await;

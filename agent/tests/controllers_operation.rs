@@ -43,8 +43,7 @@ async fn cancel(client: &kube::Client, ns: &str, name: &str) {
 
 #[tokio::test]
 async fn velero_backup_succeeds_with_a_labelled_backup_in_the_velero_namespace() {
-    let (client, ns) = env("op-backup").await;
-    ready_placeholder(&client, &ns, "t").await;
+    let OpCase { client, ns } = OpCase::new("op-backup", &[]).await;
     let op = create_op(
         &client,
         &ns,
@@ -113,9 +112,8 @@ async fn velero_backup_succeeds_with_a_labelled_backup_in_the_velero_namespace()
 
 #[tokio::test]
 async fn velero_partial_failure_succeeds_with_warnings_in_outputs() {
-    let (client, ns) = env("op-partial").await;
-    scenario(&client, &ns, Some("Backup"), "partial-failure").await;
-    ready_placeholder(&client, &ns, "t").await;
+    let OpCase { client, ns } =
+        OpCase::new("op-partial", &[(Some("Backup"), "partial-failure")]).await;
     create_op(
         &client,
         &ns,
@@ -142,9 +140,7 @@ async fn velero_partial_failure_succeeds_with_warnings_in_outputs() {
 
 #[tokio::test]
 async fn velero_failure_fails_the_operation_with_velero_s_reason() {
-    let (client, ns) = env("op-vfail").await;
-    scenario(&client, &ns, Some("Backup"), "failure").await;
-    ready_placeholder(&client, &ns, "t").await;
+    let OpCase { client, ns } = OpCase::new("op-vfail", &[(Some("Backup"), "failure")]).await;
     create_op(
         &client,
         &ns,
@@ -167,8 +163,7 @@ async fn velero_failure_fails_the_operation_with_velero_s_reason() {
 
 #[tokio::test]
 async fn velero_restore_succeeds_and_a_restore_without_backup_name_fails_validation() {
-    let (client, ns) = env("op-restore").await;
-    ready_placeholder(&client, &ns, "t").await;
+    let OpCase { client, ns } = OpCase::new("op-restore", &[]).await;
     create_op(
         &client,
         &ns,
@@ -214,8 +209,7 @@ async fn velero_restore_succeeds_and_a_restore_without_backup_name_fails_validat
 
 #[tokio::test]
 async fn deleting_an_operation_never_deletes_its_velero_backup() {
-    let (client, ns) = env("op-keep").await;
-    ready_placeholder(&client, &ns, "t").await;
+    let OpCase { client, ns } = OpCase::new("op-keep", &[]).await;
     create_op(
         &client,
         &ns,
@@ -250,8 +244,7 @@ async fn deleting_an_operation_never_deletes_its_velero_backup() {
 
 #[tokio::test]
 async fn job_runs_as_the_runner_service_account_and_succeeds() {
-    let (client, ns) = env("op-job").await;
-    ready_placeholder(&client, &ns, "t").await;
+    let OpCase { client, ns } = OpCase::new("op-job", &[]).await;
     let op = create_op(
         &client,
         &ns,
@@ -293,9 +286,7 @@ async fn job_runs_as_the_runner_service_account_and_succeeds() {
 
 #[tokio::test]
 async fn a_failed_job_fails_the_operation_and_is_kept_for_its_logs() {
-    let (client, ns) = env("op-jobfail").await;
-    scenario(&client, &ns, Some("Job"), "failure").await;
-    ready_placeholder(&client, &ns, "t").await;
+    let OpCase { client, ns } = OpCase::new("op-jobfail", &[(Some("Job"), "failure")]).await;
     create_op(
         &client,
         &ns,
@@ -334,9 +325,7 @@ async fn a_failed_job_fails_the_operation_and_is_kept_for_its_logs() {
 
 #[tokio::test]
 async fn cancel_stops_a_running_job() {
-    let (client, ns) = env("op-cancel").await;
-    scenario(&client, &ns, Some("Job"), "hang").await;
-    ready_placeholder(&client, &ns, "t").await;
+    let OpCase { client, ns } = OpCase::new("op-cancel", &[(Some("Job"), "hang")]).await;
     create_op(
         &client,
         &ns,
@@ -368,9 +357,7 @@ async fn cancel_stops_a_running_job() {
 
 #[tokio::test]
 async fn an_operation_that_runs_too_long_times_out() {
-    let (client, ns) = env("op-timeout").await;
-    scenario(&client, &ns, Some("Job"), "hang").await;
-    ready_placeholder(&client, &ns, "t").await;
+    let OpCase { client, ns } = OpCase::new("op-timeout", &[(Some("Job"), "hang")]).await;
     let mut spec = op_spec("t", "RunCommand", "job", json!({"image": "busybox:1.37"}));
     spec["timeoutSeconds"] = json!(2);
     create_op(&client, &ns, "j1", spec).await;
@@ -384,9 +371,7 @@ async fn an_operation_that_runs_too_long_times_out() {
 
 #[tokio::test]
 async fn a_workload_deleted_from_outside_fails_the_operation() {
-    let (client, ns) = env("op-extdel").await;
-    scenario(&client, &ns, Some("Job"), "hang").await;
-    ready_placeholder(&client, &ns, "t").await;
+    let OpCase { client, ns } = OpCase::new("op-extdel", &[(Some("Job"), "hang")]).await;
     create_op(
         &client,
         &ns,
@@ -552,9 +537,7 @@ async fn a_failed_helm_upgrade_fails_the_operation() {
 
 #[tokio::test]
 async fn conflicting_operations_wait_and_start_when_the_conflict_clears() {
-    let (client, ns) = env("op-conflict").await;
-    scenario(&client, &ns, Some("Backup"), "hang").await;
-    ready_placeholder(&client, &ns, "t").await;
+    let OpCase { client, ns } = OpCase::new("op-conflict", &[(Some("Backup"), "hang")]).await;
     create_op(
         &client,
         &ns,
@@ -659,8 +642,7 @@ async fn conflicting_operations_wait_and_start_when_the_conflict_clears() {
 
 #[tokio::test]
 async fn an_operation_requiring_approval_waits_for_a_valid_claim() {
-    let (client, ns) = env("op-approval").await;
-    ready_placeholder(&client, &ns, "t").await;
+    let OpCase { client, ns } = OpCase::new("op-approval", &[]).await;
     let mut spec = op_spec("t", "Backup", "velero", json!({}));
     spec["approvals"] = json!({"required": true});
     create_op(&client, &ns, "b1", spec).await;
@@ -729,8 +711,7 @@ async fn an_operation_requiring_approval_waits_for_a_valid_claim() {
 
 #[tokio::test]
 async fn finished_operations_beyond_the_history_limit_are_deleted() {
-    let (client, ns) = env("op-history").await;
-    ready_placeholder(&client, &ns, "t").await;
+    let OpCase { client, ns } = OpCase::new("op-history", &[]).await;
     ready_placeholder(&client, &ns, "other").await;
     create_op(
         &client,
@@ -861,8 +842,7 @@ async fn snapshot_engine_snapshots_every_pvc_of_the_release() {
 
 #[tokio::test]
 async fn volsync_engine_runs_one_manual_sync() {
-    let (client, ns) = env("op-volsync").await;
-    ready_placeholder(&client, &ns, "t").await;
+    let OpCase { client, ns } = OpCase::new("op-volsync", &[]).await;
     create_op(
         &client,
         &ns,
@@ -904,8 +884,7 @@ async fn volsync_engine_runs_one_manual_sync() {
 
 #[tokio::test]
 async fn workflow_engine_succeeds_and_cancel_terminates_the_workflow() {
-    let (client, ns) = env("op-wf").await;
-    ready_placeholder(&client, &ns, "t").await;
+    let OpCase { client, ns } = OpCase::new("op-wf", &[]).await;
     create_op(
         &client,
         &ns,
@@ -972,9 +951,7 @@ async fn workflow_engine_succeeds_and_cancel_terminates_the_workflow() {
 
 #[tokio::test]
 async fn workflow_failure_fails_the_operation() {
-    let (client, ns) = env("op-wffail").await;
-    scenario(&client, &ns, Some("Workflow"), "failure").await;
-    ready_placeholder(&client, &ns, "t").await;
+    let OpCase { client, ns } = OpCase::new("op-wffail", &[(Some("Workflow"), "failure")]).await;
     create_op(
         &client,
         &ns,
@@ -987,8 +964,7 @@ async fn workflow_failure_fails_the_operation() {
 
 #[tokio::test]
 async fn helm_hook_job_runs_the_hook_as_a_labelled_job() {
-    let (client, ns) = env("op-hook").await;
-    ready_placeholder(&client, &ns, "t").await;
+    let OpCase { client, ns } = OpCase::new("op-hook", &[]).await;
     create_op(
         &client,
         &ns,
@@ -1019,8 +995,7 @@ async fn helm_hook_job_runs_the_hook_as_a_labelled_job() {
 
 #[tokio::test]
 async fn an_engine_that_cannot_run_the_type_fails_validation() {
-    let (client, ns) = env("op-mismatch").await;
-    ready_placeholder(&client, &ns, "t").await;
+    let OpCase { client, ns } = OpCase::new("op-mismatch", &[]).await;
     create_op(
         &client,
         &ns,

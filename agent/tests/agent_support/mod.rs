@@ -300,3 +300,39 @@ pub fn app_manifest(ns: &str, name: &str, catalog: &str) -> serde_json::Value {
         "spec": {"appRef": {"catalogId": catalog}, "mode": "placeholder"},
     })
 }
+
+/// One agent end-to-end test, set up the way almost every one starts:
+/// serialised with the other agent tests of its binary, its own agent
+/// namespace and Cluster object, an in-process hub, and a join token for
+/// `cluster` already stored by `vworkspace-agent join`.
+pub struct Joined {
+    /// Held for the whole test.
+    pub serial: tokio::sync::MutexGuard<'static, ()>,
+    /// The control plane.
+    pub cp: Cluster_,
+    /// The hub's state directory; removed when the test ends.
+    pub dir: tempfile::TempDir,
+    /// The hub.
+    pub hub: RunningHub,
+    /// The join token.
+    pub token: String,
+}
+
+/// Sets up a [`Joined`] test: `prefix` names the namespaces, `cluster` the
+/// hub's cluster.
+pub async fn joined(prefix: &str, cluster: &str) -> Joined {
+    init();
+    let serial = serial().await;
+    let cp = control_plane(prefix).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start_hub(hub_config(dir.path())).await;
+    let token = hub.hub.create_token(cluster, "acme", None).unwrap().token;
+    join(&cp, &token).await;
+    Joined {
+        serial,
+        cp,
+        dir,
+        hub,
+        token,
+    }
+}

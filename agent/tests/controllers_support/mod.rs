@@ -658,3 +658,29 @@ pub async fn assert_not_leaked(client: &Client, ns: &str, needle: &str) {
         );
     }
 }
+
+/// Name of the target ApplicationInstance an [`OpCase`] creates.
+pub const TARGET: &str = "t";
+
+/// One Operation test, set up the way almost every one starts: a namespace
+/// of its own, the stand-in scenarios it needs, and a Ready placeholder
+/// ApplicationInstance [`TARGET`] for its Operations to act on.
+pub struct OpCase {
+    /// Client of the shared control plane.
+    pub client: Client,
+    /// The test's namespace.
+    pub ns: String,
+}
+
+impl OpCase {
+    /// Creates the namespace, sets `scenarios` (kind, scenario) and waits for
+    /// the target to be Ready.
+    pub async fn new(prefix: &str, scenarios: &[(Option<&str>, &str)]) -> Self {
+        let (client, ns) = env(prefix).await;
+        for (kind, name) in scenarios {
+            scenario(&client, &ns, *kind, name).await;
+        }
+        ready_placeholder(&client, &ns, TARGET).await;
+        Self { client, ns }
+    }
+}
