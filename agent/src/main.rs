@@ -1,5 +1,8 @@
 //! `vworkspace-agent`: install the crypto provider, parse flags, run.
 
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 use vworkspace_agent::process::logging;
 use vworkspace_agent::runtime::cli;
