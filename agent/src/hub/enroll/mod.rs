@@ -79,7 +79,13 @@ impl Enroller {
         let mut failed: Option<(String, u32)> = None;
         loop {
             let seen = token_secret.clone();
-            let next = self.reconcile(&mut failed, &mut token_secret).await;
+            // An enrollment in flight is dropped on shutdown; the next leader
+            // starts it again.
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                next = self.reconcile(&mut failed, &mut token_secret) => next,
+            };
             if token_secret != seen {
                 // The Cluster names another token Secret: watch that one instead.
                 triggers = self.triggers(token_secret.as_deref());

@@ -48,11 +48,17 @@ impl Tunnel {
         tasks: &TaskTracker,
         was_up: &AtomicBool,
     ) -> Result<Ended, TunnelError> {
+        // A connection being opened is dropped on shutdown; there is no hub
+        // session yet to say goodbye to.
         let Opened {
             mut conn,
             creds,
             welcome,
-        } = self.open().await?;
+        } = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
+            opened = self.open() => opened?,
+        };
         let limits = conn.limits.clone();
         let keys = if welcome.signing_keys.is_empty() {
             creds.key_ring()
