@@ -244,9 +244,13 @@ impl Agent {
             leader_tx,
         } = self;
         tracing::info!(%admin_addr, identity = %cfg.identity, version = crate::AGENT_VERSION, "Agent starting");
+        // Everything below stops when `shutdown` is cancelled, and also when
+        // this future is dropped (an aborted task), as a killed process would.
+        let run_token = shutdown.child_token();
+        let _stop_on_drop = run_token.clone().drop_guard();
         // The admin server outlives the leader term and the Lease; it stops
         // last, also when the agent stops with an error.
-        let admin_stop = shutdown.child_token();
+        let admin_stop = run_token.child_token();
         let tasks = TaskTracker::new();
         let admin_state = admin::AdminState::new(
             registry,
@@ -263,6 +267,7 @@ impl Agent {
         // The Lease is vacated only after the leader work has stopped, so its
         // last writes (the Cluster status) still happen as the leader.
         let lease_stop = CancellationToken::new();
+        let _vacate_on_drop = lease_stop.clone().drop_guard();
         let mut lease_task = tokio::spawn(lease::run(
             client.clone(),
             lease::LeaseConfig {
@@ -286,7 +291,7 @@ impl Agent {
                 _ = &mut admin_task => break Err(RunError::TaskDied("admin server")),
                 _ = async { let _ = leader.wait_for(|l| *l).await; } => {}
             }
-            let stop = shutdown.child_token();
+            let stop = run_token.child_token();
             let mut work = tokio::spawn(leader::run(
                 leader::Term {
                     leader: leader_tx.subscribe(),
