@@ -9,14 +9,11 @@ use kube::{
 use serde_json::json;
 use vworkspace_crds::{ApplicationInstance, Operation, well_known::labels};
 
-use super::OpInfo;
+use super::{ENGINES, OpInfo, driver};
 use crate::controllers::{
     Context, Error, FIELD_MANAGER, OPERATIONS_FIELD_MANAGER,
     application::status::ReleaseView,
-    resources::{
-        HELM_RELEASE, Kind, REPLICATION_SOURCE, VELERO_BACKUP, VELERO_RESTORE, VOLUME_SNAPSHOT,
-        WORKFLOW,
-    },
+    resources::{HELM_RELEASE, Kind, WORKFLOW},
 };
 
 /// Where a running Operation's workload is: its `status.engineRef`, or the
@@ -85,16 +82,13 @@ pub fn dyn_api(ctx: &Context, obj: &DynamicObject) -> Api<DynamicObject> {
         .api_version
         .split_once('/')
         .unwrap_or(("", &types.api_version));
-    let kind = [
-        VELERO_BACKUP,
-        VELERO_RESTORE,
-        VOLUME_SNAPSHOT,
-        REPLICATION_SOURCE,
-        WORKFLOW,
-    ]
-    .into_iter()
-    .find(|k| k.kind == types.kind && k.group == group && k.version == version)
-    .unwrap_or(WORKFLOW);
+    // The workload kinds of every engine (see `Driver::watched_kinds`).
+    let kind = ENGINES
+        .iter()
+        .flat_map(|e| driver(*e).watched_kinds())
+        .find(|k| k.kind == types.kind && k.group == group && k.version == version)
+        .copied()
+        .unwrap_or(WORKFLOW);
     Api::namespaced_with(
         ctx.client.clone(),
         obj.metadata.namespace.as_deref().unwrap_or_default(),
