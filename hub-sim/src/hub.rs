@@ -16,7 +16,7 @@ use vworkspace_protocol::{self as proto, IntentSigner};
 use crate::ca::{Ca, CaError};
 use crate::faults::Faults;
 use crate::keys::{self, KeyError};
-use crate::store::{IntentRow, ObjectRow, StatusRow, Store, StoreError, TokenRow};
+use crate::store::{IntentAction, IntentRow, ObjectRow, StatusRow, Store, StoreError, TokenRow};
 
 /// Errors starting or operating the hub.
 #[derive(Debug, thiserror::Error)]
@@ -707,7 +707,14 @@ impl Hub {
         check_deliverable(&self.signer(), cluster, &org, kind, namespace, name, spec)?;
         let intent = self
             .store
-            .create_intent(cluster, kind, namespace, name, "apply", Some(manifest))
+            .create_intent(
+                cluster,
+                kind,
+                namespace,
+                name,
+                IntentAction::Apply,
+                Some(manifest),
+            )
             .map_err(|e| match e {
                 StoreError::UnknownCluster(c) => HubError::NotFound(c),
                 e => e.into(),
@@ -738,7 +745,7 @@ impl Hub {
         check_object_names(namespace, name)?;
         let intent = self
             .store
-            .create_intent(cluster, kind, namespace, name, "delete", None)
+            .create_intent(cluster, kind, namespace, name, IntentAction::Delete, None)
             .map_err(|e| match e {
                 StoreError::UnknownCluster(c) => HubError::NotFound(c),
                 e => e.into(),

@@ -136,9 +136,9 @@ where
         faults: &crate::faults::Faults,
     ) -> Result<proto::SignedIntent, String> {
         let kind = kind_of(&intent.kind).ok_or_else(|| format!("unknown kind {}", intent.kind))?;
-        let action = match intent.action.as_str() {
-            "delete" => IntentAction::Delete,
-            _ => IntentAction::Apply {
+        let action = match intent.action {
+            crate::store::IntentAction::Delete => IntentAction::Delete,
+            crate::store::IntentAction::Apply => IntentAction::Apply {
                 spec: intent
                     .spec
                     .as_ref()
