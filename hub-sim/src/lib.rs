@@ -23,6 +23,7 @@ mod sanitize;
 pub mod server;
 pub mod sim_agent;
 pub mod store;
+pub mod table;
 mod tunnel;
 mod unauth;
 pub mod wire;

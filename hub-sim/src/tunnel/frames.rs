@@ -4,7 +4,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use vworkspace_protocol::{
     self as proto, CertIssued, Envelope, ErrorCode, Frame, Goodbye, IntentOutcome, ObjectRef,
-    ResyncRequest,
+    RejectionCode, ResyncRequest,
 };
 
 use super::{Conn, End, MAX_RENEWALS_PER_CONN, MAX_RESYNC_OBJECTS, close_code, error_frame};
@@ -71,10 +71,17 @@ where
             // A duplicate's second ack, or an ack after a restart: settle by id.
             None => ack.intent_id.clone(),
         };
+        // The agent's rejection code, typed (unknown codes stay plain rejections).
+        let rejection = match &ack.outcome {
+            IntentOutcome::Rejected { code, .. } => RejectionCode::parse(code),
+            _ => None,
+        };
         let (outcome, message) = match &ack.outcome {
             IntentOutcome::Applied => ("applied", None),
             IntentOutcome::Noop => ("noop", None),
-            IntentOutcome::Rejected { code, message } if code == "replayed" => {
+            IntentOutcome::Rejected { message, .. }
+                if rejection == Some(RejectionCode::Replayed) =>
+            {
                 ("noop", Some(for_log(&format!("replayed: {message}"), 500)))
             }
             IntentOutcome::Rejected { code, message } => (
@@ -83,8 +90,7 @@ where
             ),
         };
         hub.metrics.intent(outcome);
-        let retry_later =
-            matches!(&ack.outcome, IntentOutcome::Rejected { code, .. } if code == "apply_failed");
+        let retry_later = rejection == Some(RejectionCode::ApplyFailed);
         if !intent_id.is_empty()
             && !retry_later
             && let Err(e) = hub
