@@ -106,7 +106,6 @@ where
 
     /// A status is stored (within the storage limits).
     pub(super) fn on_status(&mut self, st: proto::Status) {
-        let _hub = self.hub.clone();
         let cluster = self.id.cluster.clone();
         let mut row = StatusRow {
             cluster: cluster.clone(),
@@ -322,15 +321,13 @@ where
 
     /// The agent is leaving: close normally.
     pub(super) fn on_goodbye(&mut self, g: Goodbye) -> Result<(), End> {
-        let _hub = self.hub.clone();
         let cluster = self.id.cluster.clone();
         tracing::info!(%cluster, reason = %for_log(&g.reason, 200), "agent said goodbye");
-        return Err(End::Close(None, CloseCode::Normal, "agent goodbye"));
+        Err(End::Close(None, CloseCode::Normal, "agent goodbye"))
     }
 
     /// The agent reported a protocol error: logged, nothing else.
     pub(super) fn on_error(&mut self, e: proto::ErrorFrame) {
-        let _hub = self.hub.clone();
         let cluster = self.id.cluster.clone();
         tracing::warn!(%cluster, code = %for_log(&e.code, 64), message = %for_log(&e.message, 200), "agent reported a protocol error");
     }
@@ -338,7 +335,6 @@ where
     /// A frame type this hub does not know: answered, the connection stays.
     pub(super) async fn on_unsupported(&mut self, type_name: String) -> Result<(), End> {
         let hub = self.hub.clone();
-        let _cluster = self.id.cluster.clone();
         let name = for_log(&type_name, 64);
         hub.metrics.frame_refused("unsupported_frame");
         self.send_frame(error_frame(

@@ -1,18 +1,8 @@
-//! The condition vocabulary: a closed list of types and reasons, and the
-//! helpers that set conditions with `metav1` semantics.
-//!
-//! The hub consumes condition transitions as events, so the strings are a
-//! contract: upstream names are kept verbatim, the list only grows, and a
-//! reason is removed only after a deprecation note. Writers build a condition
-//! with one constructor per type (e.g. [`ready`]), store it with
-//! [`set_condition`] (which keeps `lastTransitionTime` unless the status
-//! changed), and compare desired with observed by [`eq_ignoring_time`] before
-//! sending a status patch.
+//! Building, storing and comparing conditions with `metav1` semantics.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-pub mod reasons;
-pub mod types;
+use super::types;
 
 /// Longest condition message the API server accepts (metav1.Condition).
 pub const MAX_MESSAGE_BYTES: usize = 32768;
@@ -206,6 +196,7 @@ pub fn eq_ignoring_time(a: &[Condition], b: &[Condition]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conditions::reasons;
 
     fn at(second: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(second).unwrap())
