@@ -7,6 +7,9 @@
 //! that survives restarts, an admin HTTP API with a CLI on top, and per-cluster
 //! fault injection. See `docs/hub-sim.md`.
 
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
 pub mod admin;
 pub mod admin_client;
 pub mod ca;
