@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod admin_client;
+pub mod api;
 pub mod ca;
 pub mod cli;
 mod demo;

@@ -287,6 +287,19 @@ async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, acceptor: TlsAcceptor
     while conns.join_next().await.is_some() {}
 }
 
+/// One TLS connection: handshake, identity, HTTP/1.1, then maybe a tunnel.
+///
+/// This is hand-written hyper, not axum like the admin API, on purpose: what
+/// this listener needs happens around the HTTP layer, per connection, not per
+/// request. The TLS handshake has its own deadline and a slot in the
+/// unauthenticated cap, from which the connection may be evicted at any
+/// moment; the client-certificate identity comes from the TLS session, once;
+/// one deadline covers headers, bodies and keep-alive idling until an upgrade;
+/// and the upgraded stream must be handed to the tunnel task raw, with that
+/// identity. axum would only replace the two-route `route` match below (its
+/// `serve` cannot take a TLS stream, and its WebSocket extractor would bring
+/// its own tungstenite configuration), so the connection loop would stay as
+/// it is; two small stacks are clearer than one stack bent around this.
 async fn serve_conn(
     hub: Arc<Hub>,
     acceptor: TlsAcceptor,

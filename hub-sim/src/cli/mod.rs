@@ -18,6 +18,7 @@ pub use manifests::parse_manifests;
 use manifests::canonical_kind;
 
 use crate::admin_client::AdminClient;
+use crate::api::{DeleteRequest, IntentRow, IssuedToken, TokenRequest};
 use crate::hub::Config;
 
 /// Printed when `--admin-token` is given on the command line.
@@ -311,17 +312,13 @@ impl Args {
             }
             Command::Demo => crate::demo::run().await,
             Command::Token(TokenCommand::Create { cluster, org, ttl }) => {
-                let resp = self
-                    .client()?
-                    .post(
-                        "/v1/tokens",
-                        &json!({ "cluster": cluster, "org": org, "ttl_seconds": ttl.map(|t| t.0.as_secs()) }),
-                    )
-                    .await?;
-                let token = resp["token"]
-                    .as_str()
-                    .context("admin API returned no token")?;
-                println!("{token}");
+                let request = TokenRequest {
+                    cluster: cluster.clone(),
+                    org: org.clone(),
+                    ttl_seconds: ttl.map(|t| t.0.as_secs()),
+                };
+                let issued: IssuedToken = self.client()?.post_as("/v1/tokens", &request).await?;
+                println!("{}", issued.token);
                 Ok(())
             }
             Command::Apply { file, cluster } => {
@@ -338,16 +335,16 @@ impl Args {
                         Some(c) => format!("/v1/clusters/{c}/apply"),
                         None => "/v1/apply".to_owned(),
                     };
-                    let intent = client.post(&path, &doc).await?;
+                    let intent: IntentRow = client.post_as(&path, &doc).await?;
                     println!(
                         "{}/{} {}/{} applied to {} as version {} (intent {})",
-                        intent["kind"].as_str().unwrap_or("?"),
-                        intent["name"].as_str().unwrap_or("?"),
-                        intent["namespace"].as_str().unwrap_or("?"),
-                        intent["name"].as_str().unwrap_or("?"),
-                        intent["cluster"].as_str().unwrap_or("?"),
-                        intent["version"],
-                        intent["id"].as_str().unwrap_or("?"),
+                        intent.kind,
+                        intent.name,
+                        intent.namespace,
+                        intent.name,
+                        intent.cluster,
+                        intent.version,
+                        intent.id,
                     );
                 }
                 Ok(())
@@ -361,16 +358,18 @@ impl Args {
                 let (namespace, name) = target
                     .split_once('/')
                     .context("target must be NAMESPACE/NAME")?;
-                let intent = self
+                let request = DeleteRequest {
+                    kind: kind.to_owned(),
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                };
+                let intent: IntentRow = self
                     .client()?
-                    .post(
-                        &format!("/v1/clusters/{cluster}/delete"),
-                        &json!({ "kind": kind, "namespace": namespace, "name": name }),
-                    )
+                    .post_as(&format!("/v1/clusters/{cluster}/delete"), &request)
                     .await?;
                 println!(
                     "{kind} {namespace}/{name} deletion sent to {cluster} as version {}",
-                    intent["version"]
+                    intent.version
                 );
                 Ok(())
             }
