@@ -27,6 +27,25 @@ pub fn parse_manifests(text: &str) -> anyhow::Result<Vec<Value>> {
     Ok(out)
 }
 
+/// Checks a document's `spec` against the CRD types (`vworkspace-crds`).
+/// Returns why it does not match, if it does not. The hub still sends such a
+/// document when asked (the agent is the one that refuses invalid specs, and
+/// tests rely on being able to send them), so callers warn rather than stop.
+pub fn spec_mismatch(doc: &Value) -> Option<String> {
+    let spec = doc.get("spec")?;
+    let result = match doc.get("kind").and_then(Value::as_str)? {
+        "ApplicationInstance" => {
+            serde_json::from_value::<vworkspace_crds::ApplicationInstanceSpec>(spec.clone())
+                .map(drop)
+        }
+        "Operation" => {
+            serde_json::from_value::<vworkspace_crds::OperationSpec>(spec.clone()).map(drop)
+        }
+        _ => return None,
+    };
+    result.err().map(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,6 +62,18 @@ mod tests {
         assert!(parse_manifests("\n---\n").is_err());
         let json = parse_manifests(r#"{"kind": "Operation", "spec": {"x": 1}}"#).unwrap();
         assert_eq!(json[0]["spec"]["x"], 1);
+    }
+
+    #[test]
+    fn specs_are_checked_against_the_crd_types() {
+        let docs = parse_manifests(
+            "kind: ApplicationInstance\nspec: {appRef: {catalogId: a}}\n---\nkind: ApplicationInstance\nspec: {mode: placeholder}\n---\nkind: ApplicationInstance\nmetadata: {name: x}\n",
+        )
+        .unwrap();
+        assert_eq!(spec_mismatch(&docs[0]), None);
+        let why = spec_mismatch(&docs[1]).expect("appRef is required");
+        assert!(why.contains("appRef"), "{why}");
+        assert_eq!(spec_mismatch(&docs[2]), None, "no spec: nothing to check");
     }
 
     #[test]

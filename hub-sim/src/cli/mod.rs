@@ -331,6 +331,13 @@ impl Args {
                 let docs = parse_manifests(&text)?;
                 let client = self.client()?;
                 for doc in docs {
+                    if let Some(why) = manifests::spec_mismatch(&doc) {
+                        let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+                        eprintln!(
+                            "warning: {} {name:?} does not match the CRD schema ({why}); sending it anyway, the agent will judge it",
+                            doc["kind"].as_str().unwrap_or_default()
+                        );
+                    }
                     let path = match cluster {
                         Some(c) => format!("/v1/clusters/{c}/apply"),
                         None => "/v1/apply".to_owned(),
