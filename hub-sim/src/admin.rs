@@ -19,6 +19,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::api::{DeleteRequest, TokenRequest};
 use crate::faults::Faults;
 use crate::hub::{Hub, HubError};
 use crate::keys;
@@ -208,13 +209,6 @@ async fn health(State(s): State<Arc<AdminState>>) -> ApiResult {
     })))
 }
 
-#[derive(Deserialize)]
-struct TokenRequest {
-    cluster: String,
-    org: String,
-    ttl_seconds: Option<u64>,
-}
-
 async fn create_token(
     State(s): State<Arc<AdminState>>,
     Json(req): Json<TokenRequest>,
@@ -244,13 +238,6 @@ async fn apply_annotated(
     Json(manifest): Json<Value>,
 ) -> ApiResult {
     Ok(Json(json!(s.hub.apply(None, &manifest)?)))
-}
-
-#[derive(Deserialize)]
-struct DeleteRequest {
-    kind: String,
-    namespace: String,
-    name: String,
 }
 
 async fn delete(

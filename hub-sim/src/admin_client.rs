@@ -133,4 +133,15 @@ impl AdminClient {
     ) -> Result<serde_json::Value, ClientError> {
         self.call(http::Method::PUT, path, Some(body)).await
     }
+
+    /// Posts a typed request body and reads a typed answer.
+    pub async fn post_as<B, T>(&self, path: &str, body: &B) -> Result<T, ClientError>
+    where
+        B: serde::Serialize,
+        T: serde::de::DeserializeOwned,
+    {
+        let body = serde_json::to_value(body)?;
+        let answer = self.post(path, &body).await?;
+        Ok(serde_json::from_value(answer)?)
+    }
 }

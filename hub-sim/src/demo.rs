@@ -7,8 +7,8 @@ use anyhow::bail;
 use serde_json::json;
 use vworkspace_protocol::{Condition, Frame, ObjectKind, ObjectRef, Status};
 
-use crate::cli::{GetWhat, render_table};
 use crate::sim_agent::{Tunnel, enroll};
+use crate::table::{GetWhat, render_table};
 
 fn status(kind: ObjectKind, name: &str, phase: Option<&str>, ty: &str, reason: &str) -> Frame {
     Frame::Status(Status {

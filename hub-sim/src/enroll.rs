@@ -21,7 +21,7 @@ use vworkspace_protocol::enrollment::{
 use crate::hub::{Hub, token_hash};
 use crate::keys;
 use crate::ratelimit::Decision;
-use crate::server::json_response;
+use crate::respond::json_response;
 use crate::store::TokenUse;
 
 /// Largest enrollment request body.

@@ -7,8 +7,12 @@
 //! that survives restarts, an admin HTTP API with a CLI on top, and per-cluster
 //! fault injection. See `docs/hub-sim.md`.
 
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
 pub mod admin;
 pub mod admin_client;
+pub mod api;
 pub mod ca;
 pub mod cli;
 mod demo;
@@ -18,10 +22,12 @@ pub mod hub;
 pub mod keys;
 pub mod metrics;
 pub mod ratelimit;
+mod respond;
 mod sanitize;
 pub mod server;
 pub mod sim_agent;
 pub mod store;
+pub mod table;
 mod tunnel;
 mod unauth;
 pub mod wire;

@@ -1,3 +1,8 @@
+//! `hub-sim`: installs the rustls provider, parses the command line, runs it.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     rustls::crypto::ring::default_provider()

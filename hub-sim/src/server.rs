@@ -35,6 +35,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::ca::{Identity, identity_from_cert};
 use crate::hub::{Config, Hub, HubError};
+use crate::respond::json_response;
+use crate::tunnel::TunnelStart;
 
 /// Wraps the WebPKI verifier: after the chain checks out, refuse revoked serials.
 #[derive(Debug)]
@@ -285,12 +287,19 @@ async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, acceptor: TlsAcceptor
     while conns.join_next().await.is_some() {}
 }
 
-/// What the HTTP layer hands the tunnel after a successful upgrade.
-pub(crate) struct TunnelStart {
-    pub identity: Identity,
-    pub on_upgrade: hyper::upgrade::OnUpgrade,
-}
-
+/// One TLS connection: handshake, identity, HTTP/1.1, then maybe a tunnel.
+///
+/// This is hand-written hyper, not axum like the admin API, on purpose: what
+/// this listener needs happens around the HTTP layer, per connection, not per
+/// request. The TLS handshake has its own deadline and a slot in the
+/// unauthenticated cap, from which the connection may be evicted at any
+/// moment; the client-certificate identity comes from the TLS session, once;
+/// one deadline covers headers, bodies and keep-alive idling until an upgrade;
+/// and the upgraded stream must be handed to the tunnel task raw, with that
+/// identity. axum would only replace the two-route `route` match below (its
+/// `serve` cannot take a TLS stream, and its WebSocket extractor would bring
+/// its own tungstenite configuration), so the connection loop would stay as
+/// it is; two small stacks are clearer than one stack bent around this.
 async fn serve_conn(
     hub: Arc<Hub>,
     acceptor: TlsAcceptor,
@@ -401,19 +410,6 @@ async fn serve_conn(
             Err(e) => tracing::info!(%peer, error = %e, "tunnel upgrade failed"),
         }
     }
-}
-
-pub(crate) fn json_response(
-    status: http::StatusCode,
-    body: &serde_json::Value,
-) -> hyper::Response<Full<Bytes>> {
-    let mut resp = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    resp
 }
 
 async fn route(

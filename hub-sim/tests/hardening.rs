@@ -131,7 +131,7 @@ async fn an_unsendable_intent_is_settled_undeliverable_and_later_intents_still_f
             "ApplicationInstance",
             "team",
             "big",
-            "apply",
+            hub_sim::store::IntentAction::Apply,
             Some(&big),
         )
         .unwrap();

@@ -1,6 +1,6 @@
 //! JSON bodies of the enrollment endpoint (`POST /v1/enroll` over HTTPS).
 
-use crate::intent::PublicKeyInfo;
+use crate::frame::PublicKeyInfo;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

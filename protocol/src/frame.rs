@@ -4,10 +4,41 @@
 //! `type` names its variant. Decoders ignore fields they do not know, and an
 //! unknown `type` becomes [`Frame::Unsupported`] so the connection survives.
 
-use crate::intent::{PublicKeyInfo, SignedIntent};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
+
+/// The `Intent` frame: a payload, the key that signed it and the signature.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedIntent {
+    /// Key id of the signing key (see [`crate::key_id`]).
+    pub kid: String,
+    /// Named-MessagePack bytes of an [`crate::IntentPayload`] (wire type `bin`).
+    #[serde(with = "crate::bytes")]
+    pub payload: Vec<u8>,
+    /// Ed25519 signature over `INTENT_SIGNING_CONTEXT || payload` (wire type `bin`).
+    #[serde(with = "crate::bytes")]
+    pub signature: Vec<u8>,
+}
+
+impl fmt::Debug for SignedIntent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedIntent")
+            .field("kid", &self.kid)
+            .field("payload_len", &self.payload.len())
+            .field("signature_len", &self.signature.len())
+            .finish()
+    }
+}
+
+/// A signing public key as carried in `Welcome` and the enrollment response.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PublicKeyInfo {
+    /// Key id ([`crate::key_id`] of the key).
+    pub kid: String,
+    /// Raw 32-byte Ed25519 public key, 64 lowercase hex characters.
+    pub public_key_hex: String,
+}
 
 /// One WebSocket binary message: a frame plus sequencing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 //! signing-key rings, join tokens (EdDSA JWT) and the enrollment HTTP bodies.
 //! It does no I/O and holds no connection policy; `docs/protocol.md` is the
 //! normative specification and `protocol/vectors/` the test vectors.
-#![deny(missing_docs)]
+#![deny(rust_2018_idioms, missing_docs)]
 #![forbid(unsafe_code)]
 
 mod bytes;

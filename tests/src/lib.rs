@@ -14,14 +14,21 @@
 //! Go modules into a cache (see [`assets`]). When neither works, [`shared`]
 //! panics with a message saying how to fix it: tests never skip.
 
+// Unsafe code is denied except where libc is called (process groups,
+// parent-death signals, file locks), each module saying so.
+#![deny(unsafe_code, rust_2018_idioms)]
+
+#[allow(unsafe_code)] // flock on the shared binary cache
 pub mod assets;
 mod certs;
 pub mod controlplane;
 pub mod crds;
 pub mod daemon;
 pub mod deploy;
+pub mod duration;
 pub mod e2e;
 pub mod helm;
+#[allow(unsafe_code)] // setpgid, prctl(PR_SET_PDEATHSIG), kill
 mod process;
 pub mod standins;
 pub mod upstream;

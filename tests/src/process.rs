@@ -151,43 +151,11 @@ pub(crate) fn stop(child: &mut Child, grace: Duration) {
     let _ = child.wait();
 }
 
-/// Parses a Go duration string (`90s`, `2m`, `1m30s`, `500ms`) or plain seconds.
-pub(crate) fn parse_go_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<f64>() {
-        return (secs >= 0.0).then(|| Duration::from_secs_f64(secs));
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let num: f64 = rest[..num_len].parse().ok()?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let factor = match &rest[..unit_len] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
-            _ => return None,
-        };
-        total += num * factor;
-        rest = &rest[unit_len..];
-    }
-    Some(Duration::from_secs_f64(total))
-}
-
 /// Reads a Go-duration environment variable, falling back to `default`.
 pub(crate) fn env_duration(var: &str, default: Duration) -> Duration {
     std::env::var(var)
         .ok()
-        .and_then(|v| parse_go_duration(&v))
+        .and_then(|v| crate::duration::parse(&v).ok())
         .unwrap_or(default)
 }
 
@@ -201,15 +169,6 @@ pub(crate) fn tail(path: &std::path::Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(parse_go_duration("90s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_go_duration("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_go_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_go_duration("45"), Some(Duration::from_secs(45)));
-        assert_eq!(parse_go_duration("10x"), None);
-    }
 
     #[test]
     fn spawned_child_runs_in_own_group_and_is_stopped() {

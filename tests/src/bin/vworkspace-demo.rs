@@ -10,6 +10,8 @@
 //! the Velero test stand-in instead (no Velero build needed). Prints the conditions as they reach the hub and a summary;
 //! exits non-zero if the loop does not converge before the deadline.
 
+#![deny(rust_2018_idioms)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -28,68 +30,36 @@ const AGENT_NS: &str = "vworkspace-system";
 const APP: &str = "hello-web";
 const BACKUP: &str = "hello-web-backup-1";
 
-const USAGE: &str = "\
-vworkspace-demo: the whole vWorkspace loop on this machine, with the real agent
-
-USAGE: tests/demo [--keep] [--deadline 3m] [--with-stand-ins]
-
-  --keep            leave the control plane, hub-sim and the agent running after
-                    the summary (Ctrl-C stops everything)
-  --deadline DUR    fail if the app is not Ready and the backup not Succeeded
-                    this long after they were declared (default 3m; e.g. 90s, 5m)
-  --with-stand-ins  run the backup through a TEST STAND-IN that moves the
-                    Backup's status the way the Velero server does, instead of
-                    the real Velero server and its S3 store (and start the other
-                    stand-ins: snapshots, VolSync, Argo, Jobs)
-";
-
+/// vworkspace-demo: the whole vWorkspace loop on this machine, with the real agent.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "vworkspace-demo",
+    override_usage = "tests/demo [--keep] [--deadline 3m] [--with-stand-ins]"
+)]
 struct Options {
+    /// Leave the control plane, hub-sim and the agent running after the
+    /// summary (Ctrl-C stops everything).
+    #[arg(long)]
     keep: bool,
+    /// Fail if the app is not Ready and the backup not Succeeded this long
+    /// after they were declared (e.g. 90s, 5m, 1h30m).
+    #[arg(long, value_name = "DUR", default_value = "3m", value_parser = parse_deadline)]
     deadline: Duration,
+    /// Run the backup through a TEST STAND-IN that moves the Backup's status
+    /// the way the Velero server does, instead of the real Velero server and
+    /// its S3 store (and start the other stand-ins: snapshots, VolSync, Argo,
+    /// Jobs).
+    #[arg(long = "with-stand-ins")]
     stand_ins: bool,
 }
 
-fn parse_duration(s: &str) -> Option<Duration> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    Some(match unit {
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "ms" => Duration::from_millis(n),
-        _ => return None,
-    })
-}
-
-fn options() -> anyhow::Result<Options> {
-    let mut o = Options {
-        keep: false,
-        deadline: Duration::from_secs(180),
-        stand_ins: false,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--keep" => o.keep = true,
-            "--with-stand-ins" => o.stand_ins = true,
-            "--deadline" => {
-                let v = args.next().context("--deadline needs a value")?;
-                o.deadline = parse_duration(&v)
-                    .with_context(|| format!("--deadline {v:?}: use e.g. 90s or 5m"))?;
-            }
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?}\n\n{USAGE}"),
-        }
-    }
-    Ok(o)
+fn parse_deadline(s: &str) -> Result<Duration, vworkspace_e2e::duration::DurationError> {
+    vworkspace_e2e::duration::parse(s)
 }
 
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let opts = options()?;
+    let opts = <Options as clap::Parser>::parse();
     if std::env::var_os("KUBEBUILDER_CONTROLPLANE_STOP_TIMEOUT").is_none() {
         // kube-apiserver drains for a long time on SIGTERM; the demo's
         // throwaway control plane need not wait for it.

@@ -6,6 +6,7 @@
 //! ([`admin`]) and CLI, the agent through its command line ([`procs`]).
 
 pub mod admin;
+#[allow(unsafe_code)] // killpg of our own children's process groups
 pub mod procs;
 pub mod pyhub;
 pub mod world;

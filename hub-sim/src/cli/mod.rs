@@ -1,68 +1,28 @@
 //! Command line: `hub-sim serve` runs the hub; every other subcommand is a
 //! thin client of the admin API.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
-use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
+mod duration;
+mod manifests;
+
+pub use crate::table::{GetWhat, render_table};
+pub use duration::HumanDuration;
+pub use manifests::parse_manifests;
+
+use manifests::canonical_kind;
+
 use crate::admin_client::AdminClient;
+use crate::api::{DeleteRequest, IntentRow, IssuedToken, TokenRequest};
 use crate::hub::Config;
 
 /// Printed when `--admin-token` is given on the command line.
 pub const ADMIN_TOKEN_FLAG_WARNING: &str = "--admin-token on the command line is visible to every user in the process list; use HUB_SIM_ADMIN_TOKEN, --admin-token-file or <state-dir>/admin-token instead";
-
-/// A duration written as `90s`, `15m`, `2h`, `1d` or plain seconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl FromStr for HumanDuration {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-            Some(i) => s.split_at(i),
-            None => (s, "s"),
-        };
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?} (use e.g. 90s, 15m, 2h, 1d)"))?;
-        let mult = match unit {
-            "ms" => return Ok(Self(Duration::from_millis(n))),
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86400,
-            _ => {
-                return Err(format!(
-                    "invalid duration unit in {s:?} (use ms, s, m, h or d)"
-                ));
-            }
-        };
-        Ok(Self(Duration::from_secs(n * mult)))
-    }
-}
-
-impl fmt::Display for HumanDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = self.0;
-        if d.subsec_millis() != 0 || d.is_zero() {
-            return write!(f, "{}ms", d.as_millis());
-        }
-        let s = d.as_secs();
-        match s {
-            s if s % 86400 == 0 => write!(f, "{}d", s / 86400),
-            s if s % 3600 == 0 => write!(f, "{}h", s / 3600),
-            s if s % 60 == 0 => write!(f, "{}m", s / 60),
-            s => write!(f, "{s}s"),
-        }
-    }
-}
 
 /// hub-sim: a small, faithful vWorkspace hub for development and tests.
 #[derive(Parser, Debug)]
@@ -161,18 +121,6 @@ pub enum TokenCommand {
         #[arg(long)]
         ttl: Option<HumanDuration>,
     },
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum GetWhat {
-    Clusters,
-    Apps,
-    Operations,
-    Intents,
-    Keys,
-    Audit,
-    /// Events the agents sent (kept apart from the hub's audit log).
-    Events,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -364,17 +312,13 @@ impl Args {
             }
             Command::Demo => crate::demo::run().await,
             Command::Token(TokenCommand::Create { cluster, org, ttl }) => {
-                let resp = self
-                    .client()?
-                    .post(
-                        "/v1/tokens",
-                        &json!({ "cluster": cluster, "org": org, "ttl_seconds": ttl.map(|t| t.0.as_secs()) }),
-                    )
-                    .await?;
-                let token = resp["token"]
-                    .as_str()
-                    .context("admin API returned no token")?;
-                println!("{token}");
+                let request = TokenRequest {
+                    cluster: cluster.clone(),
+                    org: org.clone(),
+                    ttl_seconds: ttl.map(|t| t.0.as_secs()),
+                };
+                let issued: IssuedToken = self.client()?.post_as("/v1/tokens", &request).await?;
+                println!("{}", issued.token);
                 Ok(())
             }
             Command::Apply { file, cluster } => {
@@ -387,20 +331,27 @@ impl Args {
                 let docs = parse_manifests(&text)?;
                 let client = self.client()?;
                 for doc in docs {
+                    if let Some(why) = manifests::spec_mismatch(&doc) {
+                        let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+                        eprintln!(
+                            "warning: {} {name:?} does not match the CRD schema ({why}); sending it anyway, the agent will judge it",
+                            doc["kind"].as_str().unwrap_or_default()
+                        );
+                    }
                     let path = match cluster {
                         Some(c) => format!("/v1/clusters/{c}/apply"),
                         None => "/v1/apply".to_owned(),
                     };
-                    let intent = client.post(&path, &doc).await?;
+                    let intent: IntentRow = client.post_as(&path, &doc).await?;
                     println!(
                         "{}/{} {}/{} applied to {} as version {} (intent {})",
-                        intent["kind"].as_str().unwrap_or("?"),
-                        intent["name"].as_str().unwrap_or("?"),
-                        intent["namespace"].as_str().unwrap_or("?"),
-                        intent["name"].as_str().unwrap_or("?"),
-                        intent["cluster"].as_str().unwrap_or("?"),
-                        intent["version"],
-                        intent["id"].as_str().unwrap_or("?"),
+                        intent.kind,
+                        intent.name,
+                        intent.namespace,
+                        intent.name,
+                        intent.cluster,
+                        intent.version,
+                        intent.id,
                     );
                 }
                 Ok(())
@@ -414,16 +365,18 @@ impl Args {
                 let (namespace, name) = target
                     .split_once('/')
                     .context("target must be NAMESPACE/NAME")?;
-                let intent = self
+                let request = DeleteRequest {
+                    kind: kind.to_owned(),
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                };
+                let intent: IntentRow = self
                     .client()?
-                    .post(
-                        &format!("/v1/clusters/{cluster}/delete"),
-                        &json!({ "kind": kind, "namespace": namespace, "name": name }),
-                    )
+                    .post_as(&format!("/v1/clusters/{cluster}/delete"), &request)
                     .await?;
                 println!(
                     "{kind} {namespace}/{name} deletion sent to {cluster} as version {}",
-                    intent["version"]
+                    intent.version
                 );
                 Ok(())
             }
@@ -508,330 +461,5 @@ impl Args {
                 Ok(())
             }
         }
-    }
-}
-
-/// Accepts full names, kubectl short names and plurals.
-fn canonical_kind(kind: &str) -> anyhow::Result<&'static str> {
-    match kind.to_ascii_lowercase().as_str() {
-        "applicationinstance" | "applicationinstances" | "appinst" | "app" | "apps" => {
-            Ok("ApplicationInstance")
-        }
-        "operation" | "operations" | "op" | "ops" => Ok("Operation"),
-        _ => bail!("unknown kind {kind:?} (ApplicationInstance/appinst or Operation/op)"),
-    }
-}
-
-/// Parses one or more YAML (or JSON) documents into JSON values.
-pub fn parse_manifests(text: &str) -> anyhow::Result<Vec<Value>> {
-    let mut out = Vec::new();
-    for doc in split_yaml_documents(text) {
-        let value: Value = serde_saphyr::from_str(&doc).context("manifest is not valid YAML")?;
-        if !value.is_null() {
-            out.push(value);
-        }
-    }
-    if out.is_empty() {
-        bail!("manifest holds no document");
-    }
-    Ok(out)
-}
-
-fn split_yaml_documents(text: &str) -> Vec<String> {
-    let mut docs = vec![String::new()];
-    for line in text.lines() {
-        if line.trim_end() == "---" {
-            docs.push(String::new());
-        } else if let Some(d) = docs.last_mut() {
-            d.push_str(line);
-            d.push('\n');
-        }
-    }
-    docs.into_iter().filter(|d| !d.trim().is_empty()).collect()
-}
-
-fn age(ts: Option<i64>) -> String {
-    match ts {
-        None => "-".into(),
-        Some(t) => {
-            let secs = (crate::store::now() - t).max(0);
-            match secs {
-                s if s < 120 => format!("{s}s"),
-                s if s < 7200 => format!("{}m", s / 60),
-                s if s < 172_800 => format!("{}h", s / 3600),
-                s => format!("{}d", s / 86400),
-            }
-        }
-    }
-}
-
-fn conditions_summary(conds: &Value) -> String {
-    let Some(list) = conds.as_array() else {
-        return "-".into();
-    };
-    if list.is_empty() {
-        return "-".into();
-    }
-    list.iter()
-        .map(|c| {
-            let t = c["type"].as_str().unwrap_or("?");
-            let s = c["status"].as_str().unwrap_or("?");
-            match c["reason"].as_str() {
-                Some(r) if !r.is_empty() => format!("{t}={s}({r})"),
-                _ => format!("{t}={s}"),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.len());
-        }
-    }
-    let mut out = String::new();
-    let line = |cells: Vec<&str>, out: &mut String| {
-        let last = cells.len() - 1;
-        for (i, c) in cells.iter().enumerate() {
-            if i == last {
-                out.push_str(c);
-            } else {
-                out.push_str(&format!("{:<w$}   ", c, w = widths[i]));
-            }
-        }
-        out.push('\n');
-    };
-    line(headers.to_vec(), &mut out);
-    for row in &rows {
-        line(row.iter().map(String::as_str).collect(), &mut out);
-    }
-    out
-}
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        v => v.to_string(),
-    }
-}
-
-/// Renders an admin API answer as a kubectl-style table.
-pub fn render_table(what: GetWhat, value: &Value) -> String {
-    let items: Vec<Value> = value.as_array().cloned().unwrap_or_default();
-    match what {
-        GetWhat::Clusters => table(
-            &[
-                "NAME",
-                "ORG",
-                "CONNECTED",
-                "ENROLLED",
-                "REVOKED",
-                "PENDING",
-                "LAST-SEEN",
-                "AGENT",
-                "FAULTS",
-            ],
-            items
-                .iter()
-                .map(|c| {
-                    let faults = c["faults"]
-                        .as_object()
-                        .map(|m| {
-                            m.iter()
-                                .filter(|(_, v)| !v.is_null() && **v != Value::Bool(false))
-                                .map(|(k, _)| k.as_str())
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        })
-                        .filter(|s| !s.is_empty())
-                        .unwrap_or_else(|| "-".into());
-                    vec![
-                        s(&c["name"]),
-                        s(&c["org"]),
-                        if c["connected"] == Value::Bool(true) {
-                            "yes"
-                        } else {
-                            "no"
-                        }
-                        .into(),
-                        age(c["enrolled_at"].as_i64()),
-                        if c["revoked_at"].is_null() {
-                            "no".into()
-                        } else {
-                            format!("yes ({} ago)", age(c["revoked_at"].as_i64()))
-                        },
-                        s(&c["pending_intents"]),
-                        age(c["last_seen"].as_i64()),
-                        s(&c["agent_version"]),
-                        faults,
-                    ]
-                })
-                .collect(),
-        ),
-        GetWhat::Apps | GetWhat::Operations => {
-            let ops = matches!(what, GetWhat::Operations);
-            let mut headers = vec!["CLUSTER", "NAMESPACE", "NAME", "VERSION", "STATE", "ACK"];
-            if ops {
-                headers.push("PHASE");
-            }
-            headers.push("CONDITIONS");
-            table(
-                &headers,
-                items
-                    .iter()
-                    .map(|o| {
-                        let mut row = vec![
-                            s(&o["cluster"]),
-                            s(&o["namespace"]),
-                            s(&o["name"]),
-                            s(&o["version"]),
-                            if o["deleted"] == Value::Bool(true) {
-                                "deleted"
-                            } else {
-                                "declared"
-                            }
-                            .into(),
-                            s(&o["last_outcome"]),
-                        ];
-                        if ops {
-                            row.push(s(&o["status"]["phase"]));
-                        }
-                        row.push(conditions_summary(&o["status"]["conditions"]));
-                        row
-                    })
-                    .collect(),
-            )
-        }
-        GetWhat::Intents => table(
-            &[
-                "SEQ", "CLUSTER", "KIND", "OBJECT", "VERSION", "ACTION", "OUTCOME", "AGE",
-            ],
-            items
-                .iter()
-                .map(|i| {
-                    let outcome = match (i["outcome"].as_str(), i["outcome_message"].as_str()) {
-                        (Some(o), Some(m)) if o == "rejected" => format!("{o}: {m}"),
-                        (Some(o), _) => o.into(),
-                        (None, _) => "pending".into(),
-                    };
-                    vec![
-                        s(&i["seq"]),
-                        s(&i["cluster"]),
-                        s(&i["kind"]),
-                        format!("{}/{}", s(&i["namespace"]), s(&i["name"])),
-                        s(&i["version"]),
-                        s(&i["action"]),
-                        outcome,
-                        age(i["created_at"].as_i64()),
-                    ]
-                })
-                .collect(),
-        ),
-        GetWhat::Keys => {
-            let active = value["active"].as_str().unwrap_or("");
-            let rows = value["intent"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|k| {
-                    let kid = s(&k["kid"]);
-                    let state = if kid == active {
-                        "active (signing)"
-                    } else if k["retired_at"].is_null() {
-                        "valid"
-                    } else {
-                        "retired"
-                    };
-                    vec![kid, state.into(), age(k["created_at"].as_i64())]
-                })
-                .collect();
-            table(&["KID", "STATE", "AGE"], rows)
-        }
-        GetWhat::Events => table(
-            &[
-                "ID", "AGE", "CLUSTER", "SEVERITY", "REASON", "OBJECT", "MESSAGE",
-            ],
-            items
-                .iter()
-                .map(|e| {
-                    vec![
-                        s(&e["id"]),
-                        age(e["received_at"].as_i64()),
-                        s(&e["cluster"]),
-                        s(&e["severity"]),
-                        s(&e["reason"]),
-                        s(&e["object"]),
-                        s(&e["message"]),
-                    ]
-                })
-                .collect(),
-        ),
-        GetWhat::Audit => table(
-            &["ID", "AGE", "EVENT", "CLUSTER", "OUTCOME", "DETAIL"],
-            items
-                .iter()
-                .map(|a| {
-                    vec![
-                        s(&a["id"]),
-                        age(a["ts"].as_i64()),
-                        s(&a["event"]),
-                        s(&a["cluster"]),
-                        s(&a["outcome"]),
-                        s(&a["detail"]),
-                    ]
-                })
-                .collect(),
-        ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_round_trip() {
-        for text in ["90s", "15m", "2h", "1d", "250ms"] {
-            let d: HumanDuration = text.parse().unwrap();
-            assert_eq!(d.to_string(), text);
-        }
-        assert_eq!(
-            "30".parse::<HumanDuration>().unwrap().0,
-            Duration::from_secs(30)
-        );
-        assert_eq!("60m".parse::<HumanDuration>().unwrap().to_string(), "1h");
-        assert!("1w".parse::<HumanDuration>().is_err());
-        assert!("h".parse::<HumanDuration>().is_err());
-    }
-
-    #[test]
-    fn multi_document_yaml_parses() {
-        let docs = parse_manifests(
-            "apiVersion: apps.vworkspace.io/v1alpha1\nkind: ApplicationInstance\nmetadata: {name: a, namespace: n}\nspec: {mode: placeholder}\n---\n---\nkind: Operation\n",
-        )
-        .unwrap();
-        assert_eq!(docs.len(), 2);
-        assert_eq!(docs[0]["spec"]["mode"], "placeholder");
-        assert_eq!(docs[1]["kind"], "Operation");
-        assert!(parse_manifests("\n---\n").is_err());
-    }
-
-    #[test]
-    fn tables_show_conditions() {
-        let v = json!([{
-            "cluster": "c", "kind": "ApplicationInstance", "namespace": "n", "name": "a",
-            "version": 2, "deleted": false, "last_outcome": "applied",
-            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "HelmReleaseReady"}]}
-        }]);
-        let t = render_table(GetWhat::Apps, &v);
-        assert!(t.contains("Ready=True(HelmReleaseReady)"), "{t}");
-        assert!(t.starts_with("CLUSTER"));
-        assert_eq!(canonical_kind("appinst").unwrap(), "ApplicationInstance");
-        assert_eq!(canonical_kind("op").unwrap(), "Operation");
     }
 }

@@ -1,0 +1,403 @@
+//! One method per inbound frame type; [`Conn::handle`] dispatches.
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use vworkspace_protocol::{
+    self as proto, CertIssued, Envelope, ErrorCode, Frame, Goodbye, IntentOutcome, ObjectRef,
+    RejectionCode, ResyncRequest,
+};
+
+use super::{Conn, End, MAX_RENEWALS_PER_CONN, MAX_RESYNC_OBJECTS, close_code, error_frame};
+use crate::sanitize::for_log;
+use crate::store::{StatusRow, now};
+
+impl<S> Conn<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Dispatches one inbound envelope to the method for its frame type.
+    pub(super) async fn handle(&mut self, env: Envelope) -> Result<(), End> {
+        match env.body {
+            Frame::IntentAck(ack) => self.on_intent_ack(ack).await,
+            Frame::Status(st) => {
+                self.on_status(st);
+                Ok(())
+            }
+            Frame::Inventory(inv) => self.on_inventory(inv).await,
+            Frame::Event(ev) => {
+                self.on_event(ev);
+                Ok(())
+            }
+            Frame::RenewCert(req) => self.on_renew_cert(req).await,
+            Frame::Goodbye(g) => self.on_goodbye(g),
+            Frame::Error(e) => {
+                self.on_error(e);
+                Ok(())
+            }
+            Frame::Unsupported { type_name } => self.on_unsupported(type_name).await,
+            Frame::Hello(_) => Err(End::Close(
+                Some(Box::new(error_frame(
+                    ErrorCode::UnexpectedFrame,
+                    "hello sent twice",
+                ))),
+                close_code(ErrorCode::UnexpectedFrame),
+                "unexpected frame",
+            )),
+            other => Err(End::Close(
+                Some(Box::new(error_frame(
+                    ErrorCode::UnexpectedFrame,
+                    format!("{} is a hub-to-agent frame", other.type_name()),
+                ))),
+                close_code(ErrorCode::UnexpectedFrame),
+                "unexpected frame",
+            )),
+        }
+    }
+
+    /// An ack settles the intent in the store (a `replayed` rejection counts
+    /// as noop; `apply_failed` stays pending for a retry), then sends more.
+    pub(super) async fn on_intent_ack(&mut self, ack: proto::IntentAck) -> Result<(), End> {
+        let hub = self.hub.clone();
+        let cluster = self.id.cluster.clone();
+        let pos = self.in_flight.iter().position(|(es, _, id)| {
+            *id == ack.intent_id || (ack.intent_id.is_empty() && *es == ack.intent_seq)
+        });
+        let intent_id = match pos {
+            Some(p) => self
+                .in_flight
+                .remove(p)
+                .map(|(_, _, id)| id)
+                .unwrap_or_default(),
+            // A duplicate's second ack, or an ack after a restart: settle by id.
+            None => ack.intent_id.clone(),
+        };
+        // The agent's rejection code, typed (unknown codes stay plain rejections).
+        let rejection = match &ack.outcome {
+            IntentOutcome::Rejected { code, .. } => RejectionCode::parse(code),
+            _ => None,
+        };
+        let (outcome, message) = match &ack.outcome {
+            IntentOutcome::Applied => ("applied", None),
+            IntentOutcome::Noop => ("noop", None),
+            IntentOutcome::Rejected { message, .. }
+                if rejection == Some(RejectionCode::Replayed) =>
+            {
+                ("noop", Some(for_log(&format!("replayed: {message}"), 500)))
+            }
+            IntentOutcome::Rejected { code, message } => (
+                "rejected",
+                Some(for_log(&format!("{code}: {message}"), 500)),
+            ),
+        };
+        hub.metrics.intent(outcome);
+        let retry_later = rejection == Some(RejectionCode::ApplyFailed);
+        if !intent_id.is_empty()
+            && !retry_later
+            && let Err(e) = hub
+                .store
+                .ack_intent(&cluster, &intent_id, outcome, message.as_deref())
+        {
+            tracing::error!(error = %e, "recording ack failed");
+        }
+        tracing::debug!(%cluster, intent = %for_log(&intent_id, 64), outcome, "intent acked");
+        self.pump().await?;
+        Ok(())
+    }
+
+    /// A status is stored (within the storage limits).
+    pub(super) fn on_status(&mut self, st: proto::Status) {
+        let cluster = self.id.cluster.clone();
+        let mut row = StatusRow {
+            cluster: cluster.clone(),
+            kind: st.object.kind.as_str().to_owned(),
+            namespace: st.object.namespace.clone(),
+            name: st.object.name.clone(),
+            generation: Some(st.generation),
+            phase: st.phase.clone(),
+            conditions: serde_json::to_value(
+                st.conditions
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "type": c.type_,
+                            "status": c.status,
+                            "reason": c.reason,
+                            "message": c.message,
+                            "observedGeneration": c.observed_generation,
+                            "lastTransitionTime": c.last_transition_time,
+                        })
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap_or_default(),
+            outputs: if st.outputs.is_empty() && !st.deleted {
+                None
+            } else {
+                let mut o = serde_json::to_value(&st.outputs).unwrap_or_default();
+                if st.deleted {
+                    o["deleted"] = serde_json::Value::Bool(true);
+                }
+                Some(o)
+            },
+            hash: Some(st.hash.clone()),
+            updated_at: now(),
+        };
+        self.store_status(&mut row);
+    }
+
+    /// An inventory settles what the agent holds, requeues what it lost, asks
+    /// for statuses whose digest differs, and is stored for the admin API.
+    pub(super) async fn on_inventory(&mut self, inv: proto::Inventory) -> Result<(), End> {
+        let hub = self.hub.clone();
+        let cluster = self.id.cluster.clone();
+        for entry in &inv.objects {
+            self.settle(&entry.object, entry.version);
+        }
+        // Objects whose newest intent is newer than what the agent holds
+        // get that intent again, even if it was acked before (the cluster
+        // lost it). Intents the agent rejected are not resent.
+        let held: std::collections::HashMap<(&str, &str, &str), &proto::InventoryEntry> = inv
+            .objects
+            .iter()
+            .map(|e| {
+                (
+                    (
+                        e.object.kind.as_str(),
+                        e.object.namespace.as_str(),
+                        e.object.name.as_str(),
+                    ),
+                    e,
+                )
+            })
+            .collect();
+        let declared = hub.store.objects(Some(&cluster), None).unwrap_or_default();
+        for obj in declared {
+            let held_version = held
+                .get(&(obj.kind.as_str(), obj.namespace.as_str(), obj.name.as_str()))
+                .map(|e| e.version);
+            if (obj.deleted && held_version.is_none()) || held_version.unwrap_or(0) >= obj.version {
+                continue;
+            }
+            match hub
+                .store
+                .requeue_latest(&cluster, &obj.kind, &obj.namespace, &obj.name)
+            {
+                Ok(Some(seq)) => self.cursor = self.cursor.min(seq - 1),
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "requeue failed"),
+            }
+        }
+        self.pump().await?;
+        // Status digest: ask only for objects whose status hash differs
+        // from (or is missing in) the hub's copy.
+        let known = hub.store.statuses(Some(&cluster), None).unwrap_or_default();
+        let known: std::collections::HashMap<(&str, &str, &str), Option<&str>> = known
+            .iter()
+            .map(|s| {
+                (
+                    (s.kind.as_str(), s.namespace.as_str(), s.name.as_str()),
+                    s.hash.as_deref(),
+                )
+            })
+            .collect();
+        let differing: Vec<ObjectRef> = inv
+            .objects
+            .iter()
+            .filter(|e| {
+                let key = (
+                    e.object.kind.as_str(),
+                    e.object.namespace.as_str(),
+                    e.object.name.as_str(),
+                );
+                known.get(&key).copied().flatten() != Some(e.status_hash.as_str())
+            })
+            .map(|e| e.object.clone())
+            .take(MAX_RESYNC_OBJECTS)
+            .collect();
+        if !differing.is_empty() {
+            self.send_frame(Frame::ResyncRequest(ResyncRequest {
+                reason: Some("status digest differs from the hub's copy".into()),
+                objects: differing,
+            }))
+            .await?;
+        }
+        let body = serde_json::json!({
+            "objects": inv.objects.iter().map(|e| serde_json::json!({
+                "kind": e.object.kind.as_str(),
+                "namespace": e.object.namespace,
+                "name": e.object.name,
+                "version": e.version,
+                "status_hash": e.status_hash,
+            })).collect::<Vec<_>>()
+        });
+        if let Err(e) = hub.store.put_inventory(&cluster, &body) {
+            tracing::error!(error = %e, "recording inventory failed");
+        }
+        self.pump().await?;
+        Ok(())
+    }
+
+    /// An agent event is stored (bounded, oldest evicted).
+    pub(super) fn on_event(&mut self, ev: proto::Event) {
+        let hub = self.hub.clone();
+        let cluster = self.id.cluster.clone();
+        let row = crate::store::AgentEventRow {
+            id: 0,
+            cluster: cluster.clone(),
+            received_at: now(),
+            time: ev.time,
+            severity: for_log(&ev.severity, 16),
+            reason: for_log(&ev.reason, 128),
+            object: ev.object.map(|o| for_log(&o.to_string(), 300)),
+            intent_id: ev.intent_id.map(|i| for_log(&i, 64)),
+            message: for_log(&ev.message, 1000),
+        };
+        match hub.store.put_agent_event(&row, hub.cfg.storage.max_events) {
+            Ok(0) => {}
+            Ok(dropped) => hub
+                .metrics
+                .storage_refused_n("event_evicted", dropped as u64),
+            Err(e) => tracing::error!(error = %e, "recording agent event failed"),
+        }
+    }
+
+    /// A renewal CSR is signed by the CA (a few per connection at most).
+    pub(super) async fn on_renew_cert(&mut self, req: proto::RenewCert) -> Result<(), End> {
+        let hub = self.hub.clone();
+        let cluster = self.id.cluster.clone();
+        self.renewals += 1;
+        if self.renewals > MAX_RENEWALS_PER_CONN {
+            return Err(End::Close(
+                Some(Box::new(error_frame(
+                    ErrorCode::UnexpectedFrame,
+                    "too many renewals on one connection",
+                ))),
+                close_code(ErrorCode::UnexpectedFrame),
+                "renewal flood",
+            ));
+        }
+        match hub.ca.sign_client_csr(
+            req.csr_pem.as_bytes(),
+            &self.id.org,
+            &self.id.cluster,
+            hub.cfg.client_cert_lifetime,
+        ) {
+            Ok(cert) => {
+                if let Err(e) = hub
+                    .store
+                    .insert_cert(&cert.serial, &cluster, cert.not_after)
+                {
+                    tracing::error!(error = %e, "recording renewed certificate failed");
+                    self.send_frame(error_frame(ErrorCode::Internal, "renewal failed"))
+                        .await?;
+                    return Ok(());
+                }
+                let _ = hub.store.audit(
+                    "cert.renew",
+                    Some(&cluster),
+                    "ok",
+                    &format!("serial={} not_after={}", cert.serial, cert.not_after),
+                );
+                self.send_frame(Frame::CertIssued(CertIssued {
+                    certificate_pem: cert.pem,
+                    ca_bundle_pem: hub.ca.cert_pem().to_owned(),
+                }))
+                .await?;
+            }
+            Err(e) => {
+                hub.metrics.frame_refused("csr_invalid");
+                let _ = hub
+                    .store
+                    .audit("cert.renew", Some(&cluster), "refused", &e.to_string());
+                self.send_frame(error_frame(
+                    ErrorCode::CsrInvalid,
+                    format!("renewal refused: {e}"),
+                ))
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The agent is leaving: close normally.
+    pub(super) fn on_goodbye(&mut self, g: Goodbye) -> Result<(), End> {
+        let cluster = self.id.cluster.clone();
+        tracing::info!(%cluster, reason = %for_log(&g.reason, 200), "agent said goodbye");
+        Err(End::Close(None, CloseCode::Normal, "agent goodbye"))
+    }
+
+    /// The agent reported a protocol error: logged, nothing else.
+    pub(super) fn on_error(&mut self, e: proto::ErrorFrame) {
+        let cluster = self.id.cluster.clone();
+        tracing::warn!(%cluster, code = %for_log(&e.code, 64), message = %for_log(&e.message, 200), "agent reported a protocol error");
+    }
+
+    /// A frame type this hub does not know: answered, the connection stays.
+    pub(super) async fn on_unsupported(&mut self, type_name: String) -> Result<(), End> {
+        let hub = self.hub.clone();
+        let name = for_log(&type_name, 64);
+        hub.metrics.frame_refused("unsupported_frame");
+        self.send_frame(error_frame(
+            ErrorCode::UnsupportedFrame,
+            format!("frame type {name:?} is not supported"),
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// Stores a status within the cluster's storage limits. A status over the
+    /// size limit is stored as a stub that keeps its hash (so the inventory
+    /// digest matches and the hub does not ask for it again and again); a
+    /// status for an undeclared object beyond the per-cluster cap is dropped.
+    pub(super) fn store_status(&self, row: &mut StatusRow) {
+        let limits = self.hub.cfg.storage;
+        let size = serde_json::to_string(&row.conditions).map_or(0, |s| s.len())
+            + row
+                .outputs
+                .as_ref()
+                .and_then(|o| serde_json::to_string(o).ok())
+                .map_or(0, |s| s.len())
+            + row.phase.as_ref().map_or(0, String::len);
+        if size > limits.max_status_bytes {
+            self.hub.metrics.storage_refused("status_too_large");
+            tracing::info!(cluster = %self.id.cluster, object = %for_log(&format!("{}/{}", row.namespace, row.name), 200), size, max = limits.max_status_bytes, "status over the size limit, stored as a stub");
+            row.conditions = serde_json::json!([]);
+            row.phase = None;
+            row.outputs = Some(serde_json::json!({
+                "hub.vworkspace.io/refused": format!(
+                    "status of {size} bytes is over the hub's limit of {} bytes",
+                    limits.max_status_bytes
+                )
+            }));
+        }
+        match self
+            .hub
+            .store
+            .put_status_bounded(row, limits.max_unknown_objects)
+        {
+            Ok(crate::store::StatusPut::Stored) => {}
+            Ok(crate::store::StatusPut::UnknownObjectLimit) => {
+                self.hub.metrics.storage_refused("unknown_object_limit");
+                tracing::debug!(cluster = %self.id.cluster, "status for an undeclared object dropped: per-cluster limit reached");
+            }
+            Err(e) => tracing::error!(error = %e, "recording status failed"),
+        }
+    }
+
+    /// The agent holds `version` of `object`: pending intents up to it are done.
+    pub(super) fn settle(&self, object: &ObjectRef, version: u64) -> usize {
+        self.hub
+            .store
+            .settle_applied(
+                &self.id.cluster,
+                object.kind.as_str(),
+                &object.namespace,
+                &object.name,
+                version,
+            )
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "settling applied versions failed");
+                0
+            })
+    }
+}

@@ -1,0 +1,144 @@
+//! The tunnel: `GET /v1/tunnel` upgraded to a WebSocket speaking protocol v1.
+//!
+//! One task per connection drives everything (no reader/writer split): it
+//! waits for `Hello`, answers `Welcome`, then delivers pending intents in
+//! store order with at most `window` unacknowledged, takes acks, statuses,
+//! inventory, events and renewal requests, pings, and enforces the idle
+//! timeout. Nothing per connection grows without bound: the in-flight window
+//! is fixed, inbound frames are size-checked, and every send has a deadline.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use vworkspace_protocol::{ErrorCode, ErrorFrame, Frame, Limits, ObjectKind};
+
+mod frames;
+mod send;
+mod session;
+mod upgrade;
+
+pub(crate) use upgrade::upgrade;
+
+use crate::ca::Identity;
+use crate::hub::Hub;
+
+/// Objects named in one ResyncRequest (the rest follow on the next Inventory).
+const MAX_RESYNC_OBJECTS: usize = 1000;
+
+/// Renewals accepted per connection (a hostile agent cannot make the CA spin).
+const MAX_RENEWALS_PER_CONN: u32 = 8;
+
+/// How a connection ended.
+enum End {
+    /// Close with a WebSocket close frame (after an optional last frame).
+    Close(Option<Box<Frame>>, CloseCode, &'static str),
+    /// Drop the transport with nothing said (drop fault, dead peer).
+    Abrupt,
+}
+
+struct Conn<S> {
+    hub: Arc<Hub>,
+    id: Identity,
+    peer: SocketAddr,
+    ws: WebSocketStream<S>,
+    limits: Limits,
+    out_seq: u64,
+    in_seq: u64,
+    frames_sent: u64,
+    /// Sent, unacked intents: (envelope seq, store seq, intent id).
+    in_flight: VecDeque<(u64, i64, String)>,
+    /// Store seq of the last intent sent on this connection.
+    cursor: i64,
+    renewals: u32,
+    last_rx: Instant,
+}
+
+/// Runs one tunnel until it ends. `io` is the upgraded connection.
+pub(crate) async fn run<S>(hub: Arc<Hub>, id: Identity, io: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = Limits::default()
+        .with_max_in_flight(hub.cfg.window as u32)
+        .with_heartbeat(
+            hub.cfg.ping_interval.as_secs().max(1) as u32,
+            hub.cfg.idle_timeout.as_secs().max(1) as u32,
+        );
+    let ws_cfg = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * limits.max_frame_bytes)
+        .max_message_size(Some(limits.max_frame_bytes))
+        .max_frame_size(Some(limits.max_frame_bytes));
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_cfg)).await;
+    let (conn_id, wake, kill) = hub.register_conn(&id.cluster);
+    let mut conn = Conn {
+        hub: hub.clone(),
+        id: id.clone(),
+        peer,
+        ws,
+        limits,
+        out_seq: 0,
+        in_seq: 0,
+        frames_sent: 0,
+        in_flight: VecDeque::new(),
+        cursor: 0,
+        renewals: 0,
+        last_rx: Instant::now(),
+    };
+    tracing::info!(cluster = %id.cluster, org = %id.org, %peer, "tunnel open");
+    let end = conn.drive(wake, kill).await;
+    hub.unregister_conn(&id.cluster, conn_id);
+    if !hub.is_connected(&id.cluster) {
+        let _ = hub.store.set_connected(&id.cluster, false, None);
+    }
+    match end {
+        End::Abrupt => {
+            tracing::info!(cluster = %id.cluster, %peer, "tunnel dropped");
+        }
+        End::Close(last, code, reason) => {
+            if let Some(frame) = last {
+                let _ = conn.send_frame(*frame).await;
+            }
+            let close = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.ws.close(Some(close))).await;
+            tracing::info!(cluster = %id.cluster, %peer, reason, "tunnel closed");
+        }
+    }
+}
+
+fn error_frame(code: ErrorCode, message: impl Into<String>) -> Frame {
+    Frame::Error(ErrorFrame {
+        code: code.as_str().to_owned(),
+        message: message.into(),
+    })
+}
+
+fn close_code(code: ErrorCode) -> CloseCode {
+    CloseCode::from(code.close_code())
+}
+
+fn kind_of(s: &str) -> Option<ObjectKind> {
+    match s {
+        "ApplicationInstance" => Some(ObjectKind::ApplicationInstance),
+        "Operation" => Some(ObjectKind::Operation),
+        "Cluster" => Some(ObjectKind::Cluster),
+        _ => None,
+    }
+}
+
+/// What the HTTP layer hands the tunnel after a successful upgrade.
+pub(crate) struct TunnelStart {
+    pub identity: Identity,
+    pub on_upgrade: hyper::upgrade::OnUpgrade,
+}
