@@ -492,8 +492,33 @@ impl Enroller {
         };
         if up_to_date {
             let c = existing.clone().expect("up_to_date implies credentials");
+            // --- certificate recovery (crate::recovery) ---
+            let outcome = crate::recovery::check(
+                &c,
+                self.hub_endpoint.as_deref(),
+                &secrets,
+                &self.credentials_secret,
+                owner_ref(&cluster),
+                &self.status,
+            )
+            .await?;
+            let next = match outcome {
+                crate::recovery::Outcome::Valid(left) => match left {
+                    Some(d) if d < RESYNC => Next::Retry(d),
+                    _ => Next::Idle,
+                },
+                crate::recovery::Outcome::Recovered(new) => {
+                    // Same identity, new certificate: wake the tunnel anyway.
+                    self.redactor.register(&new.key_pem);
+                    self.creds_tx.send_replace(Some(new));
+                    return Ok(Next::Idle);
+                }
+                crate::recovery::Outcome::Retry(d) => Next::Retry(d),
+                crate::recovery::Outcome::GaveUp => Next::Idle,
+            };
+            // --- end certificate recovery ---
             self.publish(c);
-            return Ok(Next::Idle);
+            return Ok(next);
         }
         let Some(token) = token else {
             self.status

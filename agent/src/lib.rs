@@ -23,6 +23,7 @@ pub mod enroll;
 pub mod lease;
 pub mod logging;
 pub mod metrics;
+pub mod recovery;
 pub mod status;
 pub mod tombstones;
 pub mod tunnel;

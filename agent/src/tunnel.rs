@@ -103,6 +103,11 @@ pub enum TunnelError {
     /// Reading the applied versions from the cluster failed.
     #[error("reading applied versions: {0}")]
     Kube(#[from] kube::Error),
+    /// The client certificate expired; enrollment recovers it (crate::recovery).
+    #[error(
+        "the client certificate expired; waiting for its recovery (see the Authenticated condition)"
+    )]
+    CertificateExpired,
 }
 
 /// How a connection that was up ended.
@@ -242,6 +247,9 @@ impl Tunnel {
         if let Some(na) = creds.not_after() {
             self.metrics.cert_expiry.set(na);
         }
+        if crate::recovery::tunnel_must_wait(&creds) {
+            return Err(TunnelError::CertificateExpired);
+        }
         let url = match &self.hub_endpoint {
             Some(h) => enroll::tunnel_url_from(h),
             None => creds.tunnel_url.clone(),
@@ -292,6 +300,12 @@ impl Tunnel {
         }
         limits = limits_from(&welcome);
         conn.limits = limits.clone();
+        crate::recovery::on_welcome(
+            &self.cluster_status,
+            &creds.cluster_id,
+            welcome.server_time,
+            welcome.recovery_window_secs,
+        );
         let keys = if welcome.signing_keys.is_empty() {
             creds.key_ring()
         } else {
@@ -1065,6 +1079,7 @@ mod tests {
             max_frame_bytes: frame,
             max_in_flight: in_flight,
             signing_keys: Vec::new(),
+            recovery_window_secs: None,
         }
     }
 

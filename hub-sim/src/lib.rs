@@ -18,6 +18,7 @@ pub mod hub;
 pub mod keys;
 pub mod metrics;
 pub mod ratelimit;
+pub mod recovery;
 mod sanitize;
 pub mod server;
 pub mod sim_agent;
