@@ -276,8 +276,8 @@ pub async fn check(
             tracing::warn!(%error, reason, "Certificate recovery refused; waiting for a new join token");
             with_state(&c.cluster_id, |s| s.gave_up = Some(serial.clone()));
             let message = format!(
-                "{what} ({error}); expired at {not_after}{window_text}. Issue a new join token at the hub (hub-sim: `hub-sim token create --cluster {} --org {}`; after a revocation first `hub-sim unrevoke {}`) and put it into the Secret named by spec.registrationTokenSecretRef",
-                c.cluster_id, c.org, c.cluster_id
+                "{what} ({error}); expired at {not_after}{window_text}. Issue a new join token at the hub (hub-sim: `hub-sim token create --cluster {} --org {}`, which also lifts a revocation) and put it into the Secret named by spec.registrationTokenSecretRef",
+                c.cluster_id, c.org
             );
             set_authenticated(status, reason, message).await?;
             Ok(Outcome::GaveUp)
