@@ -57,3 +57,86 @@ def check_window(not_after: int, now: int, window_secs: int = DEFAULT_RECOVERY_W
         raise RecoveryRefused(
             "recovery_window_passed",
             f"the certificate expired at {not_after}, more than the recovery window of {window_secs}s ago")
+
+
+def recover(hub, body: bytes, peer: str = "?") -> dict:
+    """``POST /v1/recover`` for ``hub`` (a :class:`vworkspace_hub.Hub`): checks,
+    in the order of docs/protocol.md section 4.2, and answers like enrollment
+    plus ``recovery_window_secs``; raises :class:`vworkspace_hub.hub.EnrollFailure`."""
+    import json
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from .ca import CsrError, identity_from_cert_der
+    from .hub import EnrollFailure
+    from .store import now
+
+    window = hub.config.recovery_window_secs
+    cluster = None
+    try:
+        if window <= 0:
+            raise EnrollFailure("recovery_window_passed",
+                                "this hub does not recover certificates; enroll with a new join token")
+        if len(body) > 64 * 1024:
+            raise EnrollFailure("bad_request", "request body larger than 65536 bytes")
+        try:
+            req = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            req = None
+        if not isinstance(req, dict) or not all(
+                isinstance(req.get(k), str) for k in ("certificate_pem", "csr_pem", "proof_hex")):
+            raise EnrollFailure("bad_request",
+                                'body must be JSON {"certificate_pem", "csr_pem", "proof_hex"}')
+        try:
+            cert = x509.load_pem_x509_certificate(req["certificate_pem"].encode())
+            # Signature and issuer, not the validity period: only expiry is forgiven.
+            cert.verify_directly_issued_by(hub.ca.cert)
+            der = cert.public_bytes(serialization.Encoding.DER)
+            ident = identity_from_cert_der(der)
+        except Exception as e:  # noqa: BLE001 - unreadable, foreign CA or no identity: all refusals
+            raise EnrollFailure("recovery_refused",
+                                f"the certificate was not issued by this hub's CA ({type(e).__name__})") from None
+        cluster = ident.cluster
+        rec = hub.store.cluster(cluster)
+        if rec is None or rec.org != ident.org:
+            raise EnrollFailure("recovery_refused", f"serial={ident.serial}: unknown cluster or another org")
+        if rec.revoked_at is not None or hub.store.serial_revoked(ident.serial):
+            raise EnrollFailure("cluster_revoked", f"serial={ident.serial}: the cluster is revoked")
+        newest = hub.store.newest_cert(cluster)
+        if newest is None or newest[0] != ident.serial:
+            raise EnrollFailure("recovery_refused",
+                                f"serial={ident.serial} is not the newest certificate of this cluster")
+        try:
+            check_window(ident.not_after, now(), window)
+        except RecoveryRefused as e:
+            raise EnrollFailure(e.code, f"serial={ident.serial}: {e}") from None
+        try:
+            csr = x509.load_pem_x509_csr(req["csr_pem"].encode())
+            csr_der = csr.public_bytes(serialization.Encoding.DER)
+        except ValueError:
+            raise EnrollFailure("csr_invalid", "csr_pem holds no CSR") from None
+        try:
+            proof = bytes.fromhex(req["proof_hex"])
+        except ValueError:
+            proof = b""
+        try:
+            verify_proof(cert.public_key(), signing_input(der, csr_der), proof)
+        except RecoveryRefused as e:
+            raise EnrollFailure(e.code, f"serial={ident.serial}: {e}") from None
+        try:
+            new = hub.ca.sign_client_csr(req["csr_pem"], ident.org, cluster, hub.config.client_cert_lifetime)
+        except CsrError as e:
+            raise EnrollFailure("csr_invalid", str(e)) from None
+    except EnrollFailure as e:
+        hub.metrics.inc("enrollments", "outcome", e.code)
+        hub.store.audit("recover", cluster, e.code, f"peer={peer} {e}")
+        raise
+    hub.store.insert_cert(new.serial, cluster, new.not_after)
+    hub.store.audit("recover", cluster, "ok",
+                    f"peer={peer} old_serial={ident.serial} expired_at={ident.not_after} "
+                    f"serial={new.serial} not_after={new.not_after}")
+    hub.metrics.inc("enrollments", "outcome", "recovered")
+    return {"cluster_id": cluster, "org": ident.org, "certificate_pem": new.pem,
+            "ca_bundle_pem": hub.ca.cert_pem(), "signing_keys": hub.signing_keys(),
+            "tunnel_url": hub.config.tunnel_url, "recovery_window_secs": window}
