@@ -50,6 +50,34 @@ fn count(path: &std::path::Path, needle: &str) -> usize {
         .count()
 }
 
+/// The lines of both logs that tell the story of a recovery, in order, for
+/// the test output (`--nocapture`).
+fn timeline(w: &World) -> String {
+    const MARKS: &[&str] = &[
+        "recover",
+        "expired",
+        "Tunnel connected",
+        "Tunnel connection failed",
+        "tunnel established",
+        "cluster enrolled",
+        "Enrolled",
+        "shutting down",
+        "tunnel open",
+        "tunnel refused",
+        "Intent applied",
+        "signing key rotated",
+    ];
+    let mut out = String::new();
+    for (who, path) in [("agent", w.agent_log()), ("hub", w.hub.log().to_path_buf())] {
+        for line in std::fs::read_to_string(&path).unwrap_or_default().lines() {
+            if MARKS.iter().any(|m| line.contains(m)) {
+                out.push_str(&format!("[{who}] {line}\n"));
+            }
+        }
+    }
+    out
+}
+
 /// Offline past expiry, across an intent-key rotation and retirement, with
 /// intents queued meanwhile: the agent recovers its certificate with its key,
 /// receives the new key ring in `Welcome` and applies everything, in order.
@@ -142,6 +170,7 @@ async fn offline_past_expiry_and_key_retirement_recovers_and_delivers_in_order()
     let audit = hub.get("/v1/audit?limit=200").await.unwrap().to_string();
     assert!(audit.contains("old_serial="), "{audit}");
     assert!(w.secret_leaks().is_empty(), "{:?}", w.secret_leaks());
+    println!("--- recovery timeline ---\n{}", timeline(&w));
 }
 
 /// Revoked while offline: recovery is refused, the Cluster says so with the
@@ -225,5 +254,35 @@ async fn a_skewed_clock_is_reported_on_the_cluster() {
             || message.contains("599s behind")
             || message.contains("601s behind"),
         "{message}"
+    );
+}
+
+/// A hub clock a day behind the cluster's: `ClockSkew=True` says the cluster
+/// is a day ahead, and the tunnel stays up (the certificate's expiry is judged
+/// on the hub's clock, so it is not mistaken for expired and recovered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_a_day_ahead_is_reported_and_the_tunnel_stays_up() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let w = World::start_with_hub(
+        "e2e-skew-day",
+        Vec::new(),
+        &["--clock-offset-secs", "-86400", "--cert-lifetime", "30s"],
+    )
+    .await
+    .expect("starting hub-sim and the agent");
+    let c = wait_condition(&w, "ClockSkew", "True", "ClockSkewDetected").await;
+    let message = c["message"].as_str().unwrap_or_default();
+    assert!(
+        ["86399s ahead of", "86400s ahead of", "86401s ahead of"]
+            .iter()
+            .any(|m| message.contains(m)),
+        "{message}"
+    );
+    // Longer than a certificate lives: renewal keeps it connected, nothing is recovered.
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    w.wait_connected(Duration::from_secs(10)).await;
+    assert_eq!(
+        count(&w.agent_log(), "recovering it with the cluster's key"),
+        0
     );
 }
