@@ -57,6 +57,8 @@ pub mod types {
     pub const CONTROLLERS_HEALTHY: &str = "ControllersHealthy";
     /// The bounded event/status buffer dropped entries while offline.
     pub const BUFFER_OVERFLOW: &str = "BufferOverflow";
+    /// The cluster's clock disagrees with the hub's beyond the threshold.
+    pub const CLOCK_SKEW: &str = "ClockSkew";
 
     /// ApplicationInstance condition types.
     pub const APPLICATION_INSTANCE: &[&str] =
@@ -70,6 +72,7 @@ pub mod types {
         AUTHENTICATED,
         CONTROLLERS_HEALTHY,
         BUFFER_OVERFLOW,
+        CLOCK_SKEW,
     ];
 }
 
@@ -353,6 +356,20 @@ pub mod reasons {
     pub const EVENT_BUFFER_FULL: &str = "EventBufferFull";
     /// BufferOverflow=False.
     pub const BUFFER_DRAINED: &str = "BufferDrained";
+    /// Authenticated=True: an expired certificate was recovered with the
+    /// cluster's key (beyond upstream).
+    pub const CERTIFICATE_RECOVERED: &str = "CertificateRecovered";
+    /// Authenticated=False: the certificate expired longer ago than the hub's
+    /// recovery window; a new join token is needed (beyond upstream).
+    pub const RECOVERY_WINDOW_PASSED: &str = "RecoveryWindowPassed";
+    /// Authenticated=False: the hub refused recovery (not the newest
+    /// certificate, or the hub has no recovery); a new join token is needed
+    /// (beyond upstream).
+    pub const RECOVERY_REFUSED: &str = "RecoveryRefused";
+    /// ClockSkew=True: the hub's clock differs beyond the threshold (beyond upstream).
+    pub const CLOCK_SKEW_DETECTED: &str = "ClockSkewDetected";
+    /// ClockSkew=False (beyond upstream).
+    pub const CLOCK_IN_SYNC: &str = "ClockInSync";
 
     /// Every reason above.
     pub const ALL: &[&str] = &[
@@ -483,5 +500,10 @@ pub mod reasons {
         CONTROLLER_DEGRADED,
         EVENT_BUFFER_FULL,
         BUFFER_DRAINED,
+        CERTIFICATE_RECOVERED,
+        RECOVERY_WINDOW_PASSED,
+        RECOVERY_REFUSED,
+        CLOCK_SKEW_DETECTED,
+        CLOCK_IN_SYNC,
     ];
 }

@@ -27,7 +27,7 @@ use crate::store::TokenUse;
 /// Largest enrollment request body.
 const MAX_BODY: usize = 64 * 1024;
 
-fn fail(
+pub(crate) fn fail(
     hub: &Hub,
     peer: SocketAddr,
     cluster: Option<&str>,
@@ -50,7 +50,7 @@ fn fail(
 
 /// `429 rate_limited` with `Retry-After` (whole seconds, at least 1). The audit
 /// log gets one row per window, not one per refusal.
-fn rate_limited(
+pub(crate) fn rate_limited(
     hub: &Hub,
     peer: SocketAddr,
     scope: &'static str,

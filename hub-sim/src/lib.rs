@@ -22,6 +22,7 @@ pub mod hub;
 pub mod keys;
 pub mod metrics;
 pub mod ratelimit;
+pub mod recovery;
 mod respond;
 mod sanitize;
 pub mod server;

@@ -421,6 +421,9 @@ async fn route(
 ) -> hyper::Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&http::Method::POST, "/v1/enroll") => crate::enroll::handle(hub, peer, req).await,
+        (&http::Method::POST, vworkspace_protocol::recovery::RECOVER_PATH) => {
+            crate::recovery::handle(hub, peer, req).await
+        }
         (&http::Method::GET, "/v1/tunnel") => {
             crate::tunnel::upgrade(hub, identity, slot, peer, req)
         }

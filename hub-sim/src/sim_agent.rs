@@ -136,6 +136,7 @@ impl Tunnel {
                 max_frame_bytes: 0,
                 max_in_flight: 0,
                 signing_keys: vec![],
+                recovery_window_secs: None,
             },
             ring: KeyRing::new(),
         };

@@ -72,6 +72,12 @@ pub enum EnrollErrorCode {
     ClusterRevoked,
     /// Too many requests; retry later (HTTP 429).
     RateLimited,
+    /// Recovery: the certificate expired longer ago than the hub's recovery
+    /// window (HTTP 403); a new join token is needed.
+    RecoveryWindowPassed,
+    /// Recovery: the certificate is not this cluster's newest from this hub,
+    /// or the proof of possession is wrong (HTTP 403).
+    RecoveryRefused,
     /// The hub failed (HTTP 500); retry later.
     Internal,
     /// A code this build does not know.
@@ -91,6 +97,8 @@ impl EnrollErrorCode {
             EnrollErrorCode::BadRequest => "bad_request",
             EnrollErrorCode::ClusterRevoked => "cluster_revoked",
             EnrollErrorCode::RateLimited => "rate_limited",
+            EnrollErrorCode::RecoveryWindowPassed => "recovery_window_passed",
+            EnrollErrorCode::RecoveryRefused => "recovery_refused",
             EnrollErrorCode::Internal => "internal",
             EnrollErrorCode::Unknown => "unknown",
         }
@@ -104,7 +112,9 @@ impl EnrollErrorCode {
             | EnrollErrorCode::TokenAudience => 401,
             EnrollErrorCode::TokenReused => 409,
             EnrollErrorCode::CsrInvalid | EnrollErrorCode::BadRequest => 400,
-            EnrollErrorCode::ClusterRevoked => 403,
+            EnrollErrorCode::ClusterRevoked
+            | EnrollErrorCode::RecoveryWindowPassed
+            | EnrollErrorCode::RecoveryRefused => 403,
             EnrollErrorCode::RateLimited => 429,
             EnrollErrorCode::Internal | EnrollErrorCode::Unknown => 500,
         }

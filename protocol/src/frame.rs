@@ -288,6 +288,10 @@ pub struct Welcome {
     /// Current intent-signing public keys (replaces the agent's key ring).
     #[serde(default)]
     pub signing_keys: Vec<PublicKeyInfo>,
+    /// Present when the hub serves `POST /v1/recover`: how long after expiry
+    /// it still renews a certificate by proof of possession.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_window_secs: Option<u64>,
 }
 
 /// Hub → agent: asks for state again. With no `objects`, the agent sends a

@@ -17,6 +17,7 @@ pub mod intent;
 pub mod join_token;
 mod jwt_crypto;
 pub mod limits;
+pub mod recovery;
 pub mod untrusted;
 pub mod version;
 

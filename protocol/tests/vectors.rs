@@ -181,3 +181,21 @@ fn join_token_vector_verifies_and_parses() {
     let parsed = JoinToken::parse(raw, now).expect("parses");
     assert_eq!(parsed.claims(), verified.claims());
 }
+
+#[test]
+fn recovery_proofs_verify_exactly_when_marked_valid() {
+    use vworkspace_protocol::recovery::{ProofKey, RECOVERY_CONTEXT, verify_proof};
+    let file = load("recovery.json");
+    let input = unhex(&file["signing_input_hex"]);
+    let mut expected = RECOVERY_CONTEXT.to_vec();
+    expected.extend(unhex(&file["certificate_sha256_hex"]));
+    expected.extend(unhex(&file["csr_sha256_hex"]));
+    assert_eq!(input, expected);
+    let key = unhex(&file["public_key_hex"]);
+    let proofs = file["proofs"].as_array().expect("proofs");
+    assert_eq!(proofs.len(), 3);
+    for p in proofs {
+        let ok = verify_proof(ProofKey::Ed25519, &key, &input, &unhex(&p["proof_hex"])).is_ok();
+        assert_eq!(ok, p["valid"] == true, "{}", p["name"]);
+    }
+}

@@ -13,6 +13,7 @@ pub mod cluster_status;
 pub mod creds;
 pub mod enroll;
 pub mod metrics;
+pub mod recovery;
 pub mod status;
 pub mod tombstones;
 pub mod tunnel;

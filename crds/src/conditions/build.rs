@@ -129,6 +129,8 @@ constructors! {
     controllers_healthy => types::CONTROLLERS_HEALTHY;
     /// Cluster `BufferOverflow`.
     buffer_overflow => types::BUFFER_OVERFLOW;
+    /// Cluster `ClockSkew`.
+    clock_skew => types::CLOCK_SKEW;
 }
 
 /// Stores `new` in `conditions`, replacing the condition of the same type.

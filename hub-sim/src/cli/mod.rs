@@ -56,6 +56,8 @@ pub struct Args {
     pub command: Command,
 }
 
+// Parsed once per process: the size of `Serve` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the hub: TLS listener (enrollment + tunnel) and admin API.
@@ -191,6 +193,8 @@ pub struct ServeArgs {
     /// Enrollment requests per second the whole hub gets back.
     #[arg(long, env = "HUB_SIM_ENROLL_RATE", default_value_t = 50.0)]
     pub enroll_rate: f64,
+    #[command(flatten)]
+    pub recovery: crate::recovery::RecoveryArgs,
 }
 
 impl ServeArgs {
@@ -214,8 +218,10 @@ impl ServeArgs {
             enroll_peer_rate,
             enroll_burst,
             enroll_rate,
+            recovery,
         } = self;
         let mut cfg = Config::new(state_dir);
+        recovery.apply(&mut cfg);
         cfg.listen = listen;
         cfg.admin_listen = admin_listen;
         cfg.public_url = public_url;

@@ -46,6 +46,10 @@ pub struct Config {
     pub enroll_rate: crate::ratelimit::RateLimits,
     /// What one cluster may make the hub store.
     pub storage: StorageLimits,
+    /// How long after expiry a certificate may be recovered (`/v1/recover`); zero: never.
+    pub recovery_window: Duration,
+    /// Added to the `server_time` announced in `Welcome` (clock-skew simulation).
+    pub clock_offset_secs: i64,
 }
 
 /// Bounds on what one enrolled agent can make the hub store.
@@ -92,6 +96,10 @@ impl Config {
             max_unauthenticated: 1024,
             enroll_rate: crate::ratelimit::RateLimits::default(),
             storage: StorageLimits::default(),
+            recovery_window: Duration::from_secs(
+                vworkspace_protocol::recovery::DEFAULT_RECOVERY_WINDOW_SECS,
+            ),
+            clock_offset_secs: 0,
         }
     }
 

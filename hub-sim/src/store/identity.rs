@@ -170,6 +170,21 @@ impl Store {
         Ok(())
     }
 
+    /// The serial of the certificate issued last to `cluster`, and whether it
+    /// is revoked (certificate recovery accepts only that one).
+    pub fn newest_cert(&self, cluster: &str) -> Result<Option<(String, bool)>, StoreError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                "SELECT serial, revoked FROM certs WHERE cluster = ?1
+                 ORDER BY issued_at DESC, rowid DESC LIMIT 1",
+                [cluster],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? != 0)),
+            )
+            .optional()?;
+        Ok(row)
+    }
+
     pub fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT serial FROM certs WHERE revoked = 1")?;

@@ -70,12 +70,13 @@ where
         let welcome = Welcome {
             cluster_id: self.id.cluster.clone(),
             org: self.id.org.clone(),
-            server_time: now(),
+            server_time: now() + hub.cfg.clock_offset_secs,
             heartbeat_secs: self.limits.heartbeat_secs,
             idle_timeout_secs: self.limits.idle_timeout_secs,
             max_frame_bytes: self.limits.max_frame_bytes as u64,
             max_in_flight: self.limits.max_in_flight,
             signing_keys: hub.signing_keys(),
+            recovery_window_secs: crate::recovery::announced_window(hub.cfg.recovery_window),
         };
         if let Err(end) = self.send_frame(Frame::Welcome(welcome)).await {
             return end;

@@ -140,3 +140,14 @@ def test_postgres_declares_from_two_connections_never_share_a_version(pg):
     finally:
         a.close()
         b.close()
+
+
+def test_newest_cert_is_the_last_issued_with_its_revocation(store: Store):
+    store.ensure_cluster("c9", "acme")
+    assert store.newest_cert("c9") is None
+    store.insert_cert("aa01", "c9", 2_000_000_000)
+    store.insert_cert("aa02", "c9", 2_000_000_100)
+    store.insert_cert("bb01", "other", 2_000_000_200)
+    assert store.newest_cert("c9") == ("aa02", False)
+    store.revoke_cluster("c9")
+    assert store.newest_cert("c9") == ("aa02", True)

@@ -22,7 +22,7 @@ def meaning(value):
 
 def test_vector_files_are_all_known():
     assert sorted(p.name for p in __import__("conftest").VECTORS.glob("*.json")) == [
-        "decode_errors.json", "frames.json", "intents.json", "join_token.json"]
+        "decode_errors.json", "frames.json", "intents.json", "join_token.json", "recovery.json"]
 
 
 FRAMES = vectors("frames.json")
@@ -136,3 +136,36 @@ def test_join_token_vector_verifies_through_the_package():
     with pytest.raises(join_token.JoinTokenError) as e:
         join_token.verify(forged, ring, now=doc["now"])
     assert e.value.code == "token_invalid"
+
+
+RECOVERY = vectors("recovery.json")
+
+
+def test_recovery_signing_input_is_built_from_the_digests():
+    from vworkspace_hub.recovery import RECOVERY_CONTEXT
+    assert RECOVERY["context_hex"] == RECOVERY_CONTEXT.hex()
+    assert RECOVERY["signing_input_hex"] == (
+        RECOVERY_CONTEXT.hex() + RECOVERY["certificate_sha256_hex"] + RECOVERY["csr_sha256_hex"])
+
+
+@pytest.mark.parametrize("p", RECOVERY["proofs"], ids=lambda p: p["name"])
+def test_recovery_proofs(p):
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from vworkspace_hub.recovery import RecoveryRefused, verify_proof
+    key = ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(RECOVERY["public_key_hex"]))
+    data = bytes.fromhex(RECOVERY["signing_input_hex"])
+    if p["valid"]:
+        verify_proof(key, data, bytes.fromhex(p["proof_hex"]))
+    else:
+        with pytest.raises(RecoveryRefused) as e:
+            verify_proof(key, data, bytes.fromhex(p["proof_hex"]))
+        assert e.value.code == "recovery_refused"
+
+
+def test_recovery_window():
+    from vworkspace_hub.recovery import DEFAULT_RECOVERY_WINDOW_SECS, RecoveryRefused, check_window
+    assert DEFAULT_RECOVERY_WINDOW_SECS == RECOVERY["default_recovery_window_secs"]
+    check_window(1000, 1000 + DEFAULT_RECOVERY_WINDOW_SECS)
+    with pytest.raises(RecoveryRefused) as e:
+        check_window(1000, 1001 + DEFAULT_RECOVERY_WINDOW_SECS)
+    assert e.value.code == "recovery_window_passed"

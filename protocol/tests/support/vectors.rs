@@ -126,6 +126,7 @@ pub fn frames() -> Value {
             max_frame_bytes: 1_048_576,
             max_in_flight: 64,
             signing_keys: ring().to_infos(),
+            recovery_window_secs: None,
         }))),
         frame_vector("intent", "hub -> agent, a signed apply intent (see intents.json)", Envelope::new(2, 1, Frame::Intent(signed))),
         frame_vector("resync_request", "hub -> agent", Envelope::new(3, 2, Frame::ResyncRequest(ResyncRequest { reason: Some("hub store restored".into()), objects: vec![app_ref()] }))),
@@ -450,6 +451,49 @@ pub fn join_token() -> Value {
     })
 }
 
+/// Proofs of possession for `POST /v1/recover` (section 4.2). The certificate
+/// and CSR enter the signing input only through their SHA-256, so the vectors
+/// carry the digests and the raw Ed25519 public key of the certificate.
+pub fn recovery() -> Value {
+    use vworkspace_protocol::recovery::{self, RECOVERY_CONTEXT};
+    let key = pkcs8_from_seed(&seed("vworkspace test vector cluster key"));
+    let stranger = pkcs8_from_seed(&seed("vworkspace test vector stolen key"));
+    let public = recovery::ed25519_public_key(&key).expect("public key");
+    let cert = b"DER of the expired client certificate (only hashed)".as_slice();
+    let csr = b"DER of the CSR for the fresh key (only hashed)".as_slice();
+    let other_csr = b"DER of another CSR (only hashed)".as_slice();
+    let sha = |b: &[u8]| hex::encode(ring::digest::digest(&ring::digest::SHA256, b));
+    let input = recovery::signing_input(cert, csr);
+    let case = |name: &str, signed_with: &[u8], signed_over: &[u8], valid: bool| {
+        let proof = recovery::sign_proof(signed_with, signed_over).expect("sign");
+        json!({"name": name, "proof_hex": hex::encode(proof), "valid": valid})
+    };
+    json!({
+        "description": "Proof of possession of a recovery request: Ed25519 (or ECDSA P-256 SHA-256, DER) signature by the expired certificate's key over context || SHA-256(certificate DER) || SHA-256(CSR DER). Check each proof against signing_input_hex and public_key_hex.",
+        "context_hex": hex::encode(RECOVERY_CONTEXT),
+        "certificate_sha256_hex": sha(cert),
+        "csr_sha256_hex": sha(csr),
+        "signing_input_hex": hex::encode(&input),
+        "public_key_hex": hex::encode(&public),
+        "proofs": [
+            case("valid", &key, &input, true),
+            case("signed over another CSR", &key, &recovery::signing_input(cert, other_csr), false),
+            case("signed by another key", &stranger, &input, false),
+        ],
+        "request_example": {
+            "certificate_pem": "-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n",
+            "csr_pem": "-----BEGIN CERTIFICATE REQUEST-----\n...\n-----END CERTIFICATE REQUEST-----\n",
+            "proof_hex": "…",
+        },
+        "errors": [
+            {"code": "recovery_window_passed", "http": vworkspace_protocol::enrollment::EnrollErrorCode::RecoveryWindowPassed.http_status()},
+            {"code": "recovery_refused", "http": vworkspace_protocol::enrollment::EnrollErrorCode::RecoveryRefused.http_status()},
+            {"code": "cluster_revoked", "http": vworkspace_protocol::enrollment::EnrollErrorCode::ClusterRevoked.http_status()},
+        ],
+        "default_recovery_window_secs": recovery::DEFAULT_RECOVERY_WINDOW_SECS,
+    })
+}
+
 /// Every vector file: name and pretty JSON text (with a trailing newline).
 pub fn all() -> Vec<(&'static str, String)> {
     [
@@ -457,6 +501,7 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("intents.json", intents()),
         ("decode_errors.json", decode_errors()),
         ("join_token.json", join_token()),
+        ("recovery.json", recovery()),
     ]
     .into_iter()
     .map(|(n, v)| (n, serde_json::to_string_pretty(&v).expect("json") + "\n"))

@@ -62,6 +62,16 @@ impl World {
 
     /// Like [`World::start`], with extra `vworkspace-agent run` flags.
     pub async fn start_with(prefix: &str, agent_args: Vec<String>) -> Result<World, E2eError> {
+        Self::start_with_hub(prefix, agent_args, &[]).await
+    }
+
+    /// Like [`World::start_with`], with more `hub-sim serve` flags after
+    /// [`HUB_TEST_FLAGS`] (e.g. a short `--cert-lifetime`).
+    pub async fn start_with_hub(
+        prefix: &str,
+        agent_args: Vec<String>,
+        hub_flags: &[&str],
+    ) -> Result<World, E2eError> {
         let bins = tokio::task::spawn_blocking(|| binaries(false))
             .await
             .map_err(|e| {
@@ -92,7 +102,7 @@ impl World {
             &bins.hub_sim,
             &dir.path().join("hub-state"),
             &dir.path().join("hub-sim.log"),
-            HUB_TEST_FLAGS,
+            &[HUB_TEST_FLAGS, hub_flags].concat(),
         )
         .await?;
         let cluster = format!("{prefix}-{suffix}");

@@ -36,6 +36,7 @@ use crate::hub::creds::{self, Credentials, CredsError};
 use crate::hub::metrics::Metrics;
 use crate::process::logging::Redactor;
 
+pub(crate) use request::host_port;
 pub use request::{
     EnrollFailure, KeyAndCsr, check_response, generate_key_and_csr, request_enrollment,
 };
@@ -199,8 +200,33 @@ impl Enroller {
         };
         if up_to_date {
             let c = existing.clone().expect("up_to_date implies credentials");
+            // --- certificate recovery (crate::hub::recovery) ---
+            let outcome = crate::hub::recovery::check(
+                &c,
+                self.hub_endpoint.as_deref(),
+                &secrets,
+                &self.credentials_secret,
+                owner_ref(&cluster),
+                &self.status,
+            )
+            .await?;
+            let next = match outcome {
+                crate::hub::recovery::Outcome::Valid(left) => match left {
+                    Some(d) if d < RESYNC => Next::Retry(d),
+                    _ => Next::Idle,
+                },
+                crate::hub::recovery::Outcome::Recovered(new) => {
+                    // Same identity, new certificate: wake the tunnel anyway.
+                    self.redactor.register(&new.key_pem);
+                    self.creds_tx.send_replace(Some(new));
+                    return Ok(Next::Idle);
+                }
+                crate::hub::recovery::Outcome::Retry(d) => Next::Retry(d),
+                crate::hub::recovery::Outcome::GaveUp => Next::Idle,
+            };
+            // --- end certificate recovery ---
             self.publish(c);
-            return Ok(Next::Idle);
+            return Ok(next);
         }
         let Some(token) = token else {
             self.status

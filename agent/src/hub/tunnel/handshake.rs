@@ -43,6 +43,9 @@ impl Tunnel {
         if let Some(na) = creds.not_after() {
             self.metrics.cert_expiry.set(na);
         }
+        if crate::hub::recovery::tunnel_must_wait(&creds) {
+            return Err(TunnelError::CertificateExpired);
+        }
         let url = match &self.hub_endpoint {
             Some(h) => enroll::tunnel_url_from(h),
             None => creds.tunnel_url.clone(),
@@ -93,6 +96,12 @@ impl Tunnel {
             .into());
         }
         conn.limits = limits_from(&welcome);
+        crate::hub::recovery::on_welcome(
+            &self.cluster_status,
+            &creds.cluster_id,
+            welcome.server_time,
+            welcome.recovery_window_secs,
+        );
         Ok(Opened {
             conn,
             creds,

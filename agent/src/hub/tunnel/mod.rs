@@ -122,6 +122,11 @@ pub enum TunnelError {
     /// Reading the applied versions from the cluster failed.
     #[error("reading applied versions: {0}")]
     Kube(#[from] kube::Error),
+    /// The client certificate expired; enrollment recovers it (`hub::recovery`).
+    #[error(
+        "the client certificate expired; waiting for its recovery (see the Authenticated condition)"
+    )]
+    CertificateExpired,
 }
 
 /// How the hub broke the protocol.
@@ -381,6 +386,7 @@ mod tests {
             idle_timeout_secs: idle,
             max_frame_bytes: frame,
             max_in_flight: in_flight,
+            recovery_window_secs: None,
             signing_keys: Vec::new(),
         }
     }

@@ -33,7 +33,7 @@ MAX_ENROLL_BODY = 64 * 1024
 # Enrollment error code -> HTTP status (docs/protocol.md section 4).
 ENROLL_HTTP = {"token_expired": 401, "token_invalid": 401, "token_audience": 401, "token_reused": 409,
                "csr_invalid": 400, "bad_request": 400, "cluster_revoked": 403, "rate_limited": 429,
-               "internal": 500}
+               "internal": 500, "recovery_window_passed": 403, "recovery_refused": 403}
 
 
 @dataclass
@@ -52,6 +52,8 @@ class HubConfig:
     shutdown_retry_after_secs: int = 5
     # Safety net beside wake-ups: a session re-reads pending intents this often.
     poll_interval_secs: float = 5.0
+    # POST /v1/recover accepts a certificate this long after its expiry; 0: never.
+    recovery_window_secs: int = 30 * 86400
 
     def __post_init__(self) -> None:
         self.public_url = self.public_url.rstrip("/")

@@ -107,6 +107,24 @@ async def enroll(request: web.Request) -> web.Response:
     return web.json_response(answer)
 
 
+async def recover(request: web.Request) -> web.Response:
+    """``POST /v1/recover`` (docs/protocol.md section 4.2), no client certificate needed."""
+    from .recovery import recover as do_recover
+    hub = request.app[HUB_KEY]
+    if request.content_length is not None and request.content_length > 64 * 1024:
+        e = EnrollFailure("bad_request", "request body larger than 65536 bytes")
+        return web.json_response(e.body(), status=e.http_status)
+    body = await request.content.read(64 * 1024 + 1)
+    try:
+        answer = await asyncio.to_thread(do_recover, hub, body, _peer(request))
+    except EnrollFailure as e:
+        return web.json_response(e.body(), status=e.http_status)
+    except Exception:  # noqa: BLE001 - the agent gets `internal`, the log gets the trace
+        log.exception("recovery failed")
+        return web.json_response({"code": "internal", "message": "hub failure"}, status=500)
+    return web.json_response(answer)
+
+
 async def tunnel(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB_KEY]
     peer = _peer(request)
@@ -152,6 +170,7 @@ def make_app(hub: Hub) -> web.Application:
     app[HUB_KEY] = hub
     app[SESSIONS_KEY] = set()
     app.router.add_post("/v1/enroll", enroll)
+    app.router.add_post("/v1/recover", recover)
     app.router.add_get(wire.TUNNEL_PATH, tunnel)
 
     async def on_shutdown(app: web.Application) -> None:

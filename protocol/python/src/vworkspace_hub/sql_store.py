@@ -178,6 +178,11 @@ class _SqlStore(Store):
         r = self._one("SELECT revoked FROM vws_certs WHERE serial = ?", (serial,))
         return bool(r and r[0])
 
+    def newest_cert(self, cluster: str) -> tuple[str, bool] | None:
+        r = self._one("SELECT serial, revoked FROM vws_certs WHERE cluster = ? "
+                      "ORDER BY issued_at DESC, not_after DESC LIMIT 1", (cluster,))
+        return (str(r[0]), bool(r[1])) if r else None
+
     # ---- intents ----
     def _notify(self, cur: Any, cluster: str) -> None:
         """Wakes other processes (PostgreSQL only)."""

@@ -189,6 +189,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def serial_revoked(self, serial: str) -> bool: ...
 
+    def newest_cert(self, cluster: str) -> tuple[str, bool] | None:
+        """Serial and revoked flag of the certificate issued last to ``cluster``
+        (certificate recovery accepts only that one)."""
+        raise NotImplementedError("this store does not support certificate recovery")
+
     # ---- declared objects and intents ----
     @abc.abstractmethod
     def declare(self, cluster: str, obj: ObjectRef, action: str, spec: Any) -> IntentRecord:
@@ -336,6 +341,11 @@ class MemoryStore(Store):
         with self._lock:
             cert = self._certs.get(serial)
             return bool(cert and cert["revoked"])
+
+    def newest_cert(self, cluster: str) -> tuple[str, bool] | None:
+        with self._lock:
+            mine = [(s, c["revoked"]) for s, c in self._certs.items() if c["cluster"] == cluster]
+            return mine[-1] if mine else None
 
     def declare(self, cluster: str, obj: ObjectRef, action: str, spec: Any) -> IntentRecord:
         with self._lock:

@@ -377,11 +377,15 @@ def encode(seq: int, ack: int, body: Mapping[str, Any], max_frame_bytes: int = M
 
 
 def welcome(cluster_id: str, org: str, server_time: int, heartbeat_secs: int, idle_timeout_secs: int,
-            max_frame_bytes: int, max_in_flight: int, signing_keys: list[dict[str, str]]) -> dict[str, Any]:
-    return {"type": "welcome", "cluster_id": cluster_id, "org": org, "server_time": server_time,
-            "heartbeat_secs": heartbeat_secs, "idle_timeout_secs": idle_timeout_secs,
-            "max_frame_bytes": max_frame_bytes, "max_in_flight": max_in_flight,
-            "signing_keys": [{"kid": k["kid"], "public_key_hex": k["public_key_hex"]} for k in signing_keys]}
+            max_frame_bytes: int, max_in_flight: int, signing_keys: list[dict[str, str]],
+            recovery_window_secs: int | None = None) -> dict[str, Any]:
+    w = {"type": "welcome", "cluster_id": cluster_id, "org": org, "server_time": server_time,
+         "heartbeat_secs": heartbeat_secs, "idle_timeout_secs": idle_timeout_secs,
+         "max_frame_bytes": max_frame_bytes, "max_in_flight": max_in_flight,
+         "signing_keys": [{"kid": k["kid"], "public_key_hex": k["public_key_hex"]} for k in signing_keys]}
+    if recovery_window_secs:
+        w["recovery_window_secs"] = recovery_window_secs
+    return w
 
 
 def intent(kid: str, payload: bytes, signature: bytes) -> dict[str, Any]:
