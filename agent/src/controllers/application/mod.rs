@@ -407,23 +407,12 @@ async fn apply(ai: &ApplicationInstance, ns: &str, ctx: &Context) -> Result<Acti
         Some(pair) => pair,
         None => {
             let pp = PatchParams::apply(FIELD_MANAGER).force();
-            // A shared source another instance already wrote needs a read,
-            // not a write.
-            let existing = if desired.shared_source {
-                source_api
-                    .get_opt(&source_name)
-                    .await?
-                    .filter(|s| s.data["spec"] == desired.source.data["spec"])
+            let source = if desired.shared_source {
+                ensure_shared_source(&source_api, &desired.source, ns, ctx).await?
             } else {
-                None
-            };
-            let source = match existing {
-                Some(s) => s,
-                None => {
-                    source_api
-                        .patch(&source_name, &pp, &Patch::Apply(&desired.source))
-                        .await?
-                }
+                source_api
+                    .patch(&source_name, &pp, &Patch::Apply(&desired.source))
+                    .await?
             };
             // The source used before a sourceType or URL change.
             if let (Some(before), Some(now)) =
@@ -581,6 +570,37 @@ async fn wait_for_children(
     Ok(Some(Action::requeue(DELETING_REQUEUE)))
 }
 
+/// Returns the shared HelmRepository, writing it only when it is missing or
+/// differs: another instance usually wrote it already, and a read is much
+/// cheaper than an apply. Instances of one URL take turns (a lock per source),
+/// so concurrent reconciles do not all race to create it.
+async fn ensure_shared_source(
+    api: &Api<DynamicObject>,
+    desired: &DynamicObject,
+    ns: &str,
+    ctx: &Context,
+) -> Result<DynamicObject, Error> {
+    let name = desired.name_any();
+    let lock = ctx.target_lock(ns, &format!("helmrepository:{name}"));
+    let _turn = lock.lock().await;
+    if let Some(existing) = api.get_opt(&name).await?
+        && has_fields(&existing.data["spec"], &desired.data["spec"])
+        && has_fields(
+            &serde_json::to_value(existing.labels()).unwrap_or_default(),
+            &serde_json::to_value(desired.labels()).unwrap_or_default(),
+        )
+    {
+        return Ok(existing);
+    }
+    Ok(api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(desired),
+        )
+        .await?)
+}
+
 /// After a chart change: deletes the per-instance source of the other kind
 /// (from a sourceType change) and lets go of a shared HelmRepository no
 /// longer used.
@@ -654,6 +674,17 @@ async fn delete_ignoring_missing(
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether `actual` holds every field of `wanted` with its value (the API
+/// server adds defaults, so equality would never hold).
+fn has_fields(actual: &serde_json::Value, wanted: &serde_json::Value) -> bool {
+    match (actual, wanted) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(w)) => w
+            .iter()
+            .all(|(k, v)| a.get(k).is_some_and(|av| has_fields(av, v))),
+        _ => actual == wanted,
     }
 }
 
@@ -733,6 +764,16 @@ fn worth_an_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defaulted_fields_do_not_count_as_a_difference() {
+        let wanted = json!({"url": "https://c.example", "interval": "10m"});
+        let defaulted = json!({"url": "https://c.example", "interval": "10m", "timeout": "60s"});
+        assert!(has_fields(&defaulted, &wanted));
+        let other = json!({"url": "https://other.example", "interval": "10m"});
+        assert!(!has_fields(&other, &wanted));
+        assert!(!has_fields(&json!(null), &wanted));
+    }
 
     #[test]
     fn one_event_when_ready_changes_with_reconciling() {
