@@ -37,7 +37,8 @@ use crate::hub::metrics::Metrics;
 use crate::process::logging::Redactor;
 
 pub use request::{
-    EnrollFailure, KeyAndCsr, check_response, generate_key_and_csr, request_enrollment,
+    BadResponse, ConnectCause, EnrollFailure, KeyAndCsr, check_response, generate_key_and_csr,
+    request_enrollment,
 };
 
 /// Periodic re-check even without a watch event.
