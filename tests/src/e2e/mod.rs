@@ -292,6 +292,59 @@ pub fn condition_set(conditions: &Value) -> BTreeSet<String> {
         .collect()
 }
 
+/// The hub's condition `type_` of an object, as `(status, reason, message)`
+/// (empty strings when absent), for timelines and failure messages.
+pub fn hub_condition(o: &Value, type_: &str) -> (String, String, String) {
+    let c = o["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .cloned()
+        .unwrap_or_default();
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    (s("status"), s("reason"), s("message"))
+}
+
+/// The hub's record of intent `id`, once `pred` holds (panics after `within`,
+/// naming `what` and the last record).
+pub async fn intent_when(
+    admin: &AdminClient,
+    cluster: &str,
+    id: &str,
+    what: &str,
+    within: std::time::Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    crate::wait::eventually(&format!("intent {id}: {what}"), within, || async {
+        let all = intents(admin, cluster).await.map_err(|e| e.to_string())?;
+        let i = all
+            .into_iter()
+            .find(|i| i["id"] == id)
+            .ok_or("unknown intent")?;
+        if pred(&i) { Ok(i) } else { Err(i.to_string()) }
+    })
+    .await
+}
+
+/// (applied intent version, chart version) of an `ApplicationInstance` in
+/// the cluster; `None` if it is absent.
+pub async fn instance_versions(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> Result<Option<(Option<u64>, String)>, kube::Error> {
+    Ok(cluster_object(client, "ApplicationInstance", ns, name)
+        .await?
+        .map(|o| {
+            (
+                applied_version(&o),
+                o.data["spec"]["chart"]["version"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        }))
+}
+
 /// Whether a condition list holds `type_=status` (and `reason` unless empty).
 pub fn has_condition(conditions: &Value, type_: &str, status: &str, reason: &str) -> bool {
     conditions.as_array().into_iter().flatten().any(|c| {
