@@ -433,4 +433,50 @@ mod tests {
         assert!(kc.key_pem.contains("PRIVATE KEY"));
         assert!(!format!("{kc:?}").contains("PRIVATE"));
     }
+
+    /// An unreachable hub gives a typed cause, and neither the message nor
+    /// any cause in its chain holds the join token.
+    #[tokio::test]
+    async fn an_unreachable_hub_is_a_typed_connect_failure_without_the_token() {
+        // A port that was just free: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (issuer, _) = vworkspace_protocol::JoinTokenIssuer::generate().unwrap();
+        let now = vworkspace_protocol::unix_now();
+        let token = issuer
+            .issue(&vworkspace_protocol::JoinClaims {
+                iss: "hub".into(),
+                aud: vworkspace_protocol::JOIN_TOKEN_AUDIENCE.into(),
+                hub_url: format!("https://127.0.0.1:{port}"),
+                ca_sha256: "0".repeat(64),
+                cluster: "edge-1".into(),
+                org: "acme".into(),
+                jti: "jti-1".into(),
+                iat: now,
+                exp: now + 600,
+            })
+            .unwrap();
+        let err = request_enrollment(&token, "csr").await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                EnrollFailure::Connect {
+                    cause: ConnectCause::Tcp(_),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let mut chain = format!("{err} {err:?}");
+        let mut source = std::error::Error::source(&err);
+        while let Some(e) = source {
+            chain.push_str(&format!(" {e} {e:?}"));
+            source = e.source();
+        }
+        assert!(!chain.contains(token.expose_secret()), "{chain}");
+        assert!(err.is_retryable());
+    }
 }
