@@ -3,7 +3,9 @@
 //! through watches on those objects. Placeholders create nothing.
 
 pub mod flux;
+mod sources;
 pub mod status;
+mod write;
 
 use std::{sync::Arc, time::Duration};
 
@@ -33,6 +35,11 @@ use super::{
     resources::{HELM_RELEASE, HELM_REPOSITORY, Kind, OCI_REPOSITORY},
     validate_application_spec,
 };
+use sources::{
+    delete_ignoring_missing, ensure_shared_source, release_previous_source, release_shared_source,
+};
+pub use write::status_changed;
+use write::write_status;
 
 /// Label value of this controller in metrics.
 pub const CONTROLLER: &str = "application_instance";
@@ -230,41 +237,20 @@ async fn apply(ai: &ApplicationInstance, ns: &str, ctx: &Context) -> Result<Acti
     let set = |st: &mut ApplicationInstanceStatus, t: &str, s: Status, r: &str, m: String| {
         conditions::set_condition(&mut st.conditions, conditions::new(t, s, r, m, generation));
     };
+    // Blocked=True and Ready=False, both with the same reason and message.
+    let block = |st: &mut ApplicationInstanceStatus, r: &str, m: String| {
+        set(st, types::BLOCKED, Status::True, r, m.clone());
+        set(st, types::READY, Status::False, r, m);
+    };
 
     if !ctx.is_gated(ns).await {
         let msg = format!("namespace {ns} is not labelled managed-by=vworkspace");
-        set(
-            &mut st,
-            types::BLOCKED,
-            Status::True,
-            reasons::NAMESPACE_NOT_GATED,
-            msg.clone(),
-        );
-        set(
-            &mut st,
-            types::READY,
-            Status::False,
-            reasons::NAMESPACE_NOT_GATED,
-            msg,
-        );
+        block(&mut st, reasons::NAMESPACE_NOT_GATED, msg);
         write_status(ai, ns, &old, st, ctx).await?;
         return Ok(Action::requeue(ctx.config.resync));
     }
     if let Err(e) = validate_application_spec(ns, &ai.spec) {
-        set(
-            &mut st,
-            types::BLOCKED,
-            Status::True,
-            reasons::INVALID_SPEC,
-            e.to_string(),
-        );
-        set(
-            &mut st,
-            types::READY,
-            Status::False,
-            reasons::INVALID_SPEC,
-            e.to_string(),
-        );
+        block(&mut st, reasons::INVALID_SPEC, e.to_string());
         write_status(ai, ns, &old, st, ctx).await?;
         return Ok(Action::await_change());
     }
@@ -275,20 +261,7 @@ async fn apply(ai: &ApplicationInstance, ns: &str, ctx: &Context) -> Result<Acti
                 "this instance owns HelmRelease {}; a managed instance cannot become a placeholder: delete and recreate it",
                 r.name
             );
-            set(
-                &mut st,
-                types::BLOCKED,
-                Status::True,
-                reasons::VALIDATION_FAILED,
-                msg.clone(),
-            );
-            set(
-                &mut st,
-                types::READY,
-                Status::False,
-                reasons::VALIDATION_FAILED,
-                msg,
-            );
+            block(&mut st, reasons::VALIDATION_FAILED, msg);
             write_status(ai, ns, &old, st, ctx).await?;
             return Ok(Action::await_change());
         }
@@ -334,38 +307,12 @@ async fn apply(ai: &ApplicationInstance, ns: &str, ctx: &Context) -> Result<Acti
     if !missing.is_empty() {
         let names: Vec<String> = missing.iter().map(Kind::describe).collect();
         let msg = format!("Flux is not installed: {} not served", names.join(", "));
-        set(
-            &mut st,
-            types::BLOCKED,
-            Status::True,
-            reasons::MISSING_DEPENDENCIES,
-            msg.clone(),
-        );
-        set(
-            &mut st,
-            types::READY,
-            Status::False,
-            reasons::MISSING_DEPENDENCIES,
-            msg,
-        );
+        block(&mut st, reasons::MISSING_DEPENDENCIES, msg);
         write_status(ai, ns, &old, st, ctx).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
     if let Some(msg) = missing_values(ai, ns, ctx).await? {
-        set(
-            &mut st,
-            types::BLOCKED,
-            Status::True,
-            reasons::WAITING_FOR_SECRET,
-            msg.clone(),
-        );
-        set(
-            &mut st,
-            types::READY,
-            Status::False,
-            reasons::WAITING_FOR_SECRET,
-            msg,
-        );
+        block(&mut st, reasons::WAITING_FOR_SECRET, msg);
         write_status(ai, ns, &old, st, ctx).await?;
         return Ok(Action::requeue(WAITING_FOR_VALUES_REQUEUE));
     }
@@ -570,124 +517,6 @@ async fn wait_for_children(
     Ok(Some(Action::requeue(DELETING_REQUEUE)))
 }
 
-/// Returns the shared HelmRepository, writing it only when it is missing or
-/// differs: another instance usually wrote it already, and a read is much
-/// cheaper than an apply. Instances of one URL take turns (a lock per source),
-/// so concurrent reconciles do not all race to create it.
-async fn ensure_shared_source(
-    api: &Api<DynamicObject>,
-    desired: &DynamicObject,
-    ns: &str,
-    ctx: &Context,
-) -> Result<DynamicObject, Error> {
-    let name = desired.name_any();
-    let lock = ctx.target_lock(ns, &format!("helmrepository:{name}"));
-    let _turn = lock.lock().await;
-    if let Some(existing) = api.get_opt(&name).await?
-        && has_fields(&existing.data["spec"], &desired.data["spec"])
-        && has_fields(
-            &serde_json::to_value(existing.labels()).unwrap_or_default(),
-            &serde_json::to_value(desired.labels()).unwrap_or_default(),
-        )
-    {
-        return Ok(existing);
-    }
-    Ok(api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(desired),
-        )
-        .await?)
-}
-
-/// After a chart change: deletes the per-instance source of the other kind
-/// (from a sourceType change) and lets go of a shared HelmRepository no
-/// longer used.
-async fn release_previous_source(
-    ai: &ApplicationInstance,
-    ns: &str,
-    ctx: &Context,
-    before: &vworkspace_crds::ChartSource,
-    current: &str,
-) -> Result<(), Error> {
-    let Some(release) = ai.spec.release.as_ref() else {
-        return Ok(());
-    };
-    let now = ai.spec.chart.as_ref().map(|c| c.source_type);
-    if now != Some(before.source_type) {
-        // Per-instance sources are named after the release, whatever kind.
-        let stale_kind = match before.source_type {
-            vworkspace_crds::ChartSourceType::Helm => HELM_REPOSITORY,
-            vworkspace_crds::ChartSourceType::Oci => OCI_REPOSITORY,
-        };
-        let own = flux::source_name(&release.name);
-        delete_ignoring_missing(ctx, ns, stale_kind, &own).await?;
-    }
-    if before.source_type == vworkspace_crds::ChartSourceType::Helm {
-        let previous = flux::shared_source_name(&before.url);
-        if previous != current {
-            release_shared_source(ai, ns, ctx, &previous).await?;
-        }
-    }
-    Ok(())
-}
-
-/// Deletes the shared HelmRepository `name` unless an instance of the
-/// namespace other than `ai` (and not being deleted) still uses it. Should a
-/// new user appear at the same moment, the deletion's watch event makes it
-/// write the source again.
-async fn release_shared_source(
-    ai: &ApplicationInstance,
-    ns: &str,
-    ctx: &Context,
-    name: &str,
-) -> Result<(), Error> {
-    let others = Api::<ApplicationInstance>::namespaced(ctx.client.clone(), ns)
-        .list(&Default::default())
-        .await?;
-    let used = others.items.iter().any(|o| {
-        o.metadata.uid != ai.metadata.uid
-            && o.metadata.deletion_timestamp.is_none()
-            && flux::shared_source_of(o).as_deref() == Some(name)
-    });
-    if used {
-        return Ok(());
-    }
-    info!(helmrepository = %name, "Deleting shared HelmRepository with no users left");
-    delete_ignoring_missing(ctx, ns, HELM_REPOSITORY, name).await
-}
-
-async fn delete_ignoring_missing(
-    ctx: &Context,
-    ns: &str,
-    kind: Kind,
-    name: &str,
-) -> Result<(), Error> {
-    if !ctx.is_served(kind).await? {
-        return Ok(());
-    }
-    match Api::<DynamicObject>::namespaced_with(ctx.client.clone(), ns, &kind.api_resource())
-        .delete(name, &DeleteParams::background())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Whether `actual` holds every field of `wanted` with its value (the API
-/// server adds defaults, so equality would never hold).
-fn has_fields(actual: &serde_json::Value, wanted: &serde_json::Value) -> bool {
-    match (actual, wanted) {
-        (serde_json::Value::Object(a), serde_json::Value::Object(w)) => w
-            .iter()
-            .all(|(k, v)| a.get(k).is_some_and(|av| has_fields(av, v))),
-        _ => actual == wanted,
-    }
-}
-
 /// Fingerprint of the desired Flux objects.
 fn desired_hash(d: &flux::FluxObjects) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -699,135 +528,4 @@ fn desired_hash(d: &flux::FluxObjects) -> u64 {
         .unwrap_or_default()
         .hash(&mut h);
     h.finish()
-}
-
-/// Whether two statuses differ in anything but timestamps.
-pub fn status_changed(old: &ApplicationInstanceStatus, new: &ApplicationInstanceStatus) -> bool {
-    let strip = |s: &ApplicationInstanceStatus| ApplicationInstanceStatus {
-        conditions: Vec::new(),
-        last_reconcile_time: None,
-        ..s.clone()
-    };
-    strip(old) != strip(new) || !conditions::eq_ignoring_time(&old.conditions, &new.conditions)
-}
-
-/// Sends the status by server-side apply when it changed; stamps
-/// lastReconcileTime on each write.
-async fn write_status(
-    ai: &ApplicationInstance,
-    ns: &str,
-    old: &ApplicationInstanceStatus,
-    mut new: ApplicationInstanceStatus,
-    ctx: &Context,
-) -> Result<(), Error> {
-    if !status_changed(old, &new) {
-        return Ok(());
-    }
-    new.last_reconcile_time = Some(conditions::now());
-    let body = json!({
-        "apiVersion": ApplicationInstance::api_version(&()),
-        "kind": ApplicationInstance::kind(&()),
-        "status": new,
-    });
-    let old_conditions = old.conditions.clone();
-    let new_conditions = worth_an_event(&old.conditions, &new.conditions);
-    Api::<ApplicationInstance>::namespaced(ctx.client.clone(), ns)
-        .patch_status(
-            &ai.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
-    ctx.metrics.status_write(CONTROLLER);
-    ctx.publish_transitions(&ai.object_ref(&()), &old_conditions, &new_conditions)
-        .await;
-    Ok(())
-}
-
-/// The conditions whose transitions get an Event: all but Reconciling when
-/// Ready changes in the same write (Ready's Event already tells that news),
-/// so a status write costs one Event write in the common case.
-fn worth_an_event(
-    old: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-    new: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    let ready_changed = conditions::find(new, types::READY).is_some_and(|n| {
-        conditions::find(old, types::READY)
-            .is_none_or(|o| o.status != n.status || o.reason != n.reason)
-    });
-    new.iter()
-        .filter(|c| !(ready_changed && c.type_ == types::RECONCILING))
-        .cloned()
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaulted_fields_do_not_count_as_a_difference() {
-        let wanted = json!({"url": "https://c.example", "interval": "10m"});
-        let defaulted = json!({"url": "https://c.example", "interval": "10m", "timeout": "60s"});
-        assert!(has_fields(&defaulted, &wanted));
-        let other = json!({"url": "https://other.example", "interval": "10m"});
-        assert!(!has_fields(&other, &wanted));
-        assert!(!has_fields(&json!(null), &wanted));
-    }
-
-    #[test]
-    fn one_event_when_ready_changes_with_reconciling() {
-        let c = |t: &str, s: Status, r: &str| conditions::new(t, s, r, String::new(), Some(1));
-        let new = vec![
-            c(types::READY, Status::Unknown, reasons::RECONCILING),
-            c(types::RECONCILING, Status::True, reasons::RECONCILING),
-            c(types::DEGRADED, Status::True, reasons::RECOVERED),
-        ];
-        let picked: Vec<String> = worth_an_event(&[], &new)
-            .into_iter()
-            .map(|c| c.type_)
-            .collect();
-        assert_eq!(picked, [types::READY, types::DEGRADED]);
-        // Ready unchanged: Reconciling's own transition still gets its Event.
-        let old = vec![c(types::READY, Status::Unknown, reasons::RECONCILING)];
-        let picked: Vec<String> = worth_an_event(&old, &new)
-            .into_iter()
-            .map(|c| c.type_)
-            .collect();
-        assert_eq!(picked, [types::READY, types::RECONCILING, types::DEGRADED]);
-    }
-
-    #[test]
-    fn status_change_ignores_timestamps() {
-        let t1 = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::from_second(1).unwrap(),
-        );
-        let t2 = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::from_second(2).unwrap(),
-        );
-        let c = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| {
-            conditions::new_at(
-                types::READY,
-                Status::True,
-                reasons::PLACEHOLDER,
-                "",
-                Some(1),
-                t.clone(),
-            )
-        };
-        let a = ApplicationInstanceStatus {
-            conditions: vec![c(&t1)],
-            last_reconcile_time: Some(t1.clone()),
-            ..Default::default()
-        };
-        let b = ApplicationInstanceStatus {
-            conditions: vec![c(&t2)],
-            last_reconcile_time: Some(t2.clone()),
-            ..Default::default()
-        };
-        assert!(!status_changed(&a, &b));
-        let mut d = b.clone();
-        d.observed_generation = Some(2);
-        assert!(status_changed(&a, &d));
-    }
 }
