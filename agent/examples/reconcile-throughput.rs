@@ -3,7 +3,8 @@
 //!
 //! 0. Packages the test chart `hello` (tests/charts) and serves it from a
 //!    local Helm repository; every instance installs `hello` 0.1.0 from it.
-//! 1. Creates N ApplicationInstances (controllers not running yet).
+//! 1. Creates N ApplicationInstances (controllers not running yet), each with
+//!    its finalizer as the agent's intent apply writes it.
 //! 2. The ceiling: a plain client server-side-applies the same downstream
 //!    objects the controller would write (a HelmRepository and a HelmRelease
 //!    per instance, the former design, and the objects the controller writes
@@ -38,7 +39,7 @@ use kube::{
 };
 use serde_json::json;
 use vworkspace_agent::controllers::{self, Config, Metrics, application::flux};
-use vworkspace_crds::{ApplicationInstance, manifests};
+use vworkspace_crds::{ApplicationInstance, manifests, well_known::finalizers};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -117,7 +118,12 @@ async fn main() -> anyhow::Result<()> {
                 let ai: ApplicationInstance = serde_json::from_value(json!({
                     "apiVersion": "apps.vworkspace.io/v1alpha1",
                     "kind": "ApplicationInstance",
-                    "metadata": {"name": format!("app-{i:05}"), "namespace": ns},
+                    // With its finalizer, as the agent's intent apply writes it.
+                    "metadata": {
+                        "name": format!("app-{i:05}"),
+                        "namespace": ns,
+                        "finalizers": [finalizers::APPLICATION_INSTANCE],
+                    },
                     "spec": {
                         "appRef": {"catalogId": "bench"},
                         "chart": {"sourceType": "helm", "url": repo_url, "name": "hello", "version": "0.1.0"},

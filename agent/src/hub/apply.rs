@@ -11,7 +11,7 @@
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
-use vworkspace_crds::well_known::{annotations, labels};
+use vworkspace_crds::well_known::{annotations, finalizers, labels};
 use vworkspace_crds::{ApplicationInstance, ApplicationInstanceSpec, Operation, OperationSpec};
 use vworkspace_protocol::untrusted::escape;
 use vworkspace_protocol::{
@@ -314,7 +314,7 @@ pub fn manifest(
     intent_id: &str,
 ) -> serde_json::Value {
     let ar = api_resource(object.kind).expect("only writable kinds reach manifest()");
-    serde_json::json!({
+    let mut body = serde_json::json!({
         "apiVersion": ar.api_version,
         "kind": ar.kind,
         "metadata": {
@@ -330,12 +330,39 @@ pub fn manifest(
             },
         },
         "spec": spec,
-    })
+    });
+    // The controller would add it in a write of its own; with the intent's
+    // apply it costs nothing (the namespace gate has already passed).
+    if object.kind == ObjectKind::ApplicationInstance {
+        body["metadata"]["finalizers"] = serde_json::json!([finalizers::APPLICATION_INSTANCE]);
+    }
+    body
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instance_is_applied_with_its_finalizer() {
+        let spec = serde_json::json!({"appRef": {"catalogId": "nextcloud"}});
+        let ai = ObjectRef::new(ObjectKind::ApplicationInstance, "team-a", "nc");
+        let body = manifest(&ai, &spec, "c1", 3, "i-3");
+        assert_eq!(
+            body["metadata"]["finalizers"],
+            serde_json::json!([finalizers::APPLICATION_INSTANCE])
+        );
+        assert_eq!(
+            body["metadata"]["annotations"][annotations::APPLIED_INTENT_VERSION],
+            "3"
+        );
+        let op = ObjectRef::new(ObjectKind::Operation, "team-a", "b1");
+        assert!(
+            manifest(&op, &spec, "c1", 3, "i-3")["metadata"]
+                .get("finalizers")
+                .is_none()
+        );
+    }
 
     #[test]
     fn specs_are_checked_against_the_kind() {

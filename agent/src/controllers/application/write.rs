@@ -60,14 +60,25 @@ pub(super) async fn write_status(
 
 /// The conditions whose transitions get an Event: all but Reconciling when
 /// Ready changes in the same write (Ready's Event already tells that news),
-/// so a status write costs one Event write in the common case.
+/// so a status write costs one Event write in the common case. An instance's
+/// first status that only says it is being reconciled (Ready=Unknown) gets
+/// no Event for Ready and Reconciling: its creation is no news, and at a
+/// thousand new instances those Events would be a fifth of the writes.
 fn worth_an_event(old: &[Condition], new: &[Condition]) -> Vec<Condition> {
-    let ready_changed = conditions::find(new, types::READY).is_some_and(|n| {
-        conditions::find(old, types::READY)
-            .is_none_or(|o| o.status != n.status || o.reason != n.reason)
-    });
+    let old_ready = conditions::find(old, types::READY);
+    let new_ready = conditions::find(new, types::READY);
+    let just_started = old_ready.is_none() && new_ready.is_some_and(|n| n.status == "Unknown");
+    let ready_changed = new_ready
+        .is_some_and(|n| old_ready.is_none_or(|o| o.status != n.status || o.reason != n.reason));
     new.iter()
-        .filter(|c| !(ready_changed && c.type_ == types::RECONCILING))
+        .filter(|c| {
+            let quiet = if just_started {
+                c.type_ == types::READY || c.type_ == types::RECONCILING
+            } else {
+                ready_changed && c.type_ == types::RECONCILING
+            };
+            !quiet
+        })
         .cloned()
         .collect()
 }
@@ -85,7 +96,22 @@ mod tests {
             c(types::RECONCILING, Status::True, reasons::RECONCILING),
             c(types::DEGRADED, Status::True, reasons::RECOVERED),
         ];
+        // A first status that says "reconciling": only Degraded's Event.
         let picked: Vec<String> = worth_an_event(&[], &new)
+            .into_iter()
+            .map(|c| c.type_)
+            .collect();
+        assert_eq!(picked, [types::DEGRADED]);
+        // A first status that says something went wrong gets its Event.
+        let failed = c(types::READY, Status::False, reasons::INVALID_SPEC);
+        let picked: Vec<String> = worth_an_event(&[], std::slice::from_ref(&failed))
+            .into_iter()
+            .map(|c| c.type_)
+            .collect();
+        assert_eq!(picked, [types::READY]);
+        // Ready changes: its Event covers Reconciling's.
+        let old = vec![c(types::READY, Status::True, reasons::PLACEHOLDER)];
+        let picked: Vec<String> = worth_an_event(&old, &new)
             .into_iter()
             .map(|c| c.type_)
             .collect();
