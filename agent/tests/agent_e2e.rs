@@ -704,6 +704,14 @@ async fn with_the_controllers_running_behind_the_lease_statuses_of_instances_and
         .apply(Some(cluster), &app_manifest(&ns, "ph", "cluster-ops"))
         .unwrap();
     assert_eq!(outcome(&hub, cluster, &i.id).await.0, "applied");
+    // With the controllers running, the intent's own apply writes the
+    // finalizer (the controller then has no write of its own to make).
+    let instances = Api::<vworkspace_crds::ApplicationInstance>::namespaced(cp.client.clone(), &ns);
+    let ph = instances.get("ph").await.unwrap();
+    assert_eq!(
+        ph.metadata.finalizers.unwrap_or_default(),
+        [vworkspace_crds::well_known::finalizers::APPLICATION_INSTANCE]
+    );
     wait_hub_status(&hub, cluster, "ph", "Placeholder").await;
 
     // An Operation intent becomes an Operation object, and its status reaches the hub.

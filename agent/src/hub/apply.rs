@@ -43,6 +43,10 @@ pub struct Applier {
     pub metrics: Metrics,
     /// Versions of deleted objects.
     pub tombstones: Tombstones,
+    /// Whether applied ApplicationInstances carry the controller's finalizer
+    /// (saving the controller that write); never without the controllers,
+    /// which alone remove it.
+    pub finalize_instances: bool,
 }
 
 /// The outcome of one intent before it is wrapped in an ack.
@@ -182,7 +186,12 @@ impl Applier {
                 if let Err(why) = validate_spec(&p.object, &spec) {
                     return Verdict::Rejected(RejectionCode::InvalidSpec, why);
                 }
-                let body = manifest(&p.object, &spec, &self.cluster_id, p.version, &p.intent_id);
+                let mut body =
+                    manifest(&p.object, &spec, &self.cluster_id, p.version, &p.intent_id);
+                if self.finalize_instances && p.object.kind == ObjectKind::ApplicationInstance {
+                    body["metadata"]["finalizers"] =
+                        serde_json::json!([finalizers::APPLICATION_INSTANCE]);
+                }
                 let pp = PatchParams::apply(FIELD_MANAGER).force();
                 match api.patch(&p.object.name, &pp, &Patch::Apply(body)).await {
                     Ok(_) => {
@@ -314,7 +323,7 @@ pub fn manifest(
     intent_id: &str,
 ) -> serde_json::Value {
     let ar = api_resource(object.kind).expect("only writable kinds reach manifest()");
-    let mut body = serde_json::json!({
+    serde_json::json!({
         "apiVersion": ar.api_version,
         "kind": ar.kind,
         "metadata": {
@@ -330,39 +339,12 @@ pub fn manifest(
             },
         },
         "spec": spec,
-    });
-    // The controller would add it in a write of its own; with the intent's
-    // apply it costs nothing (the namespace gate has already passed).
-    if object.kind == ObjectKind::ApplicationInstance {
-        body["metadata"]["finalizers"] = serde_json::json!([finalizers::APPLICATION_INSTANCE]);
-    }
-    body
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_instance_is_applied_with_its_finalizer() {
-        let spec = serde_json::json!({"appRef": {"catalogId": "nextcloud"}});
-        let ai = ObjectRef::new(ObjectKind::ApplicationInstance, "team-a", "nc");
-        let body = manifest(&ai, &spec, "c1", 3, "i-3");
-        assert_eq!(
-            body["metadata"]["finalizers"],
-            serde_json::json!([finalizers::APPLICATION_INSTANCE])
-        );
-        assert_eq!(
-            body["metadata"]["annotations"][annotations::APPLIED_INTENT_VERSION],
-            "3"
-        );
-        let op = ObjectRef::new(ObjectKind::Operation, "team-a", "b1");
-        assert!(
-            manifest(&op, &spec, "c1", 3, "i-3")["metadata"]
-                .get("finalizers")
-                .is_none()
-        );
-    }
 
     #[test]
     fn specs_are_checked_against_the_kind() {

@@ -76,6 +76,7 @@ pub(super) async fn run(term: Term, stop: CancellationToken) {
         creds: creds_rx,
         redactor,
         tombstones: Tombstones::new(client.clone(), &cfg.namespace),
+        finalize_instances: cfg.controllers,
     };
     let statuses = status::run(
         client.clone(),

@@ -225,6 +225,9 @@ pub struct Tunnel {
     pub redactor: Redactor,
     /// Versions of deleted objects.
     pub tombstones: Tombstones,
+    /// Whether applied ApplicationInstances carry their finalizer (only
+    /// when the controllers that remove it run).
+    pub finalize_instances: bool,
 }
 
 fn set_state(tx: &watch::Sender<ConnState>, metrics: &Metrics, s: ConnState) {

@@ -74,6 +74,7 @@ impl Tunnel {
             limits: limits.clone(),
             metrics: self.metrics.clone(),
             tombstones: self.tombstones.clone(),
+            finalize_instances: self.finalize_instances,
         };
         // Room for the hub's whole window twice over (duplicates); a hub that
         // exceeds it is broken and gets an error, not unbounded memory.
