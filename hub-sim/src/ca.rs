@@ -76,6 +76,39 @@ impl std::fmt::Debug for Ca {
 
 const META_CERT: &str = "ca.cert_pem";
 const META_KEY: &str = "ca.key_pem";
+const META_NEXT_CERT: &str = "ca.next.cert_pem";
+const META_NEXT_KEY: &str = "ca.next.key_pem";
+const META_STAGE: &str = "ca.rotation";
+const META_SWITCHED_AT: &str = "ca.switched_at";
+
+/// The subject and CA extensions of a hub CA. Each CA gets its own common
+/// name: two CAs with one subject would make chain building ambiguous.
+fn ca_params(common_name: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "vWorkspace hub-sim");
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - Duration::from_secs(3600);
+    params.not_after = now + Duration::from_secs(10 * 365 * 24 * 3600);
+    params
+}
+
+/// A new self-signed CA: (certificate PEM, key PEM).
+fn generate_ca(common_name: &str) -> Result<(String, String), CaError> {
+    let key = KeyPair::generate()?;
+    let mut params = ca_params(common_name);
+    params.serial_number = Some(random_serial());
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
 
 impl Ca {
     /// Loads the CA from the store, creating and persisting one on first start.
@@ -83,28 +116,38 @@ impl Ca {
         if let (Some(cert), Some(key)) = (store.meta_get(META_CERT)?, store.meta_get(META_KEY)?) {
             return Self::from_pem(&cert, &key);
         }
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "vWorkspace hub-sim");
-        dn.push(DnType::CommonName, "hub-sim CA");
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - Duration::from_secs(3600);
-        params.not_after = now + Duration::from_secs(10 * 365 * 24 * 3600);
-        params.serial_number = Some(random_serial());
-        let cert = params.self_signed(&key)?;
-        let cert_pem = cert.pem();
-        let key_pem = key.serialize_pem();
+        let (cert_pem, key_pem) = generate_ca("hub-sim CA")?;
         store.meta_set(META_CERT, &cert_pem)?;
         store.meta_set(META_KEY, &key_pem)?;
         Self::from_pem(&cert_pem, &key_pem)
+    }
+
+    /// The common name of this CA's subject.
+    fn common_name(&self) -> String {
+        use x509_parser::prelude::*;
+        X509Certificate::from_der(self.cert_der.as_ref())
+            .ok()
+            .and_then(|(_, c)| {
+                c.subject()
+                    .iter_common_name()
+                    .next()
+                    .and_then(|a| a.as_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| "hub-sim CA".to_owned())
+    }
+
+    /// `other`'s subject and key, certified by this CA: lets a client that
+    /// trusts only this CA build a path to certificates `other` issues.
+    fn cross_sign(&self, other: &Ca) -> Result<CertificateDer<'static>, CaError> {
+        let key = KeyPair::from_der_and_sign_algo(
+            &PrivatePkcs8KeyDer::from(other.key_der.clone()).into(),
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+        )?;
+        let mut params = ca_params(&other.common_name());
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        Ok(params.signed_by(&key, &self.issuer)?.der().clone())
     }
 
     fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CaError> {
@@ -198,6 +241,203 @@ impl Ca {
     /// directly from the state dir (the load generator). Never log this.
     pub fn key_pkcs8_der(&self) -> &[u8] {
         &self.key_der
+    }
+}
+
+/// Where a hub CA rotation stands (docs/operations.md, "Rotating the hub CA").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaStage {
+    /// One CA: it is in the bundle, signs everything and verifies clients.
+    Single,
+    /// A new CA is in the bundle and verifies clients; the old one still signs.
+    Added,
+    /// The new CA signs the server certificate and new client certificates;
+    /// the old one stays in the bundle and still verifies clients.
+    Switched,
+}
+
+impl CaStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Single => "single",
+            Self::Added => "added",
+            Self::Switched => "switched",
+        }
+    }
+}
+
+/// Why a rotation step was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RotationError {
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error("rotate-ca {step} needs stage {needs}, the rotation is at {at}")]
+    WrongStage {
+        step: &'static str,
+        needs: &'static str,
+        at: &'static str,
+    },
+}
+
+/// The hub's CAs during (or outside) a rotation: which one issues, which
+/// ones the bundle carries and client verification accepts.
+#[derive(Debug)]
+pub struct CaRing {
+    old: std::sync::Arc<Ca>,
+    next: Option<std::sync::Arc<Ca>>,
+    stage: CaStage,
+    switched_at: Option<i64>,
+}
+
+impl CaRing {
+    /// Loads the CA(s) and the rotation stage, creating the first CA on first start.
+    pub fn load_or_create(store: &Store) -> Result<Self, CaError> {
+        let old = std::sync::Arc::new(Ca::load_or_create(store)?);
+        let next = match (
+            store.meta_get(META_NEXT_CERT)?,
+            store.meta_get(META_NEXT_KEY)?,
+        ) {
+            (Some(c), Some(k)) if !c.is_empty() && !k.is_empty() => Some(std::sync::Arc::new(Ca::from_pem(&c, &k)?)),
+            _ => None,
+        };
+        // A retire interrupted after the new CA became the current one.
+        let next = next.filter(|n| n.sha256_hex() != old.sha256_hex());
+        let stage = match (&next, store.meta_get(META_STAGE)?.as_deref()) {
+            (None, _) => CaStage::Single,
+            (Some(_), Some("switched")) => CaStage::Switched,
+            (Some(_), _) => CaStage::Added,
+        };
+        let switched_at = store
+            .meta_get(META_SWITCHED_AT)?
+            .and_then(|v| v.parse().ok())
+            .filter(|_| stage == CaStage::Switched);
+        Ok(Self {
+            old,
+            next,
+            stage,
+            switched_at,
+        })
+    }
+
+    pub fn stage(&self) -> CaStage {
+        self.stage
+    }
+
+    /// When `switch` ran (seconds since the epoch): client certificates
+    /// issued before come from the old CA.
+    pub fn switched_at(&self) -> Option<i64> {
+        self.switched_at
+    }
+
+    /// The CA that signs the server certificate and new client certificates.
+    pub fn issuing(&self) -> std::sync::Arc<Ca> {
+        match (&self.next, self.stage) {
+            (Some(next), CaStage::Switched) => next.clone(),
+            _ => self.old.clone(),
+        }
+    }
+
+    /// Every CA of the bundle: trusted by agents, accepted for client certificates.
+    pub fn all(&self) -> Vec<std::sync::Arc<Ca>> {
+        std::iter::once(self.old.clone())
+            .chain(self.next.clone())
+            .collect()
+    }
+
+    /// The bundle agents receive: every CA's PEM, the issuing one first.
+    pub fn bundle_pem(&self) -> String {
+        let issuing = self.issuing();
+        let mut out = issuing.cert_pem().to_owned();
+        for ca in self.all() {
+            if ca.sha256_hex() != issuing.sha256_hex() {
+                out.push_str(ca.cert_pem());
+            }
+        }
+        out
+    }
+
+    /// The CA of the bundle whose certificate hashes to `sha256_hex`.
+    pub fn by_pin(&self, sha256_hex: &str) -> Option<std::sync::Arc<Ca>> {
+        self.all().into_iter().find(|c| c.sha256_hex() == sha256_hex)
+    }
+
+    /// The server chain: leaf, issuing CA, and after `switch` also the new
+    /// CA cross-signed by the old one plus the old CA, so an agent that
+    /// trusts (or pins) only the old CA still reaches the hub until `retire`.
+    pub fn server_chain(
+        &self,
+        names: &[String],
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CaError> {
+        let issuing = self.issuing();
+        let (mut chain, key) = issuing.server_cert(names)?;
+        if self.stage == CaStage::Switched {
+            chain.push(self.old.cross_sign(&issuing)?);
+            chain.push(self.old.cert_der().clone());
+        }
+        Ok((chain, key))
+    }
+
+    /// `rotate-ca add`: generates the new CA and puts it into the bundle.
+    pub fn add(store: &Store) -> Result<Self, RotationError> {
+        let ring = Self::load_or_create(store)?;
+        if ring.stage != CaStage::Single {
+            return Err(RotationError::WrongStage {
+                step: "add",
+                needs: "single",
+                at: ring.stage.as_str(),
+            });
+        }
+        let name = format!("hub-sim CA {}", time::OffsetDateTime::now_utc().unix_timestamp());
+        let (cert, key) = generate_ca(&name)?;
+        store.meta_set(META_NEXT_CERT, &cert)?;
+        store.meta_set(META_NEXT_KEY, &key)?;
+        store.meta_set(META_STAGE, "added")?;
+        Ok(Self::load_or_create(store)?)
+    }
+
+    /// `rotate-ca switch`: the new CA issues from now on.
+    pub fn switch(store: &Store) -> Result<Self, RotationError> {
+        let ring = Self::load_or_create(store)?;
+        if ring.stage != CaStage::Added {
+            return Err(RotationError::WrongStage {
+                step: "switch",
+                needs: "added",
+                at: ring.stage.as_str(),
+            });
+        }
+        store.meta_set(META_SWITCHED_AT, &crate::store::now().to_string())?;
+        store.meta_set(META_STAGE, "switched")?;
+        Ok(Self::load_or_create(store)?)
+    }
+
+    /// `rotate-ca retire`: the old CA leaves bundle and client verification.
+    pub fn retire(store: &Store) -> Result<Self, RotationError> {
+        let ring = Self::load_or_create(store)?;
+        let next = match (&ring.next, ring.stage) {
+            (Some(next), CaStage::Switched) => next.clone(),
+            _ => {
+                return Err(RotationError::WrongStage {
+                    step: "retire",
+                    needs: "switched",
+                    at: ring.stage.as_str(),
+                });
+            }
+        };
+        // The new CA becomes the current one first: a crash after this line
+        // loads a single CA (see `load_or_create`).
+        let key_pem = KeyPair::from_der_and_sign_algo(
+            &PrivatePkcs8KeyDer::from(next.key_der.clone()).into(),
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+        )?
+        .serialize_pem();
+        store.meta_set(META_CERT, next.cert_pem())?;
+        store.meta_set(META_KEY, &key_pem)?;
+        store.meta_set(META_STAGE, "single")?;
+        store.meta_set(META_NEXT_CERT, "")?;
+        store.meta_set(META_NEXT_KEY, "")?;
+        Ok(Self::load_or_create(store)?)
     }
 }
 

@@ -185,6 +185,20 @@ impl Store {
         Ok(row)
     }
 
+    /// Clusters, not revoked, whose newest certificate was issued before `t`
+    /// (seconds since the epoch), by name.
+    pub fn clusters_with_cert_before(&self, t: i64) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT c.name FROM clusters c
+             WHERE c.revoked_at IS NULL
+               AND (SELECT MAX(issued_at) FROM certs WHERE cluster = c.name AND revoked = 0) < ?1
+             ORDER BY c.name",
+        )?;
+        let rows = stmt.query_map([t], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT serial FROM certs WHERE revoked = 1")?;

@@ -127,6 +127,7 @@ pub fn frames() -> Value {
             max_in_flight: 64,
             signing_keys: ring().to_infos(),
             recovery_window_secs: None,
+            ca_bundle_pem: None,
         }))),
         frame_vector("intent", "hub -> agent, a signed apply intent (see intents.json)", Envelope::new(2, 1, Frame::Intent(signed))),
         frame_vector("resync_request", "hub -> agent", Envelope::new(3, 2, Frame::ResyncRequest(ResyncRequest { reason: Some("hub store restored".into()), objects: vec![app_ref()] }))),

@@ -387,6 +387,7 @@ mod tests {
             max_frame_bytes: frame,
             max_in_flight: in_flight,
             recovery_window_secs: None,
+            ca_bundle_pem: None,
             signing_keys: Vec::new(),
         }
     }
