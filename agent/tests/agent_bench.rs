@@ -172,6 +172,36 @@ async fn agent_rss_and_intent_to_object_latency() {
     watch.abort();
     latencies.sort();
 
+    // Baseline in the same run: a plain client server-side-applies the same
+    // 1,000 objects into another namespace, 8 at a time (the agent applies
+    // intents for different objects 8 at a time).
+    let base_ns = vworkspace_e2e::test_namespace(&cp.client, "bench-base")
+        .await
+        .unwrap();
+    let base_api: Api<ApplicationInstance> = Api::namespaced(cp.client.clone(), &base_ns);
+    let t = Instant::now();
+    let results: Vec<Result<ApplicationInstance, kube::Error>> = futures::stream::iter(0..N)
+        .map(|i| {
+            let api = base_api.clone();
+            let name = format!("app-{i:04}");
+            let m = app_manifest(&base_ns, &name, "bench");
+            async move {
+                api.patch(
+                    &name,
+                    &kube::api::PatchParams::apply("vworkspace-bench-baseline").force(),
+                    &kube::api::Patch::Apply(&m),
+                )
+                .await
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    for r in results {
+        r.expect("baseline apply");
+    }
+    let baseline = t.elapsed();
+
     // Status stream settled for 1,000 objects.
     eventually(
         Duration::from_secs(120),
@@ -199,6 +229,31 @@ async fn agent_rss_and_intent_to_object_latency() {
         percentile(&single, 0.99).as_millis(),
     );
     println!("\n=== agent benchmark ===\n{report}");
+    println!(
+        "baseline: a plain client applies the same {N} objects (8 in flight) in {baseline:.2?}; ratio baseline / agent burst {:.2}",
+        baseline.as_secs_f64() / all_in.as_secs_f64()
+    );
+    let figure = |name: &str, v: f64| println!("figure {name} {v:.4}");
+    figure("agent_rss_idle_mib", idle_rss as f64 / 1024.0);
+    figure("agent_rss_1000_mib", loaded_rss as f64 / 1024.0);
+    figure("burst_all_present_s", all_in.as_secs_f64());
+    figure("burst_baseline_plain_apply_s", baseline.as_secs_f64());
+    figure(
+        "burst_p50_ms",
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+    );
+    figure(
+        "burst_p99_ms",
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+    );
+    figure(
+        "single_p50_ms",
+        percentile(&single, 0.50).as_secs_f64() * 1e3,
+    );
+    figure(
+        "single_p99_ms",
+        percentile(&single, 0.99).as_secs_f64() * 1e3,
+    );
     let _ = child.start_kill();
     let _ = child.wait().await;
     hub.shutdown().await;

@@ -69,19 +69,93 @@ async fn helm_source_instance_becomes_ready_through_an_owned_helm_release() {
     let data = cm.data.unwrap();
     assert_eq!(data["greeting"], GREETING);
     assert_eq!(data["chartVersion"], "0.1.0");
-    let repo = dyn_api(
-        &client,
-        &ns,
+    let repo_name = spec["chart"]["spec"]["sourceRef"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let repo = helm_repositories(&client, &ns)
+        .get(&repo_name)
+        .await
+        .unwrap();
+    assert_eq!(repo.data["spec"]["url"], chart_repo_url());
+    // Shared by the namespace's instances of this repository URL: no owner;
+    // the controller deletes it with its last user.
+    assert!(repo.owner_references().is_empty());
+    assert_eq!(repo.labels()["app.vworkspace.io/shared-source"], "true");
+}
+
+fn helm_repositories(client: &kube::Client, ns: &str) -> Api<kube::api::DynamicObject> {
+    dyn_api(
+        client,
+        ns,
         "source.toolkit.fluxcd.io",
         "v1",
         "HelmRepository",
         "helmrepositories",
     )
-    .get("nc-source")
-    .await
-    .unwrap();
-    assert_eq!(repo.data["spec"]["url"], chart_repo_url());
-    assert_eq!(repo.owner_references()[0].uid, owner.uid);
+}
+
+/// Instances of one repository URL share one HelmRepository; it goes with
+/// the last of them, not before.
+#[tokio::test]
+async fn a_shared_helm_repository_goes_with_its_last_user() {
+    let (client, ns) = env("ai-shared").await;
+    for name in ["one", "two"] {
+        create_app(&client, &ns, name, helm_spec(name, &ns, "0.1.0")).await;
+    }
+    for name in ["one", "two"] {
+        wait_app(&client, &ns, name, "Ready=True", |a| {
+            cond_is(&conds(a), "Ready", "True", "HelmReleaseReady")
+        })
+        .await;
+    }
+    let repos = helm_repositories(&client, &ns);
+    let listed = repos.list(&Default::default()).await.unwrap().items;
+    assert_eq!(listed.len(), 1, "one HelmRepository for both instances");
+    let repo_name = listed[0].name_any();
+    let hrs = helm_releases(&client, &ns);
+    for name in ["one", "two"] {
+        let hr = hrs.get(name).await.unwrap();
+        assert_eq!(
+            hr.data["spec"]["chart"]["spec"]["sourceRef"]["name"],
+            repo_name.as_str()
+        );
+    }
+    let api = Api::<ApplicationInstance>::namespaced(client.clone(), &ns);
+    let gone = |name: &'static str| {
+        let api = api.clone();
+        async move {
+            vworkspace_e2e::wait::eventually(&format!("{name} gone"), WAIT, || {
+                let api = api.clone();
+                async move {
+                    match api.get_opt(name).await.map_err(|e| e.to_string())? {
+                        None => Ok(()),
+                        Some(_) => Err(format!("{name} still there")),
+                    }
+                }
+            })
+            .await;
+        }
+    };
+    api.delete("one", &DeleteParams::default()).await.unwrap();
+    gone("one").await;
+    assert!(
+        repos.get_opt(&repo_name).await.unwrap().is_some(),
+        "the shared HelmRepository went while an instance still used it"
+    );
+    api.delete("two", &DeleteParams::default()).await.unwrap();
+    gone("two").await;
+    vworkspace_e2e::wait::eventually("the shared HelmRepository gone", WAIT, || {
+        let repos = repos.clone();
+        let repo_name = repo_name.clone();
+        async move {
+            match repos.get_opt(&repo_name).await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(_) => Err("still there".to_string()),
+            }
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -29,3 +29,67 @@ pub struct DeleteRequest {
     /// Name of the object.
     pub name: String,
 }
+
+/// A condition as the admin API shows it (`GET .../status`): the Kubernetes
+/// camelCase spelling, while the protocol's [`vworkspace_protocol::Condition`]
+/// keeps the wire's snake_case. Absent generation or time is `null`, not
+/// omitted, so readers see every key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConditionView {
+    /// Condition type, e.g. `"Ready"`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `"True"`, `"False"` or `"Unknown"`.
+    pub status: String,
+    /// CamelCase reason.
+    pub reason: String,
+    /// Human-readable message.
+    pub message: String,
+    /// Generation the condition was computed for.
+    pub observed_generation: Option<i64>,
+    /// RFC 3339 time of the last status change.
+    pub last_transition_time: Option<String>,
+}
+
+impl From<&vworkspace_protocol::Condition> for ConditionView {
+    fn from(c: &vworkspace_protocol::Condition) -> Self {
+        Self {
+            type_: c.type_.clone(),
+            status: c.status.clone(),
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+            observed_generation: c.observed_generation,
+            last_transition_time: c.last_transition_time.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The admin API's condition JSON is the shape it had when it was built
+    /// by hand: camelCase keys, `null` for absent values.
+    #[test]
+    fn condition_view_keeps_the_admin_json_shape() {
+        let c = vworkspace_protocol::Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "Deployed".into(),
+            message: "ok".into(),
+            observed_generation: Some(3),
+            last_transition_time: None,
+        };
+        let got = serde_json::to_value(ConditionView::from(&c)).unwrap();
+        let want = serde_json::json!({
+            "type": "Ready",
+            "status": "True",
+            "reason": "Deployed",
+            "message": "ok",
+            "observedGeneration": 3,
+            "lastTransitionTime": null,
+        });
+        assert_eq!(got.to_string(), want.to_string());
+    }
+}

@@ -11,7 +11,9 @@
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
-pub mod admin_client;
+/// The admin API client lives in its own crate so the test harness can use it
+/// without depending on hub-sim; this path keeps `hub_sim::admin_client` working.
+pub use vworkspace_admin_client as admin_client;
 pub mod api;
 pub mod ca;
 pub mod cli;

@@ -68,6 +68,10 @@ pub struct ControlPlane {
     apiserver: Mutex<Option<Child>>,
     etcd: Mutex<Option<Child>>,
     exit_registration: u64,
+    /// kube-apiserver's arguments, for [`ControlPlane::restart_apiserver`].
+    apiserver_args: Vec<String>,
+    /// Exit-hook registrations of restarted kube-apiservers.
+    restart_registrations: Mutex<Vec<u64>>,
     url: String,
     assets: Assets,
     serving_ca: Pair,
@@ -334,22 +338,22 @@ impl ControlPlane {
 
         // kube-apiserver
         let url = format!("https://127.0.0.1:{secure_port}");
+        let apiserver_args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            format!("--cert-dir={}", cert_dir.display()),
+            format!("--secure-port={secure_port}"),
+            "--bind-address=127.0.0.1".to_string(),
+            "--service-cluster-ip-range=10.0.0.0/24".to_string(),
+            "--allow-privileged=true".to_string(),
+            "--disable-admission-plugins=ServiceAccount".to_string(),
+            "--authorization-mode=RBAC".to_string(),
+            format!("--service-account-issuer={url}/"),
+            format!("--service-account-key-file={}", sa_crt.display()),
+            format!("--service-account-signing-key-file={}", sa_key.display()),
+            format!("--client-ca-file={}", client_ca_crt.display()),
+        ];
         let mut cmd = Command::new(&assets.kube_apiserver);
-        cmd.arg(format!("--etcd-servers={etcd_url}"))
-            .arg(format!("--cert-dir={}", cert_dir.display()))
-            .arg(format!("--secure-port={secure_port}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--service-cluster-ip-range=10.0.0.0/24")
-            .arg("--allow-privileged=true")
-            .arg("--disable-admission-plugins=ServiceAccount")
-            .arg("--authorization-mode=RBAC")
-            .arg(format!("--service-account-issuer={url}/"))
-            .arg(format!("--service-account-key-file={}", sa_crt.display()))
-            .arg(format!(
-                "--service-account-signing-key-file={}",
-                sa_key.display()
-            ))
-            .arg(format!("--client-ca-file={}", client_ca_crt.display()));
+        cmd.args(&apiserver_args);
         let apiserver_log = output_for(&mut cmd, &root, "kube-apiserver")?;
         drop(l3);
         let apiserver = process::spawn(cmd).map_err(io_err(format!(
@@ -417,6 +421,8 @@ impl ControlPlane {
             apiserver: Mutex::new(apiserver),
             etcd: Mutex::new(etcd),
             exit_registration: registration,
+            apiserver_args,
+            restart_registrations: Mutex::new(Vec::new()),
             url,
             assets: assets.clone(),
             serving_ca,
@@ -509,6 +515,61 @@ impl ControlPlane {
         self.dir.as_ref().map(|d| d.path()).unwrap_or(Path::new(""))
     }
 
+    /// SIGKILLs kube-apiserver and starts it again with the same port,
+    /// certificates and etcd (the data survives); returns once `/readyz` is
+    /// ok. Clients see refused connections meanwhile, as in a real restart.
+    pub async fn restart_apiserver(&self) -> Result<(), Error> {
+        if let Some(mut child) = self
+            .apiserver
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let root = self.dir().to_path_buf();
+        let mut cmd = Command::new(&self.assets.kube_apiserver);
+        cmd.args(&self.apiserver_args);
+        let log = output_for(&mut cmd, &root, "kube-apiserver-restarted")?;
+        let child = process::spawn(cmd).map_err(io_err(format!(
+            "spawning {}",
+            self.assets.kube_apiserver.display()
+        )))?;
+        self.restart_registrations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(process::register(vec![child.id() as i32], Vec::new()));
+        *self.apiserver.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
+        let client = self.client()?;
+        let timeout = start_timeout();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let req = http::Request::get("/readyz")
+                .body(Vec::new())
+                .expect("static request");
+            let last_err = match tokio::time::timeout(
+                Duration::from_secs(5),
+                client.request_text(req),
+            )
+            .await
+            {
+                Ok(Ok(body)) if body.trim() == "ok" => return Ok(()),
+                Ok(Ok(body)) => body,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "/readyz timed out".into(),
+            };
+            if Instant::now() > deadline {
+                return Err(not_ready(
+                    "kube-apiserver",
+                    format!("/readyz not ok within {timeout:?} after a restart: {last_err}"),
+                    &log,
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Stops the apiserver, then etcd (SIGTERM, then SIGKILL after the stop timeout).
     pub fn stop(&mut self) {
         let grace = stop_timeout();
@@ -518,6 +579,14 @@ impl ControlPlane {
             }
         }
         process::unregister(self.exit_registration);
+        for id in self
+            .restart_registrations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            process::unregister(id);
+        }
         if let Some(dir) = self.dir.take() {
             let _ = dir.close();
         }

@@ -7,7 +7,10 @@
 //!
 //! Reproducible: `VWS_E2E_SEED` (printed) picks every random choice;
 //! `VWS_E2E_FAULT_ITERATIONS` sets the number of rounds (default 40);
-//! `VWS_E2E_HISTORY_LIMIT` the agent's Operation history limit (default 1000).
+//! `VWS_E2E_HISTORY_LIMIT` the agent's Operation history limit (default 1000);
+//! `VWS_E2E_APISERVER_RESTARTS=1` adds kube-apiserver restarts (SIGKILL and
+//! start again on the same etcd) to the faults, as `tests/soak` does (off by
+//! default: the shorter run keeps its seeded sequence).
 
 use std::time::Duration;
 
@@ -33,6 +36,7 @@ enum Fault {
     KillHub,
     CutConnection,
     DelayAndDuplicate,
+    RestartApiServer,
     None,
 }
 
@@ -106,6 +110,7 @@ async fn faults_in_the_middle_of_steps_lose_and_duplicate_nothing() {
     // tunnel is down, the deletion never reaches the hub and its status stays
     // stale (seed 7, 120 rounds, VWS_E2E_HISTORY_LIMIT=10 shows it).
     let history = env_u64("VWS_E2E_HISTORY_LIMIT", 1000);
+    let apiserver_restarts = env_u64("VWS_E2E_APISERVER_RESTARTS", 0) == 1;
     let mut w = World::start_with(
         "e2e-faults",
         vec!["--operation-history-limit".into(), history.to_string()],
@@ -122,6 +127,7 @@ async fn faults_in_the_middle_of_steps_lose_and_duplicate_nothing() {
 
     let mut counts: std::collections::BTreeMap<Fault, usize> = Default::default();
     let mut app_version = 1u32;
+    let mut converged = 0usize;
     for round in 1..=iterations {
         // The step: a new version of the app, a burst of two, or a backup.
         let step = rng.random_range(0..3u8);
@@ -154,11 +160,13 @@ async fn faults_in_the_middle_of_steps_lose_and_duplicate_nothing() {
             }
         }
         // The fault, at a random point of the step.
-        let fault = match rng.random_range(0..5u8) {
+        let kinds = if apiserver_restarts { 6 } else { 5 };
+        let fault = match rng.random_range(0..kinds) {
             0 => Fault::KillAgent,
             1 => Fault::KillHub,
             2 => Fault::CutConnection,
             3 => Fault::DelayAndDuplicate,
+            5 => Fault::RestartApiServer,
             _ => Fault::None,
         };
         *counts.entry(fault).or_default() += 1;
@@ -194,9 +202,16 @@ async fn faults_in_the_middle_of_steps_lose_and_duplicate_nothing() {
                 jitter(&mut rng, 1500).await;
                 e2e::set_faults(&hub, &cluster, json!({})).await.unwrap();
             }
+            Fault::RestartApiServer => {
+                vworkspace_e2e::shared()
+                    .restart_apiserver()
+                    .await
+                    .expect("restarting kube-apiserver");
+            }
             Fault::None => {}
         }
         let r = converge(&w, round, seed).await;
+        converged += 1;
         println!(
             "round {round:>3}: step {step}, fault {fault:?}, intents so far {} ({:.0}s)",
             r.sent,
@@ -207,7 +222,7 @@ async fn faults_in_the_middle_of_steps_lose_and_duplicate_nothing() {
     let report = converge(&w, iterations, seed).await;
     let applied = e2e::applied_per_intent(&w.agent_log());
     println!(
-        "fault loop result: seed {seed}, iterations {iterations}, intents sent {}, lost {}, duplicated {}, operations removed by the history limit {}, applied log lines {}, faults {counts:?}, {:.0}s",
+        "fault loop result: seed {seed}, iterations {iterations}, converged {converged}/{iterations}, intents sent {}, lost {}, duplicated {}, operations removed by the history limit {}, applied log lines {}, faults {counts:?}, {:.0}s",
         report.sent,
         report.lost,
         report.duplicated,

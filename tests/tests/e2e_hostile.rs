@@ -13,32 +13,15 @@ const STEP: Duration = Duration::from_secs(60);
 
 /// The hub's record of one intent, once `pred` holds.
 async fn intent_when(w: &World, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    eventually(&format!("intent {id}: {what}"), STEP, || async {
-        let all = e2e::intents(w.hub.admin(), &w.cluster)
-            .await
-            .map_err(|e| e.to_string())?;
-        let i = all
-            .into_iter()
-            .find(|i| i["id"] == id)
-            .ok_or("unknown intent")?;
-        if pred(&i) { Ok(i) } else { Err(i.to_string()) }
-    })
-    .await
+    e2e::intent_when(w.hub.admin(), &w.cluster, id, what, STEP, pred).await
 }
 
 /// (applied version, chart version) of the instance in the cluster.
 async fn live(w: &World, name: &str) -> (Option<u64>, String) {
-    let o = e2e::cluster_object(&w.client, "ApplicationInstance", &w.app_ns, name)
+    e2e::instance_versions(&w.client, &w.app_ns, name)
         .await
         .expect("reading the ApplicationInstance")
-        .expect("the ApplicationInstance exists");
-    (
-        e2e::applied_version(&o),
-        o.data["spec"]["chart"]["version"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-    )
+        .expect("the ApplicationInstance exists")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,17 +66,7 @@ async fn intent_when(
     what: &str,
     pred: impl Fn(&Value) -> bool,
 ) -> Value {
-    eventually(&format!("intent {id}: {what}"), STEP, || async {
-        let all = e2e::intents(admin, cluster)
-            .await
-            .map_err(|e| e.to_string())?;
-        let i = all
-            .into_iter()
-            .find(|i| i["id"] == id)
-            .ok_or("unknown intent")?;
-        if pred(&i) { Ok(i) } else { Err(i.to_string()) }
-    })
-    .await
+    e2e::intent_when(admin, cluster, id, what, STEP, pred).await
 }
 
 async fn hub_cond(
@@ -98,16 +88,9 @@ async fn hub_cond(
 
 /// (applied version, chart version) of an instance in the cluster, None if absent.
 async fn live(client: &kube::Client, ns: &str, name: &str) -> Option<(Option<u64>, String)> {
-    let o = e2e::cluster_object(client, "ApplicationInstance", ns, name)
+    e2e::instance_versions(client, ns, name)
         .await
-        .expect("reading the ApplicationInstance")?;
-    Some((
-        e2e::applied_version(&o),
-        o.data["spec"]["chart"]["version"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-    ))
+        .expect("reading the ApplicationInstance")
 }
 
 fn leaks(token: &str, logs: &[&Path]) -> Vec<String> {

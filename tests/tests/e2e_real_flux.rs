@@ -18,13 +18,7 @@ const STEP: Duration = Duration::from_secs(120);
 
 /// The hub's Ready condition of an object, as `(status, reason, message)`.
 fn ready_condition(o: &Value) -> (String, String, String) {
-    let c = o["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
-        .cloned()
-        .unwrap_or_default();
-    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-    (s("status"), s("reason"), s("message"))
+    e2e::hub_condition(o, "Ready")
 }
 
 /// Whether the hub has the object as gone from the cluster.

@@ -30,17 +30,6 @@ fn ready(o: &Value) -> bool {
     )
 }
 
-/// The hub's condition `type_` of an object, as `(status, reason, message)`.
-fn condition(o: &Value, type_: &str) -> (String, String, String) {
-    let c = o["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
-        .cloned()
-        .unwrap_or_default();
-    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-    (s("status"), s("reason"), s("message"))
-}
-
 fn output(o: &Value, key: &str) -> String {
     o["status"]["outputs"][key]
         .as_str()
@@ -64,10 +53,10 @@ impl Timeline {
     fn mark_op(&mut self, what: &str, op: &Value) {
         let phase = op["status"]["phase"].as_str().unwrap_or_default();
         let (kind, (_, reason, message)) = match phase {
-            "Succeeded" => ("Succeeded", condition(op, "Succeeded")),
-            "Failed" => ("Failed", condition(op, "Failed")),
-            "Cancelled" => ("Cancelled", condition(op, "Cancelled")),
-            _ => ("Running", condition(op, "Running")),
+            "Succeeded" => ("Succeeded", e2e::hub_condition(op, "Succeeded")),
+            "Failed" => ("Failed", e2e::hub_condition(op, "Failed")),
+            "Cancelled" => ("Cancelled", e2e::hub_condition(op, "Cancelled")),
+            _ => ("Running", e2e::hub_condition(op, "Running")),
         };
         self.mark(
             what,
@@ -203,7 +192,7 @@ async fn backup_delete_restore_round_trip_through_the_real_velero() {
         .await;
     t.mark_op("backup-1 Succeeded", &op);
     assert_eq!(
-        condition(&op, "Succeeded").1,
+        e2e::hub_condition(&op, "Succeeded").1,
         "VeleroBackupCompleted",
         "{op}"
     );
@@ -401,7 +390,7 @@ async fn an_unreachable_store_fails_volumes_are_not_backed_up_and_cancel_leaves_
             phase_is("Failed"),
         )
         .await;
-    let (status, reason, message) = condition(&op, "Failed");
+    let (status, reason, message) = e2e::hub_condition(&op, "Failed");
     println!("backup-dead at the hub: Failed={status} {reason}: {message}");
     assert_eq!(
         (status.as_str(), reason.as_str()),
@@ -469,7 +458,10 @@ async fn an_unreachable_store_fails_volumes_are_not_backed_up_and_cancel_leaves_
             phase_is("Running"),
         )
         .await;
-    println!("backup-cancel at the hub: {:?}", condition(&op, "Running"));
+    println!(
+        "backup-cancel at the hub: {:?}",
+        e2e::hub_condition(&op, "Running")
+    );
     let backup_name = format!("{ns}-backup-cancel");
     assert!(
         velero_object(&w, "Backup", &backup_name).await.is_some(),
@@ -500,7 +492,7 @@ async fn an_unreachable_store_fails_volumes_are_not_backed_up_and_cancel_leaves_
             phase_is("Cancelled"),
         )
         .await;
-    let (_, reason, _) = condition(&op, "Cancelled");
+    let (_, reason, _) = e2e::hub_condition(&op, "Cancelled");
     assert_eq!(reason, "UserCancelled", "{op}");
     drop(resume);
 

@@ -8,6 +8,7 @@ use vworkspace_protocol::{
 };
 
 use super::{Conn, End, MAX_RENEWALS_PER_CONN, MAX_RESYNC_OBJECTS, close_code, error_frame};
+use crate::api::ConditionView;
 use crate::sanitize::for_log;
 use crate::store::{StatusRow, now};
 
@@ -117,16 +118,7 @@ where
             conditions: serde_json::to_value(
                 st.conditions
                     .iter()
-                    .map(|c| {
-                        serde_json::json!({
-                            "type": c.type_,
-                            "status": c.status,
-                            "reason": c.reason,
-                            "message": c.message,
-                            "observedGeneration": c.observed_generation,
-                            "lastTransitionTime": c.last_transition_time,
-                        })
-                    })
+                    .map(ConditionView::from)
                     .collect::<Vec<_>>(),
             )
             .unwrap_or_default(),

@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, PostParams};
 use serde_json::{Value, json};
 
-use self::admin::{AdminClient, AdminError};
+use self::admin::{AdminClient, ClientError};
 
 /// This project's CRDs (ApplicationInstance, Operation, Cluster), as generated.
 pub const OUR_CRDS: &str = include_str!("../../../crds/manifests/all.yaml");
@@ -42,7 +42,7 @@ pub enum E2eError {
     Crd(#[from] crate::crds::CrdError),
     /// hub-sim admin API.
     #[error(transparent)]
-    Admin(#[from] AdminError),
+    Admin(#[from] ClientError),
     /// A process.
     #[error(transparent)]
     Proc(#[from] procs::ProcError),
@@ -184,7 +184,7 @@ pub async fn create_token(
     admin: &AdminClient,
     cluster: &str,
     org: &str,
-) -> Result<String, AdminError> {
+) -> Result<String, ClientError> {
     let v = admin
         .post(
             "/v1/tokens",
@@ -199,7 +199,7 @@ pub async fn apply(
     admin: &AdminClient,
     cluster: &str,
     manifest: &Value,
-) -> Result<Value, AdminError> {
+) -> Result<Value, ClientError> {
     admin
         .post(&format!("/v1/clusters/{cluster}/apply"), manifest)
         .await
@@ -212,7 +212,7 @@ pub async fn delete(
     kind: &str,
     ns: &str,
     name: &str,
-) -> Result<Value, AdminError> {
+) -> Result<Value, ClientError> {
     admin
         .post(
             &format!("/v1/clusters/{cluster}/delete"),
@@ -226,7 +226,7 @@ pub async fn set_faults(
     admin: &AdminClient,
     cluster: &str,
     faults: Value,
-) -> Result<(), AdminError> {
+) -> Result<(), ClientError> {
     admin
         .put(&format!("/v1/clusters/{cluster}/faults"), &faults)
         .await
@@ -234,7 +234,7 @@ pub async fn set_faults(
 }
 
 /// Every intent of `cluster`, oldest first.
-pub async fn intents(admin: &AdminClient, cluster: &str) -> Result<Vec<Value>, AdminError> {
+pub async fn intents(admin: &AdminClient, cluster: &str) -> Result<Vec<Value>, ClientError> {
     let v = admin
         .get(&format!("/v1/intents?cluster={cluster}&limit=100000"))
         .await?;
@@ -244,7 +244,7 @@ pub async fn intents(admin: &AdminClient, cluster: &str) -> Result<Vec<Value>, A
 }
 
 /// The declared objects of `cluster` with their latest status and ack outcome.
-pub async fn hub_objects(admin: &AdminClient, cluster: &str) -> Result<Vec<Value>, AdminError> {
+pub async fn hub_objects(admin: &AdminClient, cluster: &str) -> Result<Vec<Value>, ClientError> {
     Ok(admin
         .get(&format!("/v1/objects?cluster={cluster}"))
         .await?
@@ -259,7 +259,7 @@ pub async fn hub_object(
     cluster: &str,
     kind: &str,
     name: &str,
-) -> Result<Option<Value>, AdminError> {
+) -> Result<Option<Value>, ClientError> {
     Ok(hub_objects(admin, cluster)
         .await?
         .into_iter()
@@ -267,7 +267,7 @@ pub async fn hub_object(
 }
 
 /// Whether the cluster shows as connected at the hub.
-pub async fn hub_connected(admin: &AdminClient, cluster: &str) -> Result<bool, AdminError> {
+pub async fn hub_connected(admin: &AdminClient, cluster: &str) -> Result<bool, ClientError> {
     let v = admin.get("/v1/clusters").await?;
     Ok(v.as_array()
         .into_iter()
@@ -290,6 +290,59 @@ pub fn condition_set(conditions: &Value) -> BTreeSet<String> {
             )
         })
         .collect()
+}
+
+/// The hub's condition `type_` of an object, as `(status, reason, message)`
+/// (empty strings when absent), for timelines and failure messages.
+pub fn hub_condition(o: &Value, type_: &str) -> (String, String, String) {
+    let c = o["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .cloned()
+        .unwrap_or_default();
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    (s("status"), s("reason"), s("message"))
+}
+
+/// The hub's record of intent `id`, once `pred` holds (panics after `within`,
+/// naming `what` and the last record).
+pub async fn intent_when(
+    admin: &AdminClient,
+    cluster: &str,
+    id: &str,
+    what: &str,
+    within: std::time::Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    crate::wait::eventually(&format!("intent {id}: {what}"), within, || async {
+        let all = intents(admin, cluster).await.map_err(|e| e.to_string())?;
+        let i = all
+            .into_iter()
+            .find(|i| i["id"] == id)
+            .ok_or("unknown intent")?;
+        if pred(&i) { Ok(i) } else { Err(i.to_string()) }
+    })
+    .await
+}
+
+/// (applied intent version, chart version) of an `ApplicationInstance` in
+/// the cluster; `None` if it is absent.
+pub async fn instance_versions(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> Result<Option<(Option<u64>, String)>, kube::Error> {
+    Ok(cluster_object(client, "ApplicationInstance", ns, name)
+        .await?
+        .map(|o| {
+            (
+                applied_version(&o),
+                o.data["spec"]["chart"]["version"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        }))
 }
 
 /// Whether a condition list holds `type_=status` (and `reason` unless empty).

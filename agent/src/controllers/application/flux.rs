@@ -2,7 +2,10 @@
 //!
 //! `sourceType: helm` → HelmRepository + HelmRelease `chart.spec.sourceRef`;
 //! `sourceType: oci` → OCIRepository at `oci://…/<chart>` + HelmRelease
-//! `chartRef`. Values from a Secret or ConfigMap go through `valuesFrom`, so
+//! `chartRef`. A HelmRepository is shared by every instance of a namespace
+//! that uses the same repository URL: one object (one write, one index
+//! download by source-controller) instead of one per instance. It has no
+//! owner; the controller deletes it when its last user goes. Values from a Secret or ConfigMap go through `valuesFrom`, so
 //! the agent never reads or copies secret material.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -29,20 +32,42 @@ pub const ROLLBACK_TIMEOUT: &str = "5m";
 /// Media type of a Helm chart layer in an OCI artifact.
 pub const HELM_CHART_MEDIA_TYPE: &str = "application/vnd.cncf.helm.chart.content.v1.tar+gzip";
 
+/// Label on a shared HelmRepository (value: `"true"`).
+pub const SHARED_SOURCE_LABEL: &str = "app.vworkspace.io/shared-source";
+
 /// The Flux objects for one managed instance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FluxObjects {
-    /// HelmRepository or OCIRepository.
+    /// HelmRepository (shared, see [`shared_source_name`]) or OCIRepository
+    /// (owned by the instance).
     pub source: DynamicObject,
     /// Which kind `source` is.
     pub source_kind: Kind,
+    /// Whether `source` is shared with other instances (no owner).
+    pub shared_source: bool,
     /// The HelmRelease.
     pub release: DynamicObject,
 }
 
-/// Name of the chart source object for a release.
+/// Name of a per-instance chart source object for a release (OCIRepository;
+/// HelmRepository before it was shared).
 pub fn source_name(release: &str) -> String {
     format!("{release}-source")
+}
+
+/// Name of the HelmRepository shared by the instances of a namespace whose
+/// chart comes from `url`: a digest of the URL, stable across agent versions.
+pub fn shared_source_name(url: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, url.as_bytes());
+    format!("helmrepo-{}", &hex::encode(digest.as_ref())[..16])
+}
+
+/// The shared HelmRepository an instance uses, if it is a managed helm-source
+/// instance.
+pub fn shared_source_of(ai: &ApplicationInstance) -> Option<String> {
+    let chart = ai.spec.chart.as_ref()?;
+    ai.spec.release.as_ref()?;
+    (chart.source_type == ChartSourceType::Helm).then(|| shared_source_name(&chart.url))
 }
 
 /// Builds the source and HelmRelease for a managed instance, owned by it.
@@ -56,12 +81,20 @@ pub fn desired(ai: &ApplicationInstance) -> Option<FluxObjects> {
     let namespace = ai.namespace()?;
     let owner = owner_ref(ai)?;
     let labels = downstream_labels(ai);
-    let source_name = source_name(&release.name);
-
     let (source_kind, source_spec) = source_spec(chart);
+    let shared_source = source_kind == HELM_REPOSITORY;
+    let source_name = if shared_source {
+        shared_source_name(&chart.url)
+    } else {
+        source_name(&release.name)
+    };
     let mut source = source_kind.object(&source_name, &namespace);
-    source.metadata.labels = Some(labels.clone());
-    source.metadata.owner_references = Some(vec![owner.clone()]);
+    if shared_source {
+        source.metadata.labels = Some(shared_source_labels());
+    } else {
+        source.metadata.labels = Some(labels.clone());
+        source.metadata.owner_references = Some(vec![owner.clone()]);
+    }
     source.data = json!({ "spec": source_spec });
 
     let mut spec = json!({
@@ -120,8 +153,20 @@ pub fn desired(ai: &ApplicationInstance) -> Option<FluxObjects> {
     Some(FluxObjects {
         source,
         source_kind,
+        shared_source,
         release: hr,
     })
+}
+
+/// Labels on a shared HelmRepository: no instance name, it has many.
+pub fn shared_source_labels() -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([
+        (
+            labels::MANAGED_BY.to_string(),
+            labels::MANAGED_BY_OPERATOR.to_string(),
+        ),
+        (SHARED_SOURCE_LABEL.to_string(), "true".to_string()),
+    ])
 }
 
 /// The source kind and spec for a chart.
@@ -258,13 +303,15 @@ mod tests {
     fn helm_source_uses_helm_repository_and_source_ref() {
         let f = desired(&ai(ChartSourceType::Helm, inline())).unwrap();
         assert_eq!(f.source_kind, HELM_REPOSITORY);
-        assert_eq!(f.source.metadata.name.as_deref(), Some("nc-source"));
+        assert!(f.shared_source);
+        let shared = shared_source_name("https://charts.example.com");
+        assert_eq!(f.source.metadata.name.as_deref(), Some(shared.as_str()));
         assert_eq!(f.source.data["spec"]["url"], "https://charts.example.com");
         let spec = &f.release.data["spec"];
         assert_eq!(spec["chart"]["spec"]["chart"], "nextcloud");
         assert_eq!(spec["chart"]["spec"]["version"], "6.6.0+b1");
         assert_eq!(spec["chart"]["spec"]["sourceRef"]["kind"], "HelmRepository");
-        assert_eq!(spec["chart"]["spec"]["sourceRef"]["name"], "nc-source");
+        assert_eq!(spec["chart"]["spec"]["sourceRef"]["name"], shared.as_str());
         assert!(spec.get("chartRef").is_none());
         assert_eq!(spec["values"]["replicas"], 2);
         assert!(spec.get("valuesFrom").is_none());
@@ -274,6 +321,7 @@ mod tests {
     fn oci_source_points_at_the_chart_artifact_and_uses_chart_ref() {
         let f = desired(&ai(ChartSourceType::Oci, inline())).unwrap();
         assert_eq!(f.source_kind, OCI_REPOSITORY);
+        assert!(!f.shared_source);
         assert_eq!(
             f.source.data["spec"]["url"],
             "oci://ghcr.io/example/charts/nextcloud"
@@ -331,9 +379,46 @@ mod tests {
     }
 
     #[test]
+    fn one_shared_helm_repository_per_url() {
+        let a = ai(ChartSourceType::Helm, inline());
+        let mut b = a.clone();
+        b.metadata.name = Some("other".into());
+        b.metadata.uid = Some("uid-2".into());
+        b.spec.release.as_mut().unwrap().name = "other".into();
+        let (fa, fb) = (desired(&a).unwrap(), desired(&b).unwrap());
+        assert_eq!(fa.source, fb.source);
+        assert_eq!(shared_source_of(&a), fa.source.metadata.name);
+        let mut c = a.clone();
+        c.spec.chart.as_mut().unwrap().url = "https://other.example.com".into();
+        assert_ne!(
+            desired(&c).unwrap().source.metadata.name,
+            fa.source.metadata.name
+        );
+        // No owner (many instances use it), so no instance's deletion takes it
+        // away from the others; a label says it is shared.
+        assert!(fa.source.metadata.owner_references.is_none());
+        let l = fa.source.metadata.labels.as_ref().unwrap();
+        assert_eq!(l[SHARED_SOURCE_LABEL], "true");
+        assert_eq!(l[labels::MANAGED_BY], labels::MANAGED_BY_OPERATOR);
+        assert!(!l.contains_key(labels::APPLICATION_INSTANCE));
+        // A valid Kubernetes name, the same across agent versions.
+        assert_eq!(
+            shared_source_name("https://charts.example.com"),
+            "helmrepo-".to_string()
+                + &hex::encode(
+                    ring::digest::digest(&ring::digest::SHA256, b"https://charts.example.com")
+                        .as_ref()
+                )[..16]
+        );
+        let oci = ai(ChartSourceType::Oci, inline());
+        assert_eq!(shared_source_of(&oci), None);
+    }
+
+    #[test]
     fn objects_are_owned_and_labelled() {
-        let f = desired(&ai(ChartSourceType::Helm, inline())).unwrap();
-        for o in [&f.source, &f.release] {
+        let helm = desired(&ai(ChartSourceType::Helm, inline())).unwrap();
+        let oci = desired(&ai(ChartSourceType::Oci, inline())).unwrap();
+        for o in [&helm.release, &oci.source, &oci.release] {
             let owner = &o.metadata.owner_references.as_ref().unwrap()[0];
             assert_eq!(owner.uid, "uid-1");
             assert_eq!(owner.kind, "ApplicationInstance");

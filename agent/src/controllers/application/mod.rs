@@ -16,6 +16,7 @@ use kube::{
         Controller,
         controller::{self, Action},
         finalizer::{Event, finalizer},
+        reflector::ObjectRef,
         watcher,
     },
 };
@@ -57,11 +58,20 @@ pub async fn run(
     for kind in [HELM_RELEASE, HELM_REPOSITORY, OCI_REPOSITORY] {
         if kind.is_served(&client).await? {
             let ar = kind.api_resource();
-            controller = controller.owns_with(
-                Api::<DynamicObject>::all_with(client.clone(), &ar),
-                ar,
-                owned.clone(),
-            );
+            let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
+            if kind == HELM_REPOSITORY {
+                // Shared (no owner) and, from older versions, owned ones.
+                let managed = watcher::Config::default().labels(&format!(
+                    "{}={}",
+                    labels::MANAGED_BY,
+                    labels::MANAGED_BY_OPERATOR
+                ));
+                let store = controller.store();
+                controller =
+                    controller.watches_with(api, ar, managed, move |repo| users(&store, &repo));
+            } else {
+                controller = controller.owns_with(api, ar, owned.clone());
+            }
         } else {
             warn!(kind = %kind.describe(), "Flux CRD not installed; managed instances report MissingDependencies");
         }
@@ -79,6 +89,35 @@ pub async fn run(
     Ok(Box::pin(fut))
 }
 
+/// The instances a HelmRepository event concerns: its owners, and for a
+/// shared one every instance of its namespace that uses it.
+fn users(
+    store: &kube::runtime::reflector::Store<ApplicationInstance>,
+    repo: &DynamicObject,
+) -> Vec<ObjectRef<ApplicationInstance>> {
+    let ns = repo.namespace();
+    let mut refs: Vec<ObjectRef<ApplicationInstance>> = repo
+        .owner_references()
+        .iter()
+        .filter(|o| o.kind == ApplicationInstance::kind(&()))
+        .map(|o| ObjectRef::new(&o.name).within(ns.as_deref().unwrap_or_default()))
+        .collect();
+    if repo.labels().contains_key(flux::SHARED_SOURCE_LABEL) {
+        let name = repo.name_any();
+        refs.extend(
+            store
+                .state()
+                .iter()
+                .filter(|ai| {
+                    ai.namespace() == ns
+                        && flux::shared_source_of(ai).as_deref() == Some(name.as_str())
+                })
+                .map(|ai| ObjectRef::from_obj(ai.as_ref())),
+        );
+    }
+    refs
+}
+
 /// Reconciles one ApplicationInstance.
 #[instrument(skip(ai, ctx), fields(namespace = ai.namespace().unwrap_or_default(), name = %ai.name_any()))]
 pub async fn reconcile(ai: Arc<ApplicationInstance>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -92,8 +131,18 @@ pub async fn reconcile(ai: Arc<ApplicationInstance>, ctx: Arc<Context>) -> Resul
     {
         return Ok(action);
     }
-    // Outside gated namespaces nothing is written but the status: no finalizer.
-    if ai.meta().deletion_timestamp.is_none() && !ctx.is_gated(&ns).await {
+    if ai.meta().deletion_timestamp.is_none() {
+        // Outside gated namespaces nothing is written but the status: no
+        // finalizer.
+        if !ctx.is_gated(&ns).await {
+            return apply(&ai, &ns, &ctx).await;
+        }
+        // The finalizer and the Flux objects in the same reconcile: adding it
+        // alone would cost a round through the queue and its reads.
+        let ai = ensure_finalizer(ai, &ns, &ctx).await?;
+        if ai.meta().deletion_timestamp.is_some() {
+            return Ok(Action::await_change());
+        }
         return apply(&ai, &ns, &ctx).await;
     }
     let api = Api::<ApplicationInstance>::namespaced(ctx.client.clone(), &ns);
@@ -119,6 +168,51 @@ pub async fn reconcile(ai: Arc<ApplicationInstance>, ctx: Arc<Context>) -> Resul
         }
         Err(e) => Err(Error::Finalizer(Box::new(e))),
     }
+}
+
+/// Adds [`FINALIZER`] unless present; returns the object as written. The
+/// merge patch carries the resourceVersion, so it never overwrites
+/// finalizers someone changed meanwhile: on a conflict it reads the object
+/// once more and tries again (then the reconcile's error policy retries).
+async fn ensure_finalizer(
+    ai: Arc<ApplicationInstance>,
+    ns: &str,
+    ctx: &Context,
+) -> Result<Arc<ApplicationInstance>, Error> {
+    let api = Api::<ApplicationInstance>::namespaced(ctx.client.clone(), ns);
+    let mut current = ai;
+    for attempt in 0..2 {
+        if current.finalizers().iter().any(|f| f == FINALIZER) {
+            return Ok(current);
+        }
+        let mut finalizers = current.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_string());
+        let patch = json!({
+            "metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": current.resource_version(),
+            }
+        });
+        match api
+            .patch(
+                &current.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(updated) => return Ok(Arc::new(updated)),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt == 0 => {
+                current = Arc::new(api.get(&current.name_any()).await?);
+                if current.meta().deletion_timestamp.is_some() {
+                    // Being deleted: the deletion's own event takes over.
+                    return Ok(current);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(current)
 }
 
 /// Logs, counts, and retries with a delay.
@@ -313,19 +407,19 @@ async fn apply(ai: &ApplicationInstance, ns: &str, ctx: &Context) -> Result<Acti
         Some(pair) => pair,
         None => {
             let pp = PatchParams::apply(FIELD_MANAGER).force();
-            let source = source_api
-                .patch(&source_name, &pp, &Patch::Apply(&desired.source))
-                .await?;
-            // A source of the other kind left from before a sourceType change.
-            let stale_kind = if desired.source_kind == HELM_REPOSITORY {
-                OCI_REPOSITORY
+            let source = if desired.shared_source {
+                ensure_shared_source(&source_api, &desired.source, ns, ctx).await?
             } else {
-                HELM_REPOSITORY
+                source_api
+                    .patch(&source_name, &pp, &Patch::Apply(&desired.source))
+                    .await?
             };
-            if old.last_applied_chart.as_ref().is_some_and(|c| {
-                Some(c.source_type) != ai.spec.chart.as_ref().map(|c| c.source_type)
-            }) {
-                delete_ignoring_missing(ctx, ns, stale_kind, &source_name).await?;
+            // The source used before a sourceType or URL change.
+            if let (Some(before), Some(now)) =
+                (old.last_applied_chart.as_ref(), ai.spec.chart.as_ref())
+                && (before.source_type != now.source_type || before.url != now.url)
+            {
+                release_previous_source(ai, ns, ctx, before, &source_name).await?;
             }
             let hr = hr_api
                 .patch(&hr_name, &pp, &Patch::Apply(&desired.release))
@@ -440,6 +534,9 @@ async fn wait_for_children(
         for kind in [HELM_REPOSITORY, OCI_REPOSITORY] {
             delete_ignoring_missing(ctx, ns, kind, &flux::source_name(&name)).await?;
         }
+        if let Some(shared) = flux::shared_source_of(ai) {
+            release_shared_source(ai, ns, ctx, &shared).await?;
+        }
         return Ok(None);
     };
     // Only our own release: never delete a HelmRelease another owner holds.
@@ -473,6 +570,94 @@ async fn wait_for_children(
     Ok(Some(Action::requeue(DELETING_REQUEUE)))
 }
 
+/// Returns the shared HelmRepository, writing it only when it is missing or
+/// differs: another instance usually wrote it already, and a read is much
+/// cheaper than an apply. Instances of one URL take turns (a lock per source),
+/// so concurrent reconciles do not all race to create it.
+async fn ensure_shared_source(
+    api: &Api<DynamicObject>,
+    desired: &DynamicObject,
+    ns: &str,
+    ctx: &Context,
+) -> Result<DynamicObject, Error> {
+    let name = desired.name_any();
+    let lock = ctx.target_lock(ns, &format!("helmrepository:{name}"));
+    let _turn = lock.lock().await;
+    if let Some(existing) = api.get_opt(&name).await?
+        && has_fields(&existing.data["spec"], &desired.data["spec"])
+        && has_fields(
+            &serde_json::to_value(existing.labels()).unwrap_or_default(),
+            &serde_json::to_value(desired.labels()).unwrap_or_default(),
+        )
+    {
+        return Ok(existing);
+    }
+    Ok(api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(desired),
+        )
+        .await?)
+}
+
+/// After a chart change: deletes the per-instance source of the other kind
+/// (from a sourceType change) and lets go of a shared HelmRepository no
+/// longer used.
+async fn release_previous_source(
+    ai: &ApplicationInstance,
+    ns: &str,
+    ctx: &Context,
+    before: &vworkspace_crds::ChartSource,
+    current: &str,
+) -> Result<(), Error> {
+    let Some(release) = ai.spec.release.as_ref() else {
+        return Ok(());
+    };
+    let now = ai.spec.chart.as_ref().map(|c| c.source_type);
+    if now != Some(before.source_type) {
+        // Per-instance sources are named after the release, whatever kind.
+        let stale_kind = match before.source_type {
+            vworkspace_crds::ChartSourceType::Helm => HELM_REPOSITORY,
+            vworkspace_crds::ChartSourceType::Oci => OCI_REPOSITORY,
+        };
+        let own = flux::source_name(&release.name);
+        delete_ignoring_missing(ctx, ns, stale_kind, &own).await?;
+    }
+    if before.source_type == vworkspace_crds::ChartSourceType::Helm {
+        let previous = flux::shared_source_name(&before.url);
+        if previous != current {
+            release_shared_source(ai, ns, ctx, &previous).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the shared HelmRepository `name` unless an instance of the
+/// namespace other than `ai` (and not being deleted) still uses it. Should a
+/// new user appear at the same moment, the deletion's watch event makes it
+/// write the source again.
+async fn release_shared_source(
+    ai: &ApplicationInstance,
+    ns: &str,
+    ctx: &Context,
+    name: &str,
+) -> Result<(), Error> {
+    let others = Api::<ApplicationInstance>::namespaced(ctx.client.clone(), ns)
+        .list(&Default::default())
+        .await?;
+    let used = others.items.iter().any(|o| {
+        o.metadata.uid != ai.metadata.uid
+            && o.metadata.deletion_timestamp.is_none()
+            && flux::shared_source_of(o).as_deref() == Some(name)
+    });
+    if used {
+        return Ok(());
+    }
+    info!(helmrepository = %name, "Deleting shared HelmRepository with no users left");
+    delete_ignoring_missing(ctx, ns, HELM_REPOSITORY, name).await
+}
+
 async fn delete_ignoring_missing(
     ctx: &Context,
     ns: &str,
@@ -489,6 +674,17 @@ async fn delete_ignoring_missing(
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether `actual` holds every field of `wanted` with its value (the API
+/// server adds defaults, so equality would never hold).
+fn has_fields(actual: &serde_json::Value, wanted: &serde_json::Value) -> bool {
+    match (actual, wanted) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(w)) => w
+            .iter()
+            .all(|(k, v)| a.get(k).is_some_and(|av| has_fields(av, v))),
+        _ => actual == wanted,
     }
 }
 
@@ -534,7 +730,7 @@ async fn write_status(
         "status": new,
     });
     let old_conditions = old.conditions.clone();
-    let new_conditions = new.conditions.clone();
+    let new_conditions = worth_an_event(&old.conditions, &new.conditions);
     Api::<ApplicationInstance>::namespaced(ctx.client.clone(), ns)
         .patch_status(
             &ai.name_any(),
@@ -548,9 +744,58 @@ async fn write_status(
     Ok(())
 }
 
+/// The conditions whose transitions get an Event: all but Reconciling when
+/// Ready changes in the same write (Ready's Event already tells that news),
+/// so a status write costs one Event write in the common case.
+fn worth_an_event(
+    old: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    new: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    let ready_changed = conditions::find(new, types::READY).is_some_and(|n| {
+        conditions::find(old, types::READY)
+            .is_none_or(|o| o.status != n.status || o.reason != n.reason)
+    });
+    new.iter()
+        .filter(|c| !(ready_changed && c.type_ == types::RECONCILING))
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defaulted_fields_do_not_count_as_a_difference() {
+        let wanted = json!({"url": "https://c.example", "interval": "10m"});
+        let defaulted = json!({"url": "https://c.example", "interval": "10m", "timeout": "60s"});
+        assert!(has_fields(&defaulted, &wanted));
+        let other = json!({"url": "https://other.example", "interval": "10m"});
+        assert!(!has_fields(&other, &wanted));
+        assert!(!has_fields(&json!(null), &wanted));
+    }
+
+    #[test]
+    fn one_event_when_ready_changes_with_reconciling() {
+        let c = |t: &str, s: Status, r: &str| conditions::new(t, s, r, String::new(), Some(1));
+        let new = vec![
+            c(types::READY, Status::Unknown, reasons::RECONCILING),
+            c(types::RECONCILING, Status::True, reasons::RECONCILING),
+            c(types::DEGRADED, Status::True, reasons::RECOVERED),
+        ];
+        let picked: Vec<String> = worth_an_event(&[], &new)
+            .into_iter()
+            .map(|c| c.type_)
+            .collect();
+        assert_eq!(picked, [types::READY, types::DEGRADED]);
+        // Ready unchanged: Reconciling's own transition still gets its Event.
+        let old = vec![c(types::READY, Status::Unknown, reasons::RECONCILING)];
+        let picked: Vec<String> = worth_an_event(&old, &new)
+            .into_iter()
+            .map(|c| c.type_)
+            .collect();
+        assert_eq!(picked, [types::READY, types::RECONCILING, types::DEGRADED]);
+    }
 
     #[test]
     fn status_change_ignores_timestamps() {

@@ -38,7 +38,8 @@ use crate::process::logging::Redactor;
 
 pub(crate) use request::host_port;
 pub use request::{
-    EnrollFailure, KeyAndCsr, check_response, generate_key_and_csr, request_enrollment,
+    BadResponse, ConnectCause, EnrollFailure, KeyAndCsr, check_response, generate_key_and_csr,
+    request_enrollment,
 };
 
 /// Periodic re-check even without a watch event.

@@ -37,12 +37,13 @@ pub enum EnrollFailure {
     #[error("the hub at {0} does not present the CA pinned in the join token")]
     PinMismatch(String),
     /// Network or TLS failure.
-    #[error("cannot reach the enrollment endpoint {url}: {message}")]
+    #[error("cannot reach the enrollment endpoint {url}: {cause}")]
     Connect {
         /// Endpoint.
         url: String,
         /// Cause.
-        message: String,
+        #[source]
+        cause: ConnectCause,
     },
     /// The hub refused the request.
     #[error("the hub refused enrollment ({code}): {message}")]
@@ -54,13 +55,72 @@ pub enum EnrollFailure {
     },
     /// The hub's answer is unusable.
     #[error("the hub's enrollment answer is unusable: {0}")]
-    BadResponse(String),
-    /// Key or CSR generation failed.
+    BadResponse(#[from] BadResponse),
+    /// Key or CSR generation failed (rcgen's errors name no key material).
     #[error("generating the key or CSR failed: {0}")]
-    Key(String),
+    Key(#[from] rcgen::Error),
+    /// The request body could not be encoded. serde_json's encoding errors
+    /// carry no field values, so the token in that body never shows here.
+    #[error("encoding the enrollment request failed: {0}")]
+    Encode(#[source] serde_json::Error),
     /// Writing the credentials failed.
     #[error(transparent)]
     Creds(#[from] CredsError),
+}
+
+/// Why the enrollment endpoint could not be reached. None of these causes
+/// holds the request, so the join token in its body never reaches a message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectCause {
+    /// The token's `hub_url` is no URL with a host.
+    #[error("hub_url is not a valid URL")]
+    BadUrl,
+    /// The host is no valid TLS server name.
+    #[error("invalid host name")]
+    BadHostName,
+    /// The TLS client could not be configured.
+    #[error("{0}")]
+    TlsConfig(#[from] rustls::Error),
+    /// The TCP connection failed.
+    #[error("{0}")]
+    Tcp(#[source] std::io::Error),
+    /// The TLS handshake failed (for a reason other than the pin).
+    #[error("TLS: {0}")]
+    Tls(#[source] std::io::Error),
+    /// The HTTP exchange failed.
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+    /// The HTTP request could not be built.
+    #[error("{0}")]
+    Request(#[from] http::Error),
+    /// No answer within the enrollment deadline.
+    #[error("timed out")]
+    Timeout,
+}
+
+/// Why the hub's enrollment answer is unusable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BadResponse {
+    /// The body broke off or exceeded the size limit.
+    #[error("body unreadable or too large")]
+    Body,
+    /// The body is no enrollment answer.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// The bundle lacks the CA the token pins.
+    #[error("the CA bundle does not contain the pinned CA")]
+    UnpinnedCa,
+    /// No certificate in the answer.
+    #[error("no certificate")]
+    NoCertificate,
+    /// The certificate is for another key than the one sent in the CSR.
+    #[error("the certificate is not for the key this agent generated")]
+    ForeignKey,
+    /// The answer names no cluster or organisation.
+    #[error("empty cluster id or org")]
+    EmptyIdentity,
 }
 
 impl EnrollFailure {
@@ -102,19 +162,16 @@ impl std::fmt::Debug for KeyAndCsr {
 
 /// Generates a P-256 key in the agent and a CSR for it.
 pub fn generate_key_and_csr(common_name: &str) -> Result<KeyAndCsr, EnrollFailure> {
-    let key = rcgen::KeyPair::generate().map_err(|e| EnrollFailure::Key(e.to_string()))?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
-        .map_err(|e| EnrollFailure::Key(e.to_string()))?;
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     let mut dn = rcgen::DistinguishedName::new();
     dn.push(rcgen::DnType::CommonName, common_name);
     params.distinguished_name = dn;
-    let csr = params
-        .serialize_request(&key)
-        .map_err(|e| EnrollFailure::Key(e.to_string()))?;
+    let csr = params.serialize_request(&key)?;
     Ok(KeyAndCsr {
         key_pem: key.serialize_pem(),
         spki_der: rcgen::PublicKeyData::subject_public_key_info(&key),
-        csr_pem: csr.pem().map_err(|e| EnrollFailure::Key(e.to_string()))?,
+        csr_pem: csr.pem()?,
     })
 }
 
@@ -210,12 +267,12 @@ pub async fn request_enrollment(
 ) -> Result<EnrollResponse, EnrollFailure> {
     let claims = token.claims();
     let url = claims.enroll_url();
-    let connect_err = |message: String| EnrollFailure::Connect {
+    let connect_err = |cause: ConnectCause| EnrollFailure::Connect {
         url: url.clone(),
-        message,
+        cause,
     };
-    let (host, port) = host_port(&claims.hub_url, 443)
-        .ok_or_else(|| connect_err("hub_url is not a valid URL".into()))?;
+    let (host, port) =
+        host_port(&claims.hub_url, 443).ok_or_else(|| connect_err(ConnectCause::BadUrl))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinnedCaVerifier {
         pin: claims.ca_sha256.clone(),
@@ -224,23 +281,23 @@ pub async fn request_enrollment(
     });
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| connect_err(e.to_string()))?
+        .map_err(|e| connect_err(e.into()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier.clone())
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let server_name =
-        ServerName::try_from(host.clone()).map_err(|_| connect_err("invalid host name".into()))?;
+        ServerName::try_from(host.clone()).map_err(|_| connect_err(ConnectCause::BadHostName))?;
     let body = serde_json::to_vec(&EnrollRequest {
         token: token.expose_secret().to_owned(),
         csr_pem: csr_pem.to_owned(),
     })
-    .map_err(|e| EnrollFailure::Key(e.to_string()))?;
+    .map_err(EnrollFailure::Encode)?;
     let path = vworkspace_protocol::enrollment::ENROLL_PATH;
     let exchange = async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(|e| connect_err(ConnectCause::Tcp(e)))?;
         let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
             .connect(server_name, tcp)
             .await
@@ -248,32 +305,32 @@ pub async fn request_enrollment(
                 if verifier.mismatch.load(std::sync::atomic::Ordering::Relaxed) {
                     EnrollFailure::PinMismatch(claims.hub_url.clone())
                 } else {
-                    connect_err(format!("TLS: {e}"))
+                    connect_err(ConnectCause::Tls(e))
                 }
             })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(|e| connect_err(e.into()))?;
         let conn = tokio::spawn(conn);
         let req = http::Request::post(path)
             .header(http::header::HOST, format!("{host}:{port}"))
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(|e| connect_err(e.into()))?;
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(|e| connect_err(e.into()))?;
         let status = resp.status();
         let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
-            .map_err(|_| EnrollFailure::BadResponse("body unreadable or too large".into()))?
+            .map_err(|_| BadResponse::Body)?
             .to_bytes();
         conn.abort();
         if status.is_success() {
             serde_json::from_slice::<EnrollResponse>(&bytes)
-                .map_err(|e| EnrollFailure::BadResponse(e.to_string()))
+                .map_err(|e| BadResponse::Json(e).into())
         } else {
             let err = serde_json::from_slice::<EnrollError>(&bytes).unwrap_or(EnrollError {
                 code: EnrollErrorCode::Unknown,
@@ -288,7 +345,7 @@ pub async fn request_enrollment(
     };
     tokio::time::timeout(ENROLL_TIMEOUT, exchange)
         .await
-        .map_err(|_| connect_err("timed out".into()))?
+        .map_err(|_| connect_err(ConnectCause::Timeout))?
 }
 
 /// Checks an enrollment answer against the pin and the key we generated.
@@ -301,20 +358,16 @@ pub fn check_response(
         .filter_map(Result::ok)
         .collect();
     if !cas.iter().any(|c| ca_sha256_hex(c.as_ref()) == pin) {
-        return Err(EnrollFailure::BadResponse(
-            "the CA bundle does not contain the pinned CA".into(),
-        ));
+        return Err(BadResponse::UnpinnedCa.into());
     }
     let leaf = CertificateDer::pem_slice_iter(resp.certificate_pem.as_bytes())
         .find_map(Result::ok)
-        .ok_or_else(|| EnrollFailure::BadResponse("no certificate".into()))?;
+        .ok_or(BadResponse::NoCertificate)?;
     if creds::cert_spki(leaf.as_ref()).as_deref() != Some(spki_der) {
-        return Err(EnrollFailure::BadResponse(
-            "the certificate is not for the key this agent generated".into(),
-        ));
+        return Err(BadResponse::ForeignKey.into());
     }
     if resp.cluster_id.is_empty() || resp.org.is_empty() {
-        return Err(EnrollFailure::BadResponse("empty cluster id or org".into()));
+        return Err(BadResponse::EmptyIdentity.into());
     }
     Ok(())
 }
@@ -379,5 +432,51 @@ mod tests {
         );
         assert!(kc.key_pem.contains("PRIVATE KEY"));
         assert!(!format!("{kc:?}").contains("PRIVATE"));
+    }
+
+    /// An unreachable hub gives a typed cause, and neither the message nor
+    /// any cause in its chain holds the join token.
+    #[tokio::test]
+    async fn an_unreachable_hub_is_a_typed_connect_failure_without_the_token() {
+        // A port that was just free: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (issuer, _) = vworkspace_protocol::JoinTokenIssuer::generate().unwrap();
+        let now = vworkspace_protocol::unix_now();
+        let token = issuer
+            .issue(&vworkspace_protocol::JoinClaims {
+                iss: "hub".into(),
+                aud: vworkspace_protocol::JOIN_TOKEN_AUDIENCE.into(),
+                hub_url: format!("https://127.0.0.1:{port}"),
+                ca_sha256: "0".repeat(64),
+                cluster: "edge-1".into(),
+                org: "acme".into(),
+                jti: "jti-1".into(),
+                iat: now,
+                exp: now + 600,
+            })
+            .unwrap();
+        let err = request_enrollment(&token, "csr").await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                EnrollFailure::Connect {
+                    cause: ConnectCause::Tcp(_),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let mut chain = format!("{err} {err:?}");
+        let mut source = std::error::Error::source(&err);
+        while let Some(e) = source {
+            chain.push_str(&format!(" {e} {e:?}"));
+            source = e.source();
+        }
+        assert!(!chain.contains(token.expose_secret()), "{chain}");
+        assert!(err.is_retryable());
     }
 }
