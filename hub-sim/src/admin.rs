@@ -46,9 +46,7 @@ impl From<HubError> for ApiError {
             HubError::NotFound(_) => StatusCode::NOT_FOUND,
             HubError::Keys(keys::KeyError::LastKey(_)) => StatusCode::CONFLICT,
             HubError::Keys(keys::KeyError::UnknownKey(_)) => StatusCode::NOT_FOUND,
-            HubError::Rotation(crate::ca::RotationError::WrongStage { .. }) => {
-                StatusCode::CONFLICT
-            }
+            HubError::Rotation(crate::ca::RotationError::WrongStage { .. }) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -329,14 +327,18 @@ async fn list_keys(State(s): State<Arc<AdminState>>) -> ApiResult {
 }
 
 async fn ca_rotation(State(s): State<Arc<AdminState>>) -> ApiResult {
-    Ok(Json(serde_json::to_value(s.hub.rotate_ca("status")?).unwrap_or_default()))
+    Ok(Json(
+        serde_json::to_value(s.hub.rotate_ca("status")?).unwrap_or_default(),
+    ))
 }
 
 async fn rotate_ca(State(s): State<Arc<AdminState>>, Path(step): Path<String>) -> ApiResult {
     if step == "status" {
         return Err(HubError::Invalid("use GET /v1/ca/rotation".into()).into());
     }
-    Ok(Json(serde_json::to_value(s.hub.rotate_ca(&step)?).unwrap_or_default()))
+    Ok(Json(
+        serde_json::to_value(s.hub.rotate_ca(&step)?).unwrap_or_default(),
+    ))
 }
 
 async fn rotate_keys(State(s): State<Arc<AdminState>>) -> ApiResult {

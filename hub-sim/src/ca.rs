@@ -80,6 +80,10 @@ const META_NEXT_CERT: &str = "ca.next.cert_pem";
 const META_NEXT_KEY: &str = "ca.next.key_pem";
 const META_STAGE: &str = "ca.rotation";
 const META_SWITCHED_AT: &str = "ca.switched_at";
+/// PEM of CAs removed by `retire` (certificates only, keys are dropped).
+const META_RETIRED: &str = "ca.retired.cert_pem";
+/// Retired CAs kept for recovery checks; the oldest go first.
+const MAX_RETIRED: usize = 4;
 
 /// The subject and CA extensions of a hub CA. Each CA gets its own common
 /// name: two CAs with one subject would make chain building ambiguous.
@@ -273,6 +277,8 @@ impl CaStage {
 pub enum RotationError {
     #[error(transparent)]
     Ca(#[from] CaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("rotate-ca {step} needs stage {needs}, the rotation is at {at}")]
     WrongStage {
         step: &'static str,
@@ -289,6 +295,9 @@ pub struct CaRing {
     next: Option<std::sync::Arc<Ca>>,
     stage: CaStage,
     switched_at: Option<i64>,
+    /// CAs removed by `retire`, newest last: they verify no handshake, only
+    /// the certificate a recovery request presents (docs/protocol.md §4.2).
+    retired: Vec<CertificateDer<'static>>,
 }
 
 impl CaRing {
@@ -299,7 +308,9 @@ impl CaRing {
             store.meta_get(META_NEXT_CERT)?,
             store.meta_get(META_NEXT_KEY)?,
         ) {
-            (Some(c), Some(k)) if !c.is_empty() && !k.is_empty() => Some(std::sync::Arc::new(Ca::from_pem(&c, &k)?)),
+            (Some(c), Some(k)) if !c.is_empty() && !k.is_empty() => {
+                Some(std::sync::Arc::new(Ca::from_pem(&c, &k)?))
+            }
             _ => None,
         };
         // A retire interrupted after the new CA became the current one.
@@ -313,11 +324,13 @@ impl CaRing {
             .meta_get(META_SWITCHED_AT)?
             .and_then(|v| v.parse().ok())
             .filter(|_| stage == CaStage::Switched);
+        let retired = retired_cas(store)?;
         Ok(Self {
             old,
             next,
             stage,
             switched_at,
+            retired,
         })
     }
 
@@ -346,6 +359,17 @@ impl CaRing {
             .collect()
     }
 
+    /// The CAs a recovery request's certificate may come from: the bundle
+    /// plus the retired ones, so a cluster that missed a rotation while its
+    /// identity stayed known to the hub can still prove it.
+    pub fn recovery_roots(&self) -> Vec<CertificateDer<'static>> {
+        self.all()
+            .iter()
+            .map(|c| c.cert_der().clone())
+            .chain(self.retired.iter().cloned())
+            .collect()
+    }
+
     /// The bundle agents receive: every CA's PEM, the issuing one first.
     pub fn bundle_pem(&self) -> String {
         let issuing = self.issuing();
@@ -360,7 +384,9 @@ impl CaRing {
 
     /// The CA of the bundle whose certificate hashes to `sha256_hex`.
     pub fn by_pin(&self, sha256_hex: &str) -> Option<std::sync::Arc<Ca>> {
-        self.all().into_iter().find(|c| c.sha256_hex() == sha256_hex)
+        self.all()
+            .into_iter()
+            .find(|c| c.sha256_hex() == sha256_hex)
     }
 
     /// The server chain: leaf, issuing CA, and after `switch` also the new
@@ -389,7 +415,10 @@ impl CaRing {
                 at: ring.stage.as_str(),
             });
         }
-        let name = format!("hub-sim CA {}", time::OffsetDateTime::now_utc().unix_timestamp());
+        let name = format!(
+            "hub-sim CA {}",
+            time::OffsetDateTime::now_utc().unix_timestamp()
+        );
         let (cert, key) = generate_ca(&name)?;
         store.meta_set(META_NEXT_CERT, &cert)?;
         store.meta_set(META_NEXT_KEY, &key)?;
@@ -430,8 +459,21 @@ impl CaRing {
         let key_pem = KeyPair::from_der_and_sign_algo(
             &PrivatePkcs8KeyDer::from(next.key_der.clone()).into(),
             &rcgen::PKCS_ECDSA_P256_SHA256,
-        )?
+        )
+        .map_err(CaError::from)?
         .serialize_pem();
+        const END: &str = "-----END CERTIFICATE-----";
+        let stored = store.meta_get(META_RETIRED)?.unwrap_or_default();
+        let mut retired: Vec<String> = stored
+            .split_inclusive(END)
+            .filter(|p| p.contains(END))
+            .map(|p| format!("{}\n", p.trim()))
+            .collect();
+        retired.push(ring.old.cert_pem().to_owned());
+        if retired.len() > MAX_RETIRED {
+            retired.drain(..retired.len() - MAX_RETIRED);
+        }
+        store.meta_set(META_RETIRED, &retired.concat())?;
         store.meta_set(META_CERT, next.cert_pem())?;
         store.meta_set(META_KEY, &key_pem)?;
         store.meta_set(META_STAGE, "single")?;
@@ -439,6 +481,19 @@ impl CaRing {
         store.meta_set(META_NEXT_KEY, "")?;
         Ok(Self::load_or_create(store)?)
     }
+}
+
+/// The retired CAs stored by `retire`.
+fn retired_cas(store: &Store) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    use rustls_pki_types::pem::PemObject;
+    Ok(store
+        .meta_get(META_RETIRED)?
+        .map(|pem| {
+            CertificateDer::pem_slice_iter(pem.as_bytes())
+                .filter_map(Result::ok)
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 fn parse_csr(csr: &[u8]) -> Result<CertificateSigningRequestParams, CaError> {
@@ -583,5 +638,113 @@ mod tests {
             ca.sign_client_csr(b"not a csr", "acme", "edge-1", Duration::from_secs(60)),
             Err(CaError::InvalidCsr)
         ));
+    }
+
+    /// Whether a client trusting exactly `roots` accepts `chain` for `name`.
+    fn server_chain_verifies(
+        roots: &[CertificateDer<'static>],
+        chain: &[CertificateDer<'static>],
+    ) -> bool {
+        let mut store = rustls::RootCertStore::empty();
+        for r in roots {
+            store.add(r.clone()).unwrap();
+        }
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(store),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("hub.example").unwrap();
+        rustls::client::danger::ServerCertVerifier::verify_server_cert(
+            verifier.as_ref(),
+            &chain[0],
+            &chain[1..],
+            &name,
+            &[],
+            rustls_pki_types::UnixTime::now(),
+        )
+        .is_ok()
+    }
+
+    #[test]
+    fn a_rotation_runs_add_switch_retire_in_order_and_refuses_steps_out_of_order() {
+        let store = Store::in_memory().unwrap();
+        let first = CaRing::load_or_create(&store).unwrap();
+        let old = first.issuing();
+        assert_eq!(first.stage(), CaStage::Single);
+        assert!(matches!(
+            CaRing::switch(&store),
+            Err(RotationError::WrongStage { step: "switch", .. })
+        ));
+        assert!(matches!(
+            CaRing::retire(&store),
+            Err(RotationError::WrongStage { step: "retire", .. })
+        ));
+
+        let added = CaRing::add(&store).unwrap();
+        assert_eq!(added.stage(), CaStage::Added);
+        assert_eq!(added.issuing().sha256_hex(), old.sha256_hex());
+        assert_eq!(added.all().len(), 2);
+        let new = added.all()[1].clone();
+        assert_ne!(new.sha256_hex(), old.sha256_hex());
+        assert!(added.by_pin(&new.sha256_hex()).is_some());
+        assert!(added.bundle_pem().starts_with(old.cert_pem()));
+        assert!(matches!(
+            CaRing::add(&store),
+            Err(RotationError::WrongStage { step: "add", .. })
+        ));
+
+        let switched = CaRing::switch(&store).unwrap();
+        assert_eq!(switched.stage(), CaStage::Switched);
+        assert_eq!(switched.issuing().sha256_hex(), new.sha256_hex());
+        assert!(switched.bundle_pem().starts_with(new.cert_pem()));
+        assert!(switched.switched_at().is_some());
+        // The stage survives a restart.
+        assert_eq!(
+            CaRing::load_or_create(&store).unwrap().stage(),
+            CaStage::Switched
+        );
+
+        let retired = CaRing::retire(&store).unwrap();
+        assert_eq!(retired.stage(), CaStage::Single);
+        assert_eq!(retired.all().len(), 1);
+        assert_eq!(retired.issuing().sha256_hex(), new.sha256_hex());
+        assert_eq!(retired.bundle_pem(), new.cert_pem());
+        assert!(retired.by_pin(&old.sha256_hex()).is_none());
+        // The old CA's certificate stays for recovery checks only.
+        let roots = retired.recovery_roots();
+        assert!(roots.contains(old.cert_der()));
+        assert!(roots.contains(new.cert_der()));
+        let reloaded = CaRing::load_or_create(&store).unwrap();
+        assert_eq!(reloaded.issuing().sha256_hex(), new.sha256_hex());
+        assert!(reloaded.recovery_roots().contains(old.cert_der()));
+    }
+
+    #[test]
+    fn after_switch_the_server_chain_verifies_for_old_only_new_only_and_both() {
+        let store = Store::in_memory().unwrap();
+        let old = CaRing::load_or_create(&store).unwrap().issuing();
+        let added = CaRing::add(&store).unwrap();
+        let new = added.all()[1].clone();
+        let names = vec!["hub.example".to_owned()];
+
+        let (chain, _) = added.server_chain(&names).unwrap();
+        assert!(server_chain_verifies(&[old.cert_der().clone()], &chain));
+
+        let switched = CaRing::switch(&store).unwrap();
+        let (chain, _) = switched.server_chain(&names).unwrap();
+        assert!(server_chain_verifies(&[old.cert_der().clone()], &chain));
+        assert!(server_chain_verifies(&[new.cert_der().clone()], &chain));
+        assert!(server_chain_verifies(
+            &[old.cert_der().clone(), new.cert_der().clone()],
+            &chain
+        ));
+
+        // After retire an agent that trusts only the old CA cannot verify the hub.
+        let retired = CaRing::retire(&store).unwrap();
+        let (chain, _) = retired.server_chain(&names).unwrap();
+        assert!(!server_chain_verifies(&[old.cert_der().clone()], &chain));
+        assert!(server_chain_verifies(&[new.cert_der().clone()], &chain));
     }
 }

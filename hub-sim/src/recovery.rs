@@ -90,10 +90,8 @@ fn check_certificate(hub: &Hub, pem: &str) -> Result<Presented, String> {
     // certificate's own validity: only the expiry is forgiven.
     let inside = cert.validity().not_before.timestamp().max(0) as u64 + 1;
     let mut roots = rustls::RootCertStore::empty();
-    for ca in hub.ca_ring().all() {
-        roots
-            .add(ca.cert_der().clone())
-            .map_err(|_| "hub CA unusable")?;
+    for ca in hub.ca_ring().recovery_roots() {
+        roots.add(ca).map_err(|_| "hub CA unusable")?;
     }
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),

@@ -464,12 +464,17 @@ impl Args {
                 let resp = if step == "status" {
                     client.get("/v1/ca/rotation").await?
                 } else {
-                    client.post(&format!("/v1/ca/rotation/{step}"), &json!({})).await?
+                    client
+                        .post(&format!("/v1/ca/rotation/{step}"), &json!({}))
+                        .await?
                 };
                 let view: crate::hub::CaRotationView =
                     serde_json::from_value(resp).context("unexpected rotate-ca answer")?;
                 println!("stage: {}", view.stage);
-                println!("issuing CA (new join tokens pin it): {}", view.issuing_sha256);
+                println!(
+                    "issuing CA (new join tokens pin it): {}",
+                    view.issuing_sha256
+                );
                 println!("bundle: {}", view.bundle_sha256.join(" "));
                 if view.clusters_on_old_ca.is_empty() {
                     println!("clusters still on a certificate from the old CA: none");

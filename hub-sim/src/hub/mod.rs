@@ -16,7 +16,9 @@ mod config;
 mod operations;
 
 pub use config::{Config, StorageLimits};
-pub use operations::{CLUSTER_ANNOTATION, CaRotationView, ClusterView, IssuedToken, KINDS, ObjectView, valid_name};
+pub use operations::{
+    CLUSTER_ANNOTATION, CaRotationView, ClusterView, IssuedToken, KINDS, ObjectView, valid_name,
+};
 
 use crate::ca::{Ca, CaError, CaRing, RotationError};
 use crate::faults::Faults;
@@ -185,9 +187,11 @@ impl Hub {
         let ca = CaRing::load_or_create(&store)?;
         keys::ensure_keys(&store)?;
         store.reset_connected()?;
-        std::fs::write(dir.join("ca.pem"), ca.issuing().cert_pem()).map_err(|source| HubError::StateDir {
-            path: dir.join("ca.pem"),
-            source,
+        std::fs::write(dir.join("ca.pem"), ca.issuing().cert_pem()).map_err(|source| {
+            HubError::StateDir {
+                path: dir.join("ca.pem"),
+                source,
+            }
         })?;
         let revoked = store.revoked_serials()?.into_iter().collect();
         let faults = store

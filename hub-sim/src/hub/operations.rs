@@ -437,8 +437,10 @@ impl Hub {
         self.set_ca_ring(ring);
         self.set_acceptor(crate::server::tls_acceptor(self)?);
         let ca_pem = self.cfg.state_dir.join("ca.pem");
-        std::fs::write(&ca_pem, issuing.cert_pem())
-            .map_err(|source| HubError::StateDir { path: ca_pem, source })?;
+        std::fs::write(&ca_pem, issuing.cert_pem()).map_err(|source| HubError::StateDir {
+            path: ca_pem,
+            source,
+        })?;
         {
             let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
             for entry in conns.values() {

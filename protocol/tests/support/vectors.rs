@@ -129,6 +129,20 @@ pub fn frames() -> Value {
             recovery_window_secs: None,
             ca_bundle_pem: None,
         }))),
+        frame_vector("welcome_ca_rotation", "hub -> agent, answer to hello from a hub with certificate recovery, during a hub CA rotation: the bundle holds the issuing CA first, then the old one (protocol.md section 5.1)", Envelope::new(1, 1, Frame::Welcome(Welcome {
+            cluster_id: CLUSTER_ID.into(),
+            org: ORG.into(),
+            server_time: NOW,
+            heartbeat_secs: 20,
+            idle_timeout_secs: 60,
+            max_frame_bytes: 1_048_576,
+            max_in_flight: 64,
+            signing_keys: ring().to_infos(),
+            recovery_window_secs: Some(30 * 86_400),
+            ca_bundle_pem: Some(
+                "-----BEGIN CERTIFICATE-----\nMIIB...(new CA)\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nMIIB...(old CA)\n-----END CERTIFICATE-----\n".into(),
+            ),
+        }))),
         frame_vector("intent", "hub -> agent, a signed apply intent (see intents.json)", Envelope::new(2, 1, Frame::Intent(signed))),
         frame_vector("resync_request", "hub -> agent", Envelope::new(3, 2, Frame::ResyncRequest(ResyncRequest { reason: Some("hub store restored".into()), objects: vec![app_ref()] }))),
         frame_vector("cert_issued", "hub -> agent, answer to renew_cert", Envelope::new(4, 4, Frame::CertIssued(CertIssued {
