@@ -80,6 +80,9 @@ const META_NEXT_CERT: &str = "ca.next.cert_pem";
 const META_NEXT_KEY: &str = "ca.next.key_pem";
 const META_STAGE: &str = "ca.rotation";
 const META_SWITCHED_AT: &str = "ca.switched_at";
+/// `Store::last_cert_mark` when `switch` ran: certificates recorded up to it
+/// come from the old CA.
+const META_SWITCH_MARK: &str = "ca.switch_mark";
 /// PEM of CAs removed by `retire` (certificates only, keys are dropped).
 const META_RETIRED: &str = "ca.retired.cert_pem";
 /// Retired CAs kept for recovery checks; the oldest go first.
@@ -295,6 +298,7 @@ pub struct CaRing {
     next: Option<std::sync::Arc<Ca>>,
     stage: CaStage,
     switched_at: Option<i64>,
+    switch_mark: Option<i64>,
     /// CAs removed by `retire`, newest last: they verify no handshake, only
     /// the certificate a recovery request presents (docs/protocol.md §4.2).
     retired: Vec<CertificateDer<'static>>,
@@ -324,12 +328,17 @@ impl CaRing {
             .meta_get(META_SWITCHED_AT)?
             .and_then(|v| v.parse().ok())
             .filter(|_| stage == CaStage::Switched);
+        let switch_mark = store
+            .meta_get(META_SWITCH_MARK)?
+            .and_then(|v| v.parse().ok())
+            .filter(|_| stage == CaStage::Switched);
         let retired = retired_cas(store)?;
         Ok(Self {
             old,
             next,
             stage,
             switched_at,
+            switch_mark,
             retired,
         })
     }
@@ -342,6 +351,12 @@ impl CaRing {
     /// issued before come from the old CA.
     pub fn switched_at(&self) -> Option<i64> {
         self.switched_at
+    }
+
+    /// The certificate mark of `switch` (`Store::last_cert_mark`):
+    /// certificates recorded up to it were issued by the old CA.
+    pub fn switch_mark(&self) -> Option<i64> {
+        self.switch_mark
     }
 
     /// The CA that signs the server certificate and new client certificates.
@@ -437,6 +452,7 @@ impl CaRing {
             });
         }
         store.meta_set(META_SWITCHED_AT, &crate::store::now().to_string())?;
+        store.meta_set(META_SWITCH_MARK, &store.last_cert_mark()?.to_string())?;
         store.meta_set(META_STAGE, "switched")?;
         Ok(Self::load_or_create(store)?)
     }

@@ -225,7 +225,12 @@ async fn an_agent_offline_through_a_ca_rotation_says_so_and_a_new_token_brings_i
     rotate(&w, "add");
     rotate(&w, "switch");
     let status = rotate(&w, "status");
-    assert!(status.contains(&w.cluster), "{status}");
+    let audit = hub.get("/v1/audit?limit=50").await.unwrap();
+    assert!(
+        status.contains(&w.cluster),
+        "{status}\n{audit:#}\n{}",
+        w.log_tails()
+    );
     rotate(&w, "retire");
     e2e::apply(&hub, &w.cluster, &w.app_manifest("cadark", "0.1.0", 2))
         .await

@@ -471,14 +471,14 @@ impl Hub {
             }
         }
         // Before `switch` every certificate comes from the old CA; after it,
-        // those issued earlier do.
-        let cutoff = match ring.stage() {
+        // those recorded up to the switch do.
+        let mark = match ring.stage() {
             crate::ca::CaStage::Single => None,
             crate::ca::CaStage::Added => Some(i64::MAX),
-            crate::ca::CaStage::Switched => ring.switched_at(),
+            crate::ca::CaStage::Switched => ring.switch_mark(),
         };
-        let clusters_on_old_ca = match cutoff {
-            Some(t) => self.store.clusters_with_cert_before(t)?,
+        let clusters_on_old_ca = match mark {
+            Some(m) => self.store.clusters_with_cert_upto(m)?,
             None => Vec::new(),
         };
         Ok(CaRotationView {
