@@ -133,7 +133,7 @@ pub struct ClusterStatus {
     /// The metadata.generation this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Connected, Authenticated, ControllersHealthy and BufferOverflow (see vworkspace_crds::conditions).
+    /// Connected (reason HubCaUnknown when the hub's certificate comes from a CA the cluster does not trust), Authenticated, ControllersHealthy, BufferOverflow and ClockSkew (see vworkspace_crds::conditions).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::schema::conditions")]
     pub conditions: Vec<Condition>,

@@ -366,6 +366,10 @@ pub mod reasons {
     /// certificate, or the hub has no recovery); a new join token is needed
     /// (beyond upstream).
     pub const RECOVERY_REFUSED: &str = "RecoveryRefused";
+    /// Connected=False: the hub's server certificate comes from a CA that is
+    /// not in the cluster's CA bundle (the hub CA was rotated while the
+    /// cluster was away); a new join token is needed (beyond upstream).
+    pub const HUB_CA_UNKNOWN: &str = "HubCaUnknown";
     /// ClockSkew=True: the hub's clock differs beyond the threshold (beyond upstream).
     pub const CLOCK_SKEW_DETECTED: &str = "ClockSkewDetected";
     /// ClockSkew=False (beyond upstream).
@@ -503,6 +507,7 @@ pub mod reasons {
         CERTIFICATE_RECOVERED,
         RECOVERY_WINDOW_PASSED,
         RECOVERY_REFUSED,
+        HUB_CA_UNKNOWN,
         CLOCK_SKEW_DETECTED,
         CLOCK_IN_SYNC,
     ];

@@ -46,6 +46,7 @@ impl From<HubError> for ApiError {
             HubError::NotFound(_) => StatusCode::NOT_FOUND,
             HubError::Keys(keys::KeyError::LastKey(_)) => StatusCode::CONFLICT,
             HubError::Keys(keys::KeyError::UnknownKey(_)) => StatusCode::NOT_FOUND,
+            HubError::Rotation(crate::ca::RotationError::WrongStage { .. }) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -95,6 +96,8 @@ pub fn router(hub: Arc<Hub>, admin_token: &str) -> Router {
         .route("/v1/keys", get(list_keys))
         .route("/v1/keys/rotate", post(rotate_keys))
         .route("/v1/keys/{kid}/retire", post(retire_key))
+        .route("/v1/ca/rotation", get(ca_rotation))
+        .route("/v1/ca/rotation/{step}", post(rotate_ca))
         .route("/v1/audit", get(audit))
         .route("/v1/events", get(events))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
@@ -321,6 +324,21 @@ async fn list_keys(State(s): State<Arc<AdminState>>) -> ApiResult {
         "intent": keys::all(s.hub.store(), keys::INTENT)?,
         "join": keys::published(s.hub.store(), keys::JOIN)?,
     })))
+}
+
+async fn ca_rotation(State(s): State<Arc<AdminState>>) -> ApiResult {
+    Ok(Json(
+        serde_json::to_value(s.hub.rotate_ca("status")?).unwrap_or_default(),
+    ))
+}
+
+async fn rotate_ca(State(s): State<Arc<AdminState>>, Path(step): Path<String>) -> ApiResult {
+    if step == "status" {
+        return Err(HubError::Invalid("use GET /v1/ca/rotation".into()).into());
+    }
+    Ok(Json(
+        serde_json::to_value(s.hub.rotate_ca(&step)?).unwrap_or_default(),
+    ))
 }
 
 async fn rotate_keys(State(s): State<Arc<AdminState>>) -> ApiResult {

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::hub::IssuedToken;
+pub use crate::hub::{CaRotationView, IssuedToken};
 pub use crate::store::IntentRow;
 
 /// `POST /v1/tokens`: issue a join token. Answered with [`IssuedToken`].

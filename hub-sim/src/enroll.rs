@@ -136,7 +136,7 @@ pub(crate) async fn handle(
     let claims = token.claims();
     let cluster = claims.cluster.as_str();
     let jti = claims.jti.as_str();
-    if claims.ca_sha256 != hub.ca.sha256_hex() {
+    if hub.ca_ring().by_pin(&claims.ca_sha256).is_none() {
         return fail(
             &hub,
             peer,
@@ -189,7 +189,7 @@ pub(crate) async fn handle(
         }
     }
     // Sign first (cheap, and it validates the CSR) so a bad CSR does not burn the token.
-    let cert = match hub.ca.sign_client_csr(
+    let cert = match hub.ca().sign_client_csr(
         request.csr_pem.as_bytes(),
         &claims.org,
         cluster,
@@ -265,7 +265,7 @@ pub(crate) async fn handle(
         cluster_id: cluster.to_owned(),
         org: claims.org.clone(),
         certificate_pem: cert.pem,
-        ca_bundle_pem: hub.ca.cert_pem().to_owned(),
+        ca_bundle_pem: hub.ca_ring().bundle_pem(),
         signing_keys: hub.signing_keys(),
         tunnel_url: crate::wire::tunnel_url(hub.public_url()),
     };

@@ -90,9 +90,9 @@ fn check_certificate(hub: &Hub, pem: &str) -> Result<Presented, String> {
     // certificate's own validity: only the expiry is forgiven.
     let inside = cert.validity().not_before.timestamp().max(0) as u64 + 1;
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(hub.ca.cert_der().clone())
-        .map_err(|_| "hub CA unusable")?;
+    for ca in hub.ca_ring().recovery_roots() {
+        roots.add(ca).map_err(|_| "hub CA unusable")?;
+    }
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         Arc::new(rustls::crypto::ring::default_provider()),
@@ -105,7 +105,7 @@ fn check_certificate(hub: &Hub, pem: &str) -> Result<Presented, String> {
             &[],
             UnixTime::since_unix_epoch(Duration::from_secs(inside)),
         )
-        .map_err(|e| format!("the certificate was not issued by this hub's CA: {e}"))?;
+        .map_err(|e| format!("the certificate was not issued by a CA of this hub: {e}"))?;
     let id = crate::ca::identity_from_cert(der.as_ref()).map_err(|e| e.to_string())?;
     let spki = cert.public_key();
     let key = if spki.algorithm.algorithm == x509_parser::oid_registry::OID_SIG_ED25519 {
@@ -268,7 +268,7 @@ pub(crate) async fn handle(
             format!("serial={serial}: the proof of possession does not verify"),
         );
     }
-    let cert = match hub.ca.sign_client_csr(
+    let cert = match hub.ca().sign_client_csr(
         request.csr_pem.as_bytes(),
         &id.org,
         cluster,
@@ -304,7 +304,7 @@ pub(crate) async fn handle(
             cluster_id: cluster.to_owned(),
             org: id.org.clone(),
             certificate_pem: cert.pem,
-            ca_bundle_pem: hub.ca.cert_pem().to_owned(),
+            ca_bundle_pem: hub.ca_ring().bundle_pem(),
             signing_keys: hub.signing_keys(),
             tunnel_url: crate::wire::tunnel_url(hub.public_url()),
         },

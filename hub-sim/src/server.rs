@@ -106,12 +106,21 @@ impl ClientCertVerifier for RevocationAwareVerifier {
     }
 }
 
+/// The TLS settings for the CA ring as it stands: server chain from the
+/// issuing CA, client certificates from any CA of the bundle.
+pub(crate) fn tls_acceptor(hub: &Hub) -> Result<TlsAcceptor, HubError> {
+    Ok(TlsAcceptor::from(Arc::new(tls_config(hub)?)))
+}
+
 fn tls_config(hub: &Hub) -> Result<rustls::ServerConfig, HubError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ring = hub.ca_ring();
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(hub.ca.cert_der().clone())
-        .map_err(|e| HubError::Tls(e.to_string()))?;
+    for ca in ring.all() {
+        roots
+            .add(ca.cert_der().clone())
+            .map_err(|e| HubError::Tls(e.to_string()))?;
+    }
     let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
@@ -123,7 +132,7 @@ fn tls_config(hub: &Hub) -> Result<rustls::ServerConfig, HubError> {
         inner,
         revoked: hub.revoked.clone(),
     };
-    let (chain, key) = hub.ca.server_cert(&hub.cfg.server_names)?;
+    let (chain, key) = ring.server_chain(&hub.cfg.server_names)?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| HubError::Tls(e.to_string()))?
@@ -233,12 +242,12 @@ pub async fn start(cfg: Config) -> Result<RunningHub, HubError> {
         .map_err(state_err(state_dir.join("admin-addr")))?;
     std::fs::write(state_dir.join("hub-url"), hub.public_url())
         .map_err(state_err(state_dir.join("hub-url")))?;
-    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&hub)?));
+    hub.set_acceptor(tls_acceptor(&hub)?);
 
     let router = crate::admin::router(hub.clone(), &admin_token);
     let admin = tokio::spawn(crate::admin::serve(hub.clone(), admin_listener, router));
-    let accept = tokio::spawn(accept_loop(hub.clone(), tls_listener, acceptor));
-    tracing::info!(%tls_addr, %admin_addr, url = hub.public_url(), ca_sha256 = %hub.ca.sha256_hex(), "hub-sim listening");
+    let accept = tokio::spawn(accept_loop(hub.clone(), tls_listener));
+    tracing::info!(%tls_addr, %admin_addr, url = hub.public_url(), ca_sha256 = %hub.ca().sha256_hex(), ca_stage = hub.ca_ring().stage().as_str(), "hub-sim listening");
     Ok(RunningHub {
         hub,
         tls_addr,
@@ -249,7 +258,7 @@ pub async fn start(cfg: Config) -> Result<RunningHub, HubError> {
     })
 }
 
-async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, acceptor: TlsAcceptor) {
+async fn accept_loop(hub: Arc<Hub>, listener: TcpListener) {
     // Owning the connection tasks here means aborting this task aborts them all.
     let mut conns = JoinSet::new();
     loop {
@@ -278,7 +287,8 @@ async fn accept_loop(hub: Arc<Hub>, listener: TcpListener, acceptor: TlsAcceptor
                 }
                 let _ = tcp.set_nodelay(true);
                 let hub = hub.clone();
-                let acceptor = acceptor.clone();
+                // Read per connection: a CA rotation step swaps it.
+                let Some(acceptor) = hub.acceptor() else { continue };
                 conns.spawn(serve_conn(hub, acceptor, tcp, peer, ticket));
             }
         }

@@ -137,6 +137,7 @@ impl Tunnel {
                 max_in_flight: 0,
                 signing_keys: vec![],
                 recovery_window_secs: None,
+                ca_bundle_pem: None,
             },
             ring: KeyRing::new(),
         };

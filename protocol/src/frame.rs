@@ -292,6 +292,11 @@ pub struct Welcome {
     /// it still renews a certificate by proof of possession.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_window_secs: Option<u64>,
+    /// The CA bundle to trust for the hub from now on (as in the enrollment
+    /// answer); sent by hubs that rotate their CA, so an agent that has not
+    /// renewed since still learns a new CA before the hub switches to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_pem: Option<String>,
 }
 
 /// Hub → agent: asks for state again. With no `objects`, the agent sends a

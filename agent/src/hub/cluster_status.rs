@@ -125,8 +125,26 @@ impl ClusterStatusWriter {
 
     /// Phase and conditions after the tunnel was lost (or could not be opened).
     pub async fn disconnected(&self, message: &str, rejected: bool) -> Result<bool, kube::Error> {
+        self.disconnected_with(message, rejected, false).await
+    }
+
+    /// As [`Self::disconnected`]; with `keep_hub_ca_unknown` a `Connected`
+    /// condition with reason `HubCaUnknown` (set by certificate recovery,
+    /// which found the hub's CA unknown) stays as it is.
+    pub async fn disconnected_with(
+        &self,
+        message: &str,
+        rejected: bool,
+        keep_hub_ca_unknown: bool,
+    ) -> Result<bool, kube::Error> {
         let message = message.to_owned();
         self.update(move |s| {
+            if keep_hub_ca_unknown
+                && conditions::find(&s.conditions, conditions::types::CONNECTED)
+                    .is_some_and(|c| c.reason == reasons::HUB_CA_UNKNOWN)
+            {
+                return;
+            }
             // Enrollment owns Pending/Registering/Error until the first connection.
             if matches!(
                 s.phase,
@@ -165,6 +183,40 @@ impl ClusterStatusWriter {
                     ),
                 );
             }
+        })
+        .await
+    }
+
+    /// Phase and conditions when the hub's server certificate comes from a
+    /// CA the cluster does not trust (`Connected=False`, reason `HubCaUnknown`).
+    pub async fn hub_ca_unknown(&self, message: &str) -> Result<bool, kube::Error> {
+        let message = message.to_owned();
+        self.update(move |s| {
+            if matches!(
+                s.phase,
+                Some(ClusterPhase::Connected | ClusterPhase::Disconnected) | None
+            ) {
+                s.phase = Some(ClusterPhase::Disconnected);
+            }
+            let g = s.observed_generation;
+            conditions::set_condition(
+                &mut s.conditions,
+                conditions::connected(
+                    CondStatus::False,
+                    reasons::HUB_CA_UNKNOWN,
+                    message.clone(),
+                    g,
+                ),
+            );
+            conditions::set_condition(
+                &mut s.conditions,
+                conditions::disconnected(
+                    CondStatus::True,
+                    reasons::NO_RECENT_ROUND_TRIP,
+                    message,
+                    g,
+                ),
+            );
         })
         .await
     }

@@ -25,14 +25,14 @@ use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateSigningRequestDer, PrivateKeyDer, ServerName};
 use vworkspace_crds::conditions::{self, Status as CondStatus, reasons};
 use vworkspace_protocol::enrollment::{EnrollError, EnrollErrorCode};
 use vworkspace_protocol::recovery::{self, RecoverRequest, RecoverResponse};
 use vworkspace_protocol::unix_now;
 
 use crate::hub::cluster_status::ClusterStatusWriter;
-use crate::hub::creds::{self, Credentials, CredsError};
+use crate::hub::creds::{self, Credentials};
 use crate::hub::enroll::{BadResponse, ConnectCause, EnrollFailure};
 
 /// Longest recovery answer accepted.
@@ -249,6 +249,11 @@ pub async fn check(
         Err(error) if error.is_retryable() => {
             let d = crate::hub::backoff::full_jitter(BACKOFF_MIN, BACKOFF_MAX, attempts);
             tracing::warn!(%error, attempt = attempts, delay = ?d, "Certificate recovery failed; retrying");
+            if error.hub_ca_unknown() {
+                status
+                    .hub_ca_unknown(&crate::hub::tunnel::hub_ca_unknown_message(c))
+                    .await?;
+            }
             let message = format!(
                 "the client certificate expired at {not_after} (hub clock){window_text}; recovery attempt {attempts} failed, retrying: {error}"
             );
@@ -257,14 +262,14 @@ pub async fn check(
         }
         Err(error) => {
             let (reason, what) = match &error {
-                EnrollFailure::Refused {
+                RecoverFailure::Enroll(EnrollFailure::Refused {
                     code: EnrollErrorCode::ClusterRevoked,
                     ..
-                } => (reasons::IDENTITY_REVOKED, "the hub revoked this cluster"),
-                EnrollFailure::Refused {
+                }) => (reasons::IDENTITY_REVOKED, "the hub revoked this cluster"),
+                RecoverFailure::Enroll(EnrollFailure::Refused {
                     code: EnrollErrorCode::RecoveryWindowPassed,
                     ..
-                } => (
+                }) => (
                     reasons::RECOVERY_WINDOW_PASSED,
                     "the certificate expired longer ago than the hub's recovery window",
                 ),
@@ -301,13 +306,56 @@ async fn set_authenticated(
         .await
 }
 
+/// Why one recovery request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecoverFailure {
+    /// Reaching the hub, its refusal, or its answer (as for enrollment).
+    #[error(transparent)]
+    Enroll(#[from] EnrollFailure),
+    /// The stored credentials hold no certificate or no PKCS#8 key.
+    #[error("the credentials Secret holds no certificate or no PKCS#8 key")]
+    Credentials,
+    /// The new CSR does not parse back (our bug).
+    #[error("the generated CSR does not parse: {0}")]
+    Csr(rustls_pki_types::pem::Error),
+    /// The proof of possession could not be made with the stored key.
+    #[error("signing the proof of possession: {0}")]
+    Proof(#[from] recovery::RecoveryError),
+    /// The hub answered for another cluster or organisation.
+    #[error("the hub answered for another cluster")]
+    OtherCluster,
+}
+
+impl RecoverFailure {
+    /// Whether another attempt may succeed (the hub was not reached).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Enroll(e) if e.is_retryable())
+    }
+
+    /// Whether the TLS handshake failed because the hub's certificate does
+    /// not chain to a CA of the stored bundle.
+    pub fn hub_ca_unknown(&self) -> bool {
+        match self {
+            Self::Enroll(EnrollFailure::Connect {
+                cause: ConnectCause::Tls(io),
+                ..
+            }) => crate::hub::tunnel::server_ca_unknown(io),
+            _ => false,
+        }
+    }
+}
+
 /// One `POST /v1/recover` round trip; returns the new credentials (not yet
 /// stored) and the hub's window.
-async fn request(c: &Credentials, base: &str) -> Result<(Credentials, u64), EnrollFailure> {
+async fn request(c: &Credentials, base: &str) -> Result<(Credentials, u64), RecoverFailure> {
     let url = format!("{}{}", base.trim_end_matches('/'), recovery::RECOVER_PATH);
-    let connect_err = |cause: ConnectCause| EnrollFailure::Connect {
-        url: url.clone(),
-        cause,
+    let connect_err = |cause: ConnectCause| -> RecoverFailure {
+        EnrollFailure::Connect {
+            url: url.clone(),
+            cause,
+        }
+        .into()
     };
     let (host, port) = crate::hub::enroll::host_port(base, 443)
         .ok_or_else(|| connect_err(ConnectCause::BadUrl))?;
@@ -315,13 +363,15 @@ async fn request(c: &Credentials, base: &str) -> Result<(Credentials, u64), Enro
         .certs()
         .into_iter()
         .next()
-        .ok_or(CredsError::Field(creds::keys::TLS_CRT))?;
+        .ok_or(RecoverFailure::Credentials)?;
     let key = match c.key() {
         Ok(PrivateKeyDer::Pkcs8(k)) => k,
-        _ => return Err(CredsError::Field(creds::keys::TLS_KEY).into()),
+        _ => return Err(RecoverFailure::Credentials),
     };
     let kc = crate::hub::enroll::generate_key_and_csr(&c.cluster_id)?;
-    let input = recovery::signing_input(leaf.as_ref(), &kc.csr_der);
+    let csr_der = CertificateSigningRequestDer::from_pem_slice(kc.csr_pem.as_bytes())
+        .map_err(RecoverFailure::Csr)?;
+    let input = recovery::signing_input(leaf.as_ref(), csr_der.as_ref());
     let proof = recovery::sign_proof(key.secret_pkcs8_der(), &input)?;
     let body = serde_json::to_vec(&RecoverRequest {
         certificate_pem: c.cert_pem.clone(),
@@ -339,14 +389,14 @@ async fn request(c: &Credentials, base: &str) -> Result<(Credentials, u64), Enro
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| connect_err(e.into()))?
+        .map_err(|e| connect_err(ConnectCause::TlsConfig(e)))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let server_name =
         ServerName::try_from(host.clone()).map_err(|_| connect_err(ConnectCause::BadHostName))?;
     let exchange = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        let tcp: tokio::net::TcpStream = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| connect_err(ConnectCause::Tcp(e)))?;
         let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
@@ -355,33 +405,34 @@ async fn request(c: &Credentials, base: &str) -> Result<(Credentials, u64), Enro
             .map_err(|e| connect_err(ConnectCause::Tls(e)))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| connect_err(e.into()))?;
+            .map_err(|e| connect_err(ConnectCause::Http(e)))?;
         let conn = tokio::spawn(conn);
         let req = http::Request::post(recovery::RECOVER_PATH)
             .header(http::header::HOST, format!("{host}:{port}"))
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| connect_err(e.into()))?;
+            .map_err(|e| connect_err(ConnectCause::Request(e)))?;
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| connect_err(e.into()))?;
+            .map_err(|e| connect_err(ConnectCause::Http(e)))?;
         let status = resp.status();
         let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
-            .map_err(|_| BadResponse::Body)?
+            .map_err(|_| EnrollFailure::BadResponse(BadResponse::Body))?
             .to_bytes();
         conn.abort();
         if status.is_success() {
             serde_json::from_slice::<RecoverResponse>(&bytes)
-                .map_err(|e| BadResponse::Json(e).into())
+                .map_err(|e| RecoverFailure::from(EnrollFailure::BadResponse(BadResponse::Json(e))))
         } else if status == http::StatusCode::NOT_FOUND {
             // A hub from before recovery: final, like a refusal.
             Err(EnrollFailure::Refused {
                 code: EnrollErrorCode::RecoveryRefused,
                 message: "the hub does not offer certificate recovery (404)".into(),
-            })
+            }
+            .into())
         } else {
             let err = serde_json::from_slice::<EnrollError>(&bytes).unwrap_or(EnrollError {
                 code: EnrollErrorCode::Unknown,
@@ -390,7 +441,8 @@ async fn request(c: &Credentials, base: &str) -> Result<(Credentials, u64), Enro
             Err(EnrollFailure::Refused {
                 code: err.code,
                 message: vworkspace_protocol::untrusted::escape(&err.message, 300),
-            })
+            }
+            .into())
         }
     };
     let resp = tokio::time::timeout(RECOVER_TIMEOUT, exchange)
@@ -399,12 +451,12 @@ async fn request(c: &Credentials, base: &str) -> Result<(Credentials, u64), Enro
     let e = &resp.enrolled;
     let new_leaf = rustls_pki_types::CertificateDer::pem_slice_iter(e.certificate_pem.as_bytes())
         .find_map(Result::ok)
-        .ok_or(BadResponse::NoCertificate)?;
+        .ok_or(EnrollFailure::BadResponse(BadResponse::NoCertificate))?;
     if creds::cert_spki(new_leaf.as_ref()).as_deref() != Some(kc.spki_der.as_slice()) {
-        return Err(BadResponse::ForeignKey.into());
+        return Err(EnrollFailure::BadResponse(BadResponse::ForeignKey).into());
     }
     if e.cluster_id != c.cluster_id || e.org != c.org {
-        return Err(BadResponse::ForeignCluster.into());
+        return Err(RecoverFailure::OtherCluster);
     }
     let new = Credentials {
         key_pem: kc.key_pem.clone(),

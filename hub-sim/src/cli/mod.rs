@@ -103,6 +103,13 @@ pub enum Command {
         #[arg(long)]
         retire: Option<String>,
     },
+    /// Rotate the hub CA in stages (docs/operations.md): `add` puts a new CA
+    /// into the bundle, `switch` issues from it, `retire` drops the old one;
+    /// `status` shows the stage and the clusters still on the old CA.
+    RotateCa {
+        #[arg(value_parser = ["add", "switch", "retire", "status"])]
+        step: String,
+    },
     /// Show or set a cluster's fault-injection switches (JSON, see docs/hub-sim.md).
     Faults {
         cluster: String,
@@ -449,6 +456,33 @@ impl Args {
                             resp["active"].as_str().unwrap_or("?")
                         );
                     }
+                }
+                Ok(())
+            }
+            Command::RotateCa { step } => {
+                let client = self.client()?;
+                let resp = if step == "status" {
+                    client.get("/v1/ca/rotation").await?
+                } else {
+                    client
+                        .post(&format!("/v1/ca/rotation/{step}"), &json!({}))
+                        .await?
+                };
+                let view: crate::hub::CaRotationView =
+                    serde_json::from_value(resp).context("unexpected rotate-ca answer")?;
+                println!("stage: {}", view.stage);
+                println!(
+                    "issuing CA (new join tokens pin it): {}",
+                    view.issuing_sha256
+                );
+                println!("bundle: {}", view.bundle_sha256.join(" "));
+                if view.clusters_on_old_ca.is_empty() {
+                    println!("clusters still on a certificate from the old CA: none");
+                } else {
+                    println!(
+                        "clusters still on a certificate from the old CA (retire cuts them off): {}",
+                        view.clusters_on_old_ca.join(" ")
+                    );
                 }
                 Ok(())
             }

@@ -16,9 +16,11 @@ mod config;
 mod operations;
 
 pub use config::{Config, StorageLimits};
-pub use operations::{CLUSTER_ANNOTATION, ClusterView, IssuedToken, KINDS, ObjectView, valid_name};
+pub use operations::{
+    CLUSTER_ANNOTATION, CaRotationView, ClusterView, IssuedToken, KINDS, ObjectView, valid_name,
+};
 
-use crate::ca::{Ca, CaError};
+use crate::ca::{Ca, CaError, CaRing, RotationError};
 use crate::faults::Faults;
 use crate::keys::{self, KeyError};
 use crate::store::{Store, StoreError};
@@ -33,6 +35,8 @@ pub enum HubError {
     Ca(#[from] CaError),
     #[error(transparent)]
     Keys(#[from] KeyError),
+    #[error(transparent)]
+    Rotation(#[from] RotationError),
     #[error("state dir {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -72,6 +76,9 @@ pub(crate) enum Kill {
     Replaced,
     /// The intent-signing key set changed: reconnect to get it in `Welcome`.
     KeysRotated,
+    /// A CA rotation step: reconnect to get the bundle in `Welcome` and the
+    /// new server certificate.
+    CaRotated,
 }
 
 pub(crate) struct ConnEntry {
@@ -84,7 +91,10 @@ pub(crate) struct ConnEntry {
 pub struct Hub {
     pub(crate) cfg: Config,
     pub(crate) store: Arc<Store>,
-    pub(crate) ca: Ca,
+    /// The hub CA(s); replaced as a whole by each `rotate-ca` step.
+    ca: RwLock<Arc<CaRing>>,
+    /// TLS settings for new connections, rebuilt by each `rotate-ca` step.
+    acceptor: RwLock<Option<tokio_rustls::TlsAcceptor>>,
     pub(crate) public_url: String,
     /// Revoked certificate serials (hex), checked in the TLS client verifier.
     pub(crate) revoked: Arc<RwLock<HashSet<String>>>,
@@ -174,12 +184,14 @@ impl Hub {
                 .map_err(state_err(&db))?;
         }
         let store = Arc::new(Store::open(dir)?);
-        let ca = Ca::load_or_create(&store)?;
+        let ca = CaRing::load_or_create(&store)?;
         keys::ensure_keys(&store)?;
         store.reset_connected()?;
-        std::fs::write(dir.join("ca.pem"), ca.cert_pem()).map_err(|source| HubError::StateDir {
-            path: dir.join("ca.pem"),
-            source,
+        std::fs::write(dir.join("ca.pem"), ca.issuing().cert_pem()).map_err(|source| {
+            HubError::StateDir {
+                path: dir.join("ca.pem"),
+                source,
+            }
         })?;
         let revoked = store.revoked_serials()?.into_iter().collect();
         let faults = store
@@ -204,7 +216,8 @@ impl Hub {
             conn_slots: Arc::new(Semaphore::new(cfg.max_connections)),
             cfg,
             store,
-            ca,
+            ca: RwLock::new(Arc::new(ca)),
+            acceptor: RwLock::new(None),
             public_url,
             revoked: Arc::new(RwLock::new(revoked)),
             conns: Mutex::new(HashMap::new()),
@@ -220,8 +233,29 @@ impl Hub {
         &self.store
     }
 
-    pub fn ca(&self) -> &Ca {
-        &self.ca
+    /// The CA that issues certificates now (the one new join tokens pin).
+    pub fn ca(&self) -> Arc<Ca> {
+        self.ca_ring().issuing()
+    }
+
+    /// Every CA of the hub and the rotation stage.
+    pub fn ca_ring(&self) -> Arc<CaRing> {
+        self.ca.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set_ca_ring(&self, ring: CaRing) {
+        *self.ca.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
+    }
+
+    pub(crate) fn acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        self.acceptor
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_acceptor(&self, acceptor: tokio_rustls::TlsAcceptor) {
+        *self.acceptor.write().unwrap_or_else(|e| e.into_inner()) = Some(acceptor);
     }
 
     pub fn config(&self) -> &Config {

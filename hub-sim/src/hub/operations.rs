@@ -21,6 +21,20 @@ pub struct ClusterView {
     pub faults: Faults,
 }
 
+/// Where a hub CA rotation stands, as `rotate-ca` prints it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CaRotationView {
+    /// `single`, `added` or `switched`.
+    pub stage: String,
+    /// SHA-256 of the CA that issues now: what new join tokens pin.
+    pub issuing_sha256: String,
+    /// SHA-256 of every CA in the bundle, issuing first.
+    pub bundle_sha256: Vec<String>,
+    /// Clusters (not revoked) whose newest client certificate comes from a
+    /// CA that `retire` removes: retiring now cuts them off.
+    pub clusters_on_old_ca: Vec<String>,
+}
+
 /// An object plus its latest reported status, for `get apps|operations`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ObjectView {
@@ -175,7 +189,7 @@ impl Hub {
         let token = crate::wire::issue_join_token(
             &key,
             &self.public_url,
-            &self.ca.sha256_hex(),
+            &self.ca().sha256_hex(),
             cluster,
             org,
             &jti,
@@ -400,6 +414,79 @@ impl Hub {
             .audit("keys.rotate", None, "ok", &format!("new intent key {kid}"))?;
         tracing::info!(kid, "intent-signing key rotated");
         Ok(kid)
+    }
+
+    /// One step of a hub CA rotation (`add`, `switch`, `retire`), or `status`.
+    /// Every step takes effect for new connections at once; live tunnels
+    /// are asked to reconnect so their agents get the bundle in `Welcome`.
+    pub fn rotate_ca(&self, step: &str) -> Result<CaRotationView, HubError> {
+        use crate::ca::CaRing;
+        let ring = match step {
+            "status" => return self.ca_rotation_view(),
+            "add" => CaRing::add(&self.store)?,
+            "switch" => CaRing::switch(&self.store)?,
+            "retire" => CaRing::retire(&self.store)?,
+            other => {
+                return Err(HubError::Invalid(format!(
+                    "unknown rotate-ca step {other:?} (add, switch, retire, status)"
+                )));
+            }
+        };
+        let stage = ring.stage();
+        let issuing = ring.issuing();
+        self.set_ca_ring(ring);
+        self.set_acceptor(crate::server::tls_acceptor(self)?);
+        let ca_pem = self.cfg.state_dir.join("ca.pem");
+        std::fs::write(&ca_pem, issuing.cert_pem()).map_err(|source| HubError::StateDir {
+            path: ca_pem,
+            source,
+        })?;
+        {
+            let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+            for entry in conns.values() {
+                let _ = entry.kill.send(Some(Kill::CaRotated));
+            }
+        }
+        self.store.audit(
+            "ca.rotate",
+            None,
+            "ok",
+            &format!(
+                "step={step} stage={} issuing_sha256={}",
+                stage.as_str(),
+                issuing.sha256_hex()
+            ),
+        )?;
+        tracing::info!(step, stage = stage.as_str(), issuing_sha256 = %issuing.sha256_hex(), "hub CA rotation step");
+        self.ca_rotation_view()
+    }
+
+    fn ca_rotation_view(&self) -> Result<CaRotationView, HubError> {
+        let ring = self.ca_ring();
+        let issuing = ring.issuing();
+        let mut bundle_sha256 = vec![issuing.sha256_hex()];
+        for ca in ring.all() {
+            if ca.sha256_hex() != issuing.sha256_hex() {
+                bundle_sha256.push(ca.sha256_hex());
+            }
+        }
+        // Before `switch` every certificate comes from the old CA; after it,
+        // those recorded up to the switch do.
+        let mark = match ring.stage() {
+            crate::ca::CaStage::Single => None,
+            crate::ca::CaStage::Added => Some(i64::MAX),
+            crate::ca::CaStage::Switched => ring.switch_mark(),
+        };
+        let clusters_on_old_ca = match mark {
+            Some(m) => self.store.clusters_with_cert_upto(m)?,
+            None => Vec::new(),
+        };
+        Ok(CaRotationView {
+            stage: ring.stage().as_str().to_owned(),
+            issuing_sha256: issuing.sha256_hex(),
+            bundle_sha256,
+            clusters_on_old_ca,
+        })
     }
 
     pub fn retire_key(&self, kid: &str) -> Result<(), HubError> {

@@ -185,6 +185,30 @@ impl Store {
         Ok(row)
     }
 
+    /// The row id of the last certificate recorded (0 without any): a mark
+    /// that later certificates are issued after it.
+    pub fn last_cert_mark(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT COALESCE(MAX(rowid), 0) FROM certs", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// Clusters, not revoked, whose newest certificate was recorded at or
+    /// before `mark` (from [`Store::last_cert_mark`]), by name.
+    pub fn clusters_with_cert_upto(&self, mark: i64) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT c.name FROM clusters c
+             WHERE c.revoked_at IS NULL
+               AND (SELECT MAX(rowid) FROM certs WHERE cluster = c.name AND revoked = 0) <= ?1
+             ORDER BY c.name",
+        )?;
+        let rows = stmt.query_map([mark], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT serial FROM certs WHERE revoked = 1")?;

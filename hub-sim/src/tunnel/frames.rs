@@ -268,7 +268,7 @@ where
                 "renewal flood",
             ));
         }
-        match hub.ca.sign_client_csr(
+        match hub.ca().sign_client_csr(
             req.csr_pem.as_bytes(),
             &self.id.org,
             &self.id.cluster,
@@ -292,7 +292,7 @@ where
                 );
                 self.send_frame(Frame::CertIssued(CertIssued {
                     certificate_pem: cert.pem,
-                    ca_bundle_pem: hub.ca.cert_pem().to_owned(),
+                    ca_bundle_pem: hub.ca_ring().bundle_pem(),
                 }))
                 .await?;
             }

@@ -77,6 +77,7 @@ where
             max_in_flight: self.limits.max_in_flight,
             signing_keys: hub.signing_keys(),
             recovery_window_secs: crate::recovery::announced_window(hub.cfg.recovery_window),
+            ca_bundle_pem: Some(hub.ca_ring().bundle_pem()),
         };
         if let Err(end) = self.send_frame(Frame::Welcome(welcome)).await {
             return end;
@@ -145,6 +146,16 @@ where
                                 }))),
                                 CloseCode::Normal,
                                 "keys rotated",
+                            );
+                        }
+                        Some(Kill::CaRotated) => {
+                            return End::Close(
+                                Some(Box::new(Frame::Goodbye(Goodbye {
+                                    reason: "hub CA rotation step; reconnect to receive the CA bundle".into(),
+                                    retry_after_secs: Some(1),
+                                }))),
+                                CloseCode::Normal,
+                                "ca rotated",
                             );
                         }
                         None => {}

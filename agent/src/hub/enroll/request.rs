@@ -63,13 +63,9 @@ pub enum EnrollFailure {
     /// carry no field values, so the token in that body never shows here.
     #[error("encoding the enrollment request failed: {0}")]
     Encode(#[source] serde_json::Error),
-    /// Writing the credentials failed, or (for recovery) the stored ones
-    /// are unusable.
+    /// Writing the credentials failed.
     #[error(transparent)]
     Creds(#[from] CredsError),
-    /// The proof of possession for certificate recovery could not be made.
-    #[error("signing the recovery request failed: {0}")]
-    Proof(#[from] vworkspace_protocol::recovery::RecoveryError),
 }
 
 /// Why the enrollment endpoint could not be reached. None of these causes
@@ -125,9 +121,6 @@ pub enum BadResponse {
     /// The answer names no cluster or organisation.
     #[error("empty cluster id or org")]
     EmptyIdentity,
-    /// A recovery answer names another cluster or organisation.
-    #[error("the hub answered for another cluster")]
-    ForeignCluster,
 }
 
 impl EnrollFailure {
@@ -159,8 +152,6 @@ pub struct KeyAndCsr {
     pub spki_der: Vec<u8>,
     /// PEM CSR.
     pub csr_pem: String,
-    /// DER CSR (what a recovery proof signs).
-    pub csr_der: Vec<u8>,
 }
 
 impl std::fmt::Debug for KeyAndCsr {
@@ -181,7 +172,6 @@ pub fn generate_key_and_csr(common_name: &str) -> Result<KeyAndCsr, EnrollFailur
         key_pem: key.serialize_pem(),
         spki_der: rcgen::PublicKeyData::subject_public_key_info(&key),
         csr_pem: csr.pem()?,
-        csr_der: csr.der().to_vec(),
     })
 }
 

@@ -96,6 +96,10 @@ impl Tunnel {
             .into());
         }
         conn.limits = limits_from(&welcome);
+        let creds = match welcome.ca_bundle_pem.as_deref() {
+            Some(bundle) => self.adopt_ca_bundle(creds, bundle).await,
+            None => creds,
+        };
         crate::hub::recovery::on_welcome(
             &self.cluster_status,
             &creds.cluster_id,
@@ -107,6 +111,60 @@ impl Tunnel {
             creds,
             welcome,
         })
+    }
+}
+
+// === impl Tunnel ===
+
+impl Tunnel {
+    /// Stores the CA bundle of `Welcome` with the credentials when it differs
+    /// from the stored one (docs/protocol.md §5.1): during a hub CA rotation
+    /// this is how an agent learns the new CA before the hub switches to it.
+    /// The bundle came over the connection the current bundle authenticated.
+    /// An empty or unparsable bundle is ignored.
+    async fn adopt_ca_bundle(&self, creds: Arc<Credentials>, bundle: &str) -> Arc<Credentials> {
+        use rustls_pki_types::pem::PemObject;
+        let new: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(bundle.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap_or_default();
+        if new.is_empty() {
+            tracing::warn!("Ignoring an empty or unparsable CA bundle in Welcome");
+            return creds;
+        }
+        if new == creds.ca_certs() {
+            return creds;
+        }
+        let fingerprints: Vec<String> = new
+            .iter()
+            .map(|c| hex::encode(ring::digest::digest(&ring::digest::SHA256, c.as_ref())))
+            .collect();
+        let updated = Credentials {
+            ca_pem: bundle.to_owned(),
+            ..(*creds).clone()
+        };
+        let owner = match self
+            .cluster_status
+            .api()
+            .get_opt(self.cluster_status.name())
+            .await
+        {
+            Ok(c) => c.as_ref().and_then(enroll::owner_ref),
+            Err(_) => None,
+        };
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        match updated
+            .store(&secrets, &self.credentials_secret, owner)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(cas = ?fingerprints, "Hub CA bundle updated from Welcome");
+                Arc::new(updated)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Storing the hub CA bundle from Welcome failed");
+                creds
+            }
+        }
     }
 }
 

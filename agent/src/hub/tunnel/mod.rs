@@ -41,6 +41,7 @@ use crate::process::logging::Redactor;
 
 pub use handshake::applied_versions;
 pub use tls::TlsConfigError;
+pub(crate) use tls::server_ca_unknown;
 
 /// Where the tunnel stands, for probes, metrics and `status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +81,10 @@ pub enum TunnelError {
     /// TLS configuration could not be built from the credentials.
     #[error("TLS configuration from the credentials Secret: {0}")]
     TlsConfig(#[from] TlsConfigError),
+    /// The hub's server certificate does not chain to a CA of the bundle:
+    /// the hub CA was rotated while this cluster was away.
+    #[error("the hub's server certificate comes from a CA this cluster does not trust: {0}")]
+    HubCaUnknown(String),
     /// The hub refused this identity (HTTP 401/403 or a TLS alert).
     #[error("the hub refused this agent's identity: {0}")]
     Rejected(String),
@@ -261,6 +266,8 @@ impl Tunnel {
             }
             set_state(&self.state, &self.metrics, ConnState::Connecting);
             let was_up = AtomicBool::new(false);
+            let mut ca_unknown = false;
+            let mut expired = false;
             let result = self.connect_once(shutdown, tasks, &was_up).await;
             if was_up.load(Ordering::Relaxed) {
                 attempt = 0;
@@ -316,11 +323,26 @@ impl Tunnel {
                     );
                     let rejected = matches!(error, TunnelError::Rejected(_));
                     tracing::warn!(%error, attempt, delay = ?d, "Tunnel connection failed");
+                    ca_unknown = matches!(error, TunnelError::HubCaUnknown(_));
+                    expired = matches!(error, TunnelError::CertificateExpired);
                     (d, error.to_string(), rejected)
                 }
             };
             set_state(&self.state, &self.metrics, ConnState::Disconnected);
-            if let Err(error) = self.cluster_status.disconnected(&message, rejected).await {
+            let creds = self.creds.borrow().clone();
+            let written = match creds {
+                Some(c) if ca_unknown => {
+                    self.cluster_status
+                        .hub_ca_unknown(&hub_ca_unknown_message(&c))
+                        .await
+                }
+                _ => {
+                    self.cluster_status
+                        .disconnected_with(&message, rejected, expired)
+                        .await
+                }
+            };
+            if let Err(error) = written {
                 tracing::warn!(%error, "Failed to update the Cluster status");
             }
             self.metrics.reconnects.inc();
@@ -332,6 +354,16 @@ impl Tunnel {
             }
         }
     }
+}
+
+/// What the Cluster says when the hub's server certificate comes from an
+/// unknown CA: the cause and the operator's way back (docs/operations.md,
+/// "Rotating the hub CA").
+pub(crate) fn hub_ca_unknown_message(c: &Credentials) -> String {
+    format!(
+        "the hub's server certificate comes from a CA that is not in this cluster's CA bundle: the hub CA was rotated (rotate-ca retire) while the cluster was offline. Retrying with backoff; to bring the cluster back, issue a new join token at the hub (it pins the new CA; hub-sim: `hub-sim token create --cluster {} --org {}`) and put it into the Secret named by spec.registrationTokenSecretRef",
+        c.cluster_id, c.org
+    )
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -390,6 +422,7 @@ mod tests {
             max_frame_bytes: frame,
             max_in_flight: in_flight,
             recovery_window_secs: None,
+            ca_bundle_pem: None,
             signing_keys: Vec::new(),
         }
     }

@@ -40,9 +40,17 @@ pub(super) struct Renewal {
 }
 
 impl Renewal {
-    /// Schedules renewal at two thirds of the certificate's lifetime.
+    /// Schedules renewal at two thirds of the certificate's lifetime, or at
+    /// once when the certificate comes from a CA the hub no longer issues from.
     pub(super) fn new(creds: &Credentials) -> Self {
-        Self::scheduled(creds, false)
+        let mut r = Self::scheduled(creds, false);
+        if issued_by_old_ca(creds) {
+            tracing::info!(
+                "The client certificate comes from a CA the hub no longer issues from; renewing now"
+            );
+            r.at = Some(Instant::now());
+        }
+        r
     }
 
     /// After a renewal, also wait at least half of what is left, so a hub
@@ -109,6 +117,27 @@ impl Renewal {
             ..creds.clone()
         })
     }
+}
+
+/// Whether the client certificate was issued by another CA than the first
+/// of the bundle, the one the hub issues from (docs/protocol.md §5.1): after
+/// a hub CA switch the agent renews at once, so the old CA can be retired
+/// without cutting it off. Compares the leaf's issuer name with the CA's
+/// subject name (each hub CA has its own).
+pub(super) fn issued_by_old_ca(creds: &Credentials) -> bool {
+    let (Some(leaf), Some(first)) = (
+        creds.certs().into_iter().next(),
+        creds.ca_certs().into_iter().next(),
+    ) else {
+        return false;
+    };
+    let (Ok((_, leaf)), Ok((_, ca))) = (
+        x509_parser::parse_x509_certificate(leaf.as_ref()),
+        x509_parser::parse_x509_certificate(first.as_ref()),
+    ) else {
+        return false;
+    };
+    leaf.issuer().as_raw() != ca.subject().as_raw()
 }
 
 /// When to send `renew_cert`, Unix seconds (docs/protocol.md §7): two thirds

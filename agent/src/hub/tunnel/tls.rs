@@ -62,6 +62,7 @@ pub(super) fn classify(e: tungstenite::Error) -> TunnelError {
                 TunnelError::UpgradeStatus(status)
             }
         }
+        other if server_ca_unknown(&other) => TunnelError::HubCaUnknown(other.to_string()),
         other => {
             let s = other.to_string();
             // The hub refuses a revoked or foreign certificate with a TLS alert.
@@ -72,4 +73,33 @@ pub(super) fn classify(e: tungstenite::Error) -> TunnelError {
             }
         }
     }
+}
+
+/// Whether a connect failed because the hub's server certificate does not
+/// chain to any CA of the bundle: the hub CA was rotated while this cluster
+/// was away (or the URL points at another server).
+pub(crate) fn server_ca_unknown(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(rustls::Error::InvalidCertificate(c)) = err.downcast_ref::<rustls::Error>() {
+            return matches!(
+                c,
+                rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature
+            );
+        }
+        // tokio-rustls hands rustls errors over inside an io::Error.
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            cur = Some(inner);
+            continue;
+        }
+        if let Some(tungstenite::Error::Io(io)) = err.downcast_ref::<tungstenite::Error>() {
+            cur = Some(io);
+            continue;
+        }
+        cur = err.source();
+    }
+    false
 }

@@ -163,7 +163,7 @@ class TunnelSession:
         keys = await self._store(hub.signing_keys)
         await self._send(wire.welcome(cluster, self.id.org, int(time.time()), cfg.heartbeat_secs,
                                       cfg.idle_timeout_secs, self.max_frame, self.window, keys,
-                                      cfg.recovery_window_secs or None))
+                                      cfg.recovery_window_secs or None, hub.ca.cert_pem()))
         log.info("welcome sent cluster=%s agent_version=%s applied=%d settled=%d", cluster, agent_version,
                  len(body["applied"]), settled)
         await self._pump()

@@ -214,6 +214,8 @@ def _struct(fields: list[tuple[str, Callable[[Any], Any], Any]]) -> Callable[[An
         for name, check, default in fields:
             v = x.get(name)
             if v is None:
+                if default is _OMIT:
+                    continue
                 if default is _REQ:
                     if getattr(check, "optional", False):
                         out[name] = None
@@ -230,6 +232,9 @@ def _struct(fields: list[tuple[str, Callable[[Any], Any], Any]]) -> Callable[[An
 
 
 _REQ = object()
+# An optional field that stays absent when absent (fields added within v1,
+# so that decoding and re-encoding a frame keeps its bytes).
+_OMIT = object()
 
 
 def _outcome(x: Any) -> Any:
@@ -262,6 +267,7 @@ _BODIES: dict[str, Callable[[Any], Any]] = {
         ("heartbeat_secs", _uint(32), _REQ), ("idle_timeout_secs", _uint(32), _REQ),
         ("max_frame_bytes", _uint(64), _REQ), ("max_in_flight", _uint(32), _REQ),
         ("signing_keys", _list(_key_info), list),
+        ("recovery_window_secs", _uint(64), _OMIT), ("ca_bundle_pem", _str, _OMIT),
     ]),
     "intent": _struct([("kid", _str, _REQ), ("payload", _bin, _REQ), ("signature", _bin, _REQ)]),
     "resync_request": _struct([("reason", _opt(_str), None), ("objects", _list(_objref), list)]),
@@ -378,13 +384,15 @@ def encode(seq: int, ack: int, body: Mapping[str, Any], max_frame_bytes: int = M
 
 def welcome(cluster_id: str, org: str, server_time: int, heartbeat_secs: int, idle_timeout_secs: int,
             max_frame_bytes: int, max_in_flight: int, signing_keys: list[dict[str, str]],
-            recovery_window_secs: int | None = None) -> dict[str, Any]:
+            recovery_window_secs: int | None = None, ca_bundle_pem: str | None = None) -> dict[str, Any]:
     w = {"type": "welcome", "cluster_id": cluster_id, "org": org, "server_time": server_time,
          "heartbeat_secs": heartbeat_secs, "idle_timeout_secs": idle_timeout_secs,
          "max_frame_bytes": max_frame_bytes, "max_in_flight": max_in_flight,
          "signing_keys": [{"kid": k["kid"], "public_key_hex": k["public_key_hex"]} for k in signing_keys]}
     if recovery_window_secs:
         w["recovery_window_secs"] = recovery_window_secs
+    if ca_bundle_pem:
+        w["ca_bundle_pem"] = ca_bundle_pem
     return w
 
 
