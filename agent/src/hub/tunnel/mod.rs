@@ -387,6 +387,7 @@ mod tests {
             max_frame_bytes: frame,
             max_in_flight: in_flight,
             recovery_window_secs: None,
+            max_chunks: None,
             signing_keys: Vec::new(),
         }
     }
@@ -405,7 +406,8 @@ mod tests {
         let l = limits_from(&welcome(10_000, 5, 10, 1 << 30));
         assert_eq!(l.heartbeat_secs, Limits::default().max_heartbeat_secs);
         assert_eq!(l.max_frame_bytes, 4096);
-        assert_eq!(l.max_in_flight, 1024);
+        // A hub granting more than the agent offered is held to the offer.
+        assert_eq!(l.max_in_flight, super::conn::AGENT_MAX_IN_FLIGHT);
     }
 
     #[test]
