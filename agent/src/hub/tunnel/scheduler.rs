@@ -94,6 +94,7 @@ pub(super) async fn intent_worker(
     let mut ids: HashMap<tokio::task::Id, Option<ObjectRef>> = HashMap::new();
     let mut held = Held::default();
     let mut closed = false;
+    let mut stopped = false;
     loop {
         while running.len() < APPLY_CONCURRENCY
             && let Some((seq, intent, object)) = held.ready.pop_front()
@@ -113,7 +114,7 @@ pub(super) async fn intent_worker(
                     // A panicked apply frees its object; the hub resends the intent later.
                     Err(e) => (e.id(), None),
                 };
-                if let Some(Some(o)) = ids.remove(&id) && !closed {
+                if let Some(Some(o)) = ids.remove(&id) {
                     held.done(&o);
                 }
                 if let Some(ack) = ack
@@ -122,8 +123,10 @@ pub(super) async fn intent_worker(
                     return;
                 }
             }
-            // The connection ended: take no more intents, let running ones finish.
-            _ = stop.cancelled(), if !closed => {
+            // The connection ended: take no more intents, let running ones
+            // finish; those held are resent by the hub.
+            _ = stop.cancelled(), if !stopped => {
+                stopped = true;
                 closed = true;
                 held.clear();
             }
