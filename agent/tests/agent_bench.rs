@@ -358,6 +358,13 @@ async fn big_cluster_rss_and_reconnect_digest() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let loaded_rss = rss_kib(pid);
     let initial = out_counts(admin).await;
+    let figure = |name: &str, v: f64| println!("figure {name} {v:.4}");
+    figure("big_n", n as f64);
+    figure("big_apply_s", applied_in.as_secs_f64());
+    figure("big_rss_mib", loaded_rss as f64 / 1024.0);
+    figure("big_rss_idle_mib", idle_rss as f64 / 1024.0);
+    figure("full_status_bytes", initial["status"].1);
+    figure("full_inventory_bytes", initial["inventory"].1);
 
     // Cut the tunnel; while it is down, change CHANGED statuses.
     hub.hub
@@ -432,18 +439,12 @@ async fn big_cluster_rss_and_reconnect_digest() {
         loaded_rss as f64 / 1024.0,
         hello_one,
     );
-    let figure = |name: &str, v: f64| println!("figure {name} {v:.4}");
-    figure("big_n", n as f64);
-    figure("big_apply_s", applied_in.as_secs_f64());
-    figure("big_rss_mib", loaded_rss as f64 / 1024.0);
-    figure("big_rss_idle_mib", idle_rss as f64 / 1024.0);
     figure("reconnect_hello_bytes", hello_one);
     figure("reconnect_inventory_bytes", inv_bytes);
     figure("reconnect_inventory_frames", inv_frames);
     figure("reconnect_status_bytes", st_bytes);
     figure("reconnect_status_frames", st_frames);
     figure("reconnect_total_bytes", reconnect_bytes);
-    figure("full_status_bytes", all_st_bytes);
     let _ = child.start_kill();
     let _ = child.wait().await;
     hub.shutdown().await;
