@@ -4,6 +4,11 @@
 //! and the time from `hub-sim apply` of each of 1,000 intents to its object
 //! being present in the API server (p50/p99).
 //!
+//! A second benchmark (`big_cluster_rss_and_reconnect_digest`) holds 10,000
+//! ApplicationInstances (`VWS_BENCH_BIG_N`), reads the agent's RSS, cuts the
+//! tunnel, changes 10 statuses while it is down, and counts the bytes the
+//! agent sends after it reconnects (Hello, Inventory, Status).
+//!
 //! cargo test --release -p vworkspace-agent --test agent_bench -- --ignored --nocapture
 
 mod agent_support;
@@ -173,8 +178,8 @@ async fn agent_rss_and_intent_to_object_latency() {
     latencies.sort();
 
     // Baseline in the same run: a plain client server-side-applies the same
-    // 1,000 objects into another namespace, 8 at a time (the agent applies
-    // intents for different objects 8 at a time).
+    // 1,000 objects into another namespace, 16 at a time (the agent applies
+    // intents for different objects 16 at a time).
     let base_ns = vworkspace_e2e::test_namespace(&cp.client, "bench-base")
         .await
         .unwrap();
@@ -194,7 +199,7 @@ async fn agent_rss_and_intent_to_object_latency() {
                 .await
             }
         })
-        .buffer_unordered(8)
+        .buffer_unordered(16)
         .collect()
         .await;
     for r in results {
@@ -230,7 +235,7 @@ async fn agent_rss_and_intent_to_object_latency() {
     );
     println!("\n=== agent benchmark ===\n{report}");
     println!(
-        "baseline: a plain client applies the same {N} objects (8 in flight) in {baseline:.2?}; ratio baseline / agent burst {:.2}",
+        "baseline: a plain client applies the same {N} objects (16 in flight) in {baseline:.2?}; ratio baseline / agent burst {:.2}",
         baseline.as_secs_f64() / all_in.as_secs_f64()
     );
     let figure = |name: &str, v: f64| println!("figure {name} {v:.4}");
@@ -254,6 +259,192 @@ async fn agent_rss_and_intent_to_object_latency() {
         "single_p99_ms",
         percentile(&single, 0.99).as_secs_f64() * 1e3,
     );
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    hub.shutdown().await;
+}
+
+/// Sum of `vworkspace_agent_frame_bytes_total` or `_frames_total` for one
+/// outgoing frame type.
+async fn out_metric(admin: std::net::SocketAddr, metric: &str, frame_type: &str) -> f64 {
+    let (_, body) = http_get(admin, "/metrics").await;
+    let want = format!("direction=\"out\",type=\"{frame_type}\"}}");
+    body.lines()
+        .filter(|l| l.starts_with(metric) && l.contains(&want))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn out_counts(admin: std::net::SocketAddr) -> HashMap<&'static str, (f64, f64)> {
+    let mut m = HashMap::new();
+    for t in ["hello", "inventory", "status", "intent_ack", "event"] {
+        let frames = out_metric(admin, "vworkspace_agent_frames_total", t).await;
+        let bytes = out_metric(admin, "vworkspace_agent_frame_bytes_total", t).await;
+        m.insert(t, (frames, bytes));
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run explicitly with --ignored --nocapture"]
+async fn big_cluster_rss_and_reconnect_digest() {
+    let n: usize = std::env::var("VWS_BENCH_BIG_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    const CHANGED: usize = 10;
+    let cluster = "edge-big";
+    let Joined {
+        serial: _serial,
+        cp,
+        dir: _dir,
+        hub,
+        token: _,
+    } = joined("big", cluster).await;
+    let admin = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vworkspace-agent"))
+        .arg("run")
+        .args(["--namespace", &cp.agent_ns])
+        .args(["--cluster-object", &cp.cluster_object])
+        .args(["--admin-addr", &admin.to_string()])
+        .args(["--pod-name", "big-1"])
+        .args(["--controllers", "false"])
+        .args(["--log-level", "warn"])
+        .env("KUBECONFIG", vworkspace_e2e::shared().kubeconfig_path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting vworkspace-agent");
+    let pid = child.id().unwrap();
+    eventually(Duration::from_secs(120), "the agent connected", || async {
+        hub.hub.is_connected(cluster).then_some(())
+    })
+    .await;
+    let idle_rss = rss_kib(pid);
+
+    // n intents through the hub; the agent applies them and streams statuses.
+    let ns = vworkspace_e2e::test_namespace(&cp.client, "big")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    for i in 0..n {
+        hub.hub
+            .apply(
+                Some(cluster),
+                &app_manifest(&ns, &format!("app-{i:05}"), "big"),
+            )
+            .expect("hub apply");
+    }
+    let api: Api<ApplicationInstance> = Api::namespaced(cp.client.clone(), &ns);
+    eventually(
+        Duration::from_secs(1200),
+        "every object applied",
+        || async {
+            let pending = hub.hub.store().pending_intents(cluster, 0, 1).ok()?;
+            pending.is_empty().then_some(())
+        },
+    )
+    .await;
+    let applied_in = t.elapsed();
+    eventually(Duration::from_secs(600), "every status sent", || async {
+        pending_statuses(admin).await.filter(|n| *n == 0.0)
+    })
+    .await;
+    // Let the watch caches and allocator settle before reading RSS.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let loaded_rss = rss_kib(pid);
+    let initial = out_counts(admin).await;
+    let figure = |name: &str, v: f64| println!("figure {name} {v:.4}");
+    figure("big_n", n as f64);
+    figure("big_apply_s", applied_in.as_secs_f64());
+    figure("big_rss_mib", loaded_rss as f64 / 1024.0);
+    figure("big_rss_idle_mib", idle_rss as f64 / 1024.0);
+    figure("full_status_bytes", initial["status"].1);
+    figure("full_inventory_bytes", initial["inventory"].1);
+
+    // Cut the tunnel; while it is down, change CHANGED statuses.
+    hub.hub
+        .set_faults(
+            cluster,
+            hub_sim::faults::Faults {
+                drop_after_frames: Some(0),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    eventually(Duration::from_secs(60), "the tunnel dropped", || async {
+        (!hub.hub.is_connected(cluster)).then_some(())
+    })
+    .await;
+    for i in 0..CHANGED {
+        api.patch_status(
+            &format!("app-{i:05}"),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"status": {"observedGeneration": 42}})),
+        )
+        .await
+        .expect("status patch");
+    }
+    // The agent's watch sees the changes before the tunnel comes back.
+    eventually(Duration::from_secs(60), "the changes seen", || async {
+        pending_statuses(admin)
+            .await
+            .filter(|p| *p >= CHANGED as f64)
+    })
+    .await;
+    let before = out_counts(admin).await;
+    hub.hub
+        .set_faults(cluster, hub_sim::faults::Faults::default())
+        .unwrap();
+    eventually(Duration::from_secs(120), "reconnected", || async {
+        hub.hub.is_connected(cluster).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(120), "the changes sent", || async {
+        pending_statuses(admin).await.filter(|p| *p == 0.0)
+    })
+    .await;
+    // The hub's resync requests (if any) answered too.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = out_counts(admin).await;
+    let delta = |t: &str| {
+        let (f0, b0) = before[t];
+        let (f1, b1) = after[t];
+        (f1 - f0, b1 - b0)
+    };
+    let (hello_frames, hello_bytes) = delta("hello");
+    // Attempts refused while the fault was on also sent a Hello each: count one.
+    let hello_one = if hello_frames > 0.0 {
+        hello_bytes / hello_frames
+    } else {
+        0.0
+    };
+    let (inv_frames, inv_bytes) = delta("inventory");
+    let (st_frames, st_bytes) = delta("status");
+    let reconnect_bytes = hello_one + inv_bytes + st_bytes;
+    let (all_st_frames, all_st_bytes) = initial["status"];
+    let (_, all_inv_bytes) = initial["inventory"];
+    println!(
+        "\n=== big cluster benchmark ({n} ApplicationInstances) ===\n\
+         {n} intents applied in {applied_in:.2?}\n\
+         agent RSS idle {:.1} MiB, with {n} objects {:.1} MiB\n\
+         after a reconnect with {CHANGED} changed: hello {:.0} B (one; {hello_frames} sent incl. refused attempts), \
+         inventory {inv_bytes:.0} B in {inv_frames} frames, status {st_bytes:.0} B in {st_frames} frames; total {reconnect_bytes:.0} B\n\
+         baseline: every status once (the first connection's stream) {all_st_bytes:.0} B in {all_st_frames} frames (+ inventory {all_inv_bytes:.0} B)",
+        idle_rss as f64 / 1024.0,
+        loaded_rss as f64 / 1024.0,
+        hello_one,
+    );
+    figure("reconnect_hello_bytes", hello_one);
+    figure("reconnect_inventory_bytes", inv_bytes);
+    figure("reconnect_inventory_frames", inv_frames);
+    figure("reconnect_status_bytes", st_bytes);
+    figure("reconnect_status_frames", st_frames);
+    figure("reconnect_total_bytes", reconnect_bytes);
     let _ = child.start_kill();
     let _ = child.wait().await;
     hub.shutdown().await;

@@ -136,6 +136,7 @@ impl Tunnel {
                 max_frame_bytes: 0,
                 max_in_flight: 0,
                 signing_keys: vec![],
+                max_chunks: None,
                 recovery_window_secs: None,
                 ca_bundle_pem: None,
             },
@@ -145,6 +146,8 @@ impl Tunnel {
             agent_version: concat!("hub-sim-demo/", env!("CARGO_PKG_VERSION")).into(),
             capabilities: vec![],
             applied: vec![],
+            max_in_flight: None,
+            chunk: None,
         }))
         .await?;
         match t.recv().await?.body {

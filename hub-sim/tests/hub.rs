@@ -361,6 +361,7 @@ async fn offline_intents_are_delivered_in_order_and_resume_from_applied() {
     agent
         .send(Frame::Inventory(proto::Inventory {
             objects: vec![entry("a", "h1"), entry("zz", "h9")],
+            chunk: None,
         }))
         .await;
     match agent.recv().await.body {
@@ -726,6 +727,8 @@ async fn fault_switches_do_what_they_say() {
         agent_version: "t".into(),
         capabilities: vec![],
         applied: vec![],
+        max_in_flight: None,
+        chunk: None,
     }))
     .await;
     assert!(
@@ -828,6 +831,7 @@ async fn inventory_behind_the_hub_gets_acked_intents_again() {
             version: 1,
             status_hash: String::new(),
         }],
+        chunk: None,
     }))
     .await;
     let (seq, _, again) = a.recv_intent().await;

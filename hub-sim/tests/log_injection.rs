@@ -50,6 +50,8 @@ async fn newlines_from_the_agent_do_not_start_log_lines() {
             agent_version: format!("1.0{FORGED}"),
             capabilities: vec![],
             applied: vec![],
+            max_in_flight: None,
+            chunk: None,
         }))
         .await;
     assert!(matches!(agent.recv().await.body, Frame::Welcome(_)));

@@ -34,6 +34,8 @@ pub enum ErrorCode {
     Internal,
     /// A `RenewCert` CSR was refused (the connection stays up).
     CsrInvalid,
+    /// A chunked frame broke the chunk rules (order, count, size or time).
+    ChunkError,
 }
 
 impl ErrorCode {
@@ -49,6 +51,7 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::Internal,
         ErrorCode::CsrInvalid,
+        ErrorCode::ChunkError,
     ];
 
     /// The code as written on the wire.
@@ -64,6 +67,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Internal => "internal",
             ErrorCode::CsrInvalid => "csr_invalid",
+            ErrorCode::ChunkError => "chunk_error",
         }
     }
 
@@ -76,7 +80,7 @@ impl ErrorCode {
     pub const fn close_code(self) -> u16 {
         match self {
             ErrorCode::FrameTooLarge => 1009,
-            ErrorCode::Unauthorized => 1008,
+            ErrorCode::Unauthorized | ErrorCode::ChunkError => 1008,
             ErrorCode::Internal => 1011,
             _ => 1002,
         }

@@ -297,6 +297,29 @@ pub struct Welcome {
     /// renewed since still learns a new CA before the hub switches to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle_pem: Option<String>,
+    /// Present when the hub assembles chunked `Hello` and `Inventory` frames
+    /// (see [`Chunk`]): the most chunks it accepts for one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_chunks: Option<u32>,
+}
+
+/// Position of one frame in a chunked `Hello` or `Inventory`: a list too long
+/// for one frame is split into `count` frames sent in `index` order
+/// (`0..count`), each under `max_frame_bytes`; the receiver acts on the
+/// concatenation once the last one has arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// Position of this frame, from 0.
+    pub index: u32,
+    /// Number of frames in the whole; at least 1.
+    pub count: u32,
+}
+
+impl Chunk {
+    /// Whether this is the last frame of its set.
+    pub fn is_last(&self) -> bool {
+        self.index.saturating_add(1) >= self.count
+    }
 }
 
 /// Hub → agent: asks for state again. With no `objects`, the agent sends a
@@ -349,16 +372,24 @@ pub struct AppliedVersion {
 }
 
 /// Agent → hub: first frame on every connection.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// Agent build version, e.g. `"0.1.0"`.
     pub agent_version: String,
     /// Optional features the agent supports (free-form names).
     #[serde(default)]
     pub capabilities: Vec<String>,
-    /// Every object the agent holds, with the intent version applied to it.
+    /// Every object the agent holds, with the intent version applied to it
+    /// (of this chunk, when `chunk` is present).
     #[serde(default)]
     pub applied: Vec<AppliedVersion>,
+    /// Intents the agent can take unacknowledged at once; the hub's window is
+    /// at most this. Absent: the hub uses its default for older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// Present when `applied` is split over several `Hello` frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<Chunk>,
 }
 
 /// Outcome of one intent.
@@ -462,9 +493,12 @@ pub struct InventoryEntry {
 /// `ResyncRequest`. The hub resends newer intents and asks for differing statuses.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inventory {
-    /// One entry per object.
+    /// One entry per object (of this chunk, when `chunk` is present).
     #[serde(default)]
     pub objects: Vec<InventoryEntry>,
+    /// Present when the digest is split over several `Inventory` frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<Chunk>,
 }
 
 /// Agent → hub: an audit event.

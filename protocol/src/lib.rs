@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod bytes;
+pub mod chunk;
 pub mod codec;
 pub mod enrollment;
 pub mod frame;
@@ -23,8 +24,8 @@ pub mod version;
 
 pub use codec::{DecodeError, EncodeError, ErrorCode, decode, encode};
 pub use frame::{
-    AppliedVersion, CertIssued, Condition, Envelope, ErrorFrame, Event, Frame, Goodbye, Hello,
-    IntentAck, IntentOutcome, Inventory, InventoryEntry, ObjectKind, ObjectRef, RenewCert,
+    AppliedVersion, CertIssued, Chunk, Condition, Envelope, ErrorFrame, Event, Frame, Goodbye,
+    Hello, IntentAck, IntentOutcome, Inventory, InventoryEntry, ObjectKind, ObjectRef, RenewCert,
     ResyncRequest, Status, Welcome,
 };
 pub use intent::{

@@ -7,6 +7,14 @@ pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
 pub const MAX_INTENT_PAYLOAD_BYTES: usize = 1024 * 1024 - 4096;
 /// Default number of intents the hub may send before it sees their acks.
 pub const MAX_IN_FLIGHT: u32 = 64;
+/// Largest intent window an agent offers in `Hello` (and the most a hub grants).
+pub const MAX_IN_FLIGHT_OFFER: u32 = 1024;
+/// Default most chunks a hub accepts for one chunked `Hello` or `Inventory`.
+pub const MAX_CHUNKS: u32 = 16;
+/// Default most entries a hub accepts in one assembled `Hello` or `Inventory`.
+pub const MAX_CHUNKED_ENTRIES: usize = 200_000;
+/// Default time a hub allows from the first to the last chunk of a set, seconds.
+pub const CHUNK_TIMEOUT_SECS: u64 = 60;
 /// Default WebSocket ping interval, seconds.
 pub const HEARTBEAT_SECS: u32 = 20;
 /// Default silence after which a peer is dropped, seconds.

@@ -10,6 +10,8 @@ fn hello() -> Envelope {
             agent_version: "0.1.0".into(),
             capabilities: vec![],
             applied: vec![],
+            max_in_flight: None,
+            chunk: None,
         }),
     )
 }

@@ -199,3 +199,44 @@ fn recovery_proofs_verify_exactly_when_marked_valid() {
         assert_eq!(ok, p["valid"] == true, "{}", p["name"]);
     }
 }
+
+#[test]
+fn chunk_vectors_decode_reencode_and_assemble_as_specified() {
+    use vworkspace_protocol::chunk::{Assembly, ChunkError};
+    let file = load("chunks.json");
+    for v in file["frames"].as_array().expect("frames") {
+        let bytes = unhex(&v["hex"]);
+        let env =
+            decode(&bytes, &Limits::default()).unwrap_or_else(|e| panic!("{}: {e}", v["name"]));
+        assert_eq!(vectors::meaning(&env), v["decoded"], "{}", v["name"]);
+        assert_eq!(encode(&env, &Limits::default()).expect("encode"), bytes);
+    }
+    let kind = |e: &ChunkError| match e {
+        ChunkError::Invalid { .. } => "invalid",
+        ChunkError::TooManyChunks { .. } => "too_many_chunks",
+        ChunkError::OutOfOrder { .. } => "out_of_order",
+        ChunkError::Interrupted { .. } => "interrupted",
+        ChunkError::TooManyEntries { .. } => "too_many_entries",
+        ChunkError::TimedOut { .. } => "timed_out",
+        _ => "other",
+    };
+    for case in file["assembly"].as_array().expect("assembly") {
+        let name = case["name"].as_str().expect("name");
+        let mut a: Assembly<u64> = Assembly::new(
+            case["max_chunks"].as_u64().expect("max_chunks") as u32,
+            case["max_entries"].as_u64().expect("max_entries") as usize,
+        );
+        for step in case["steps"].as_array().expect("steps") {
+            let chunk: Option<Chunk> =
+                serde_json::from_value(step["chunk"].clone()).expect("chunk");
+            let entries: Vec<u64> =
+                serde_json::from_value(step["entries"].clone()).expect("entries");
+            let got = match a.push(chunk, entries) {
+                Ok(None) => serde_json::json!("pending"),
+                Ok(Some(all)) => serde_json::json!({"complete": all}),
+                Err(e) => serde_json::json!({"error": kind(&e)}),
+            };
+            assert_eq!(got, step["expect"], "{name}");
+        }
+    }
+}

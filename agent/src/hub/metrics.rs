@@ -50,6 +50,8 @@ pub struct Metrics {
     pub intents: Family<IntentLabels, Counter>,
     /// Frames by direction and type.
     pub frames: Family<FrameLabels, Counter>,
+    /// Encoded bytes of those frames, by direction and type.
+    pub frame_bytes: Family<FrameLabels, Counter>,
     /// Depth of the bounded queues.
     pub queue_depth: Family<QueueLabels, Gauge>,
     /// Status updates dropped because a bounded buffer was full.
@@ -74,6 +76,7 @@ impl Metrics {
             reconnects: Counter::default(),
             intents: Family::default(),
             frames: Family::default(),
+            frame_bytes: Family::default(),
             queue_depth: Family::default(),
             status_dropped: Counter::default(),
             cert_expiry: Gauge::default(),
@@ -102,6 +105,11 @@ impl Metrics {
             "frames",
             "Tunnel frames by direction and type",
             m.frames.clone(),
+        );
+        r.register(
+            "frame_bytes",
+            "Encoded bytes of tunnel frames (envelopes) by direction and type",
+            m.frame_bytes.clone(),
         );
         r.register(
             "queue_depth",
@@ -151,14 +159,16 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one frame.
-    pub fn frame(&self, direction: &'static str, type_name: &str) {
-        self.frames
-            .get_or_create(&FrameLabels {
-                direction: direction.to_owned(),
-                r#type: type_name.to_owned(),
-            })
-            .inc();
+    /// Counts one frame of `bytes` encoded bytes.
+    pub fn frame(&self, direction: &'static str, type_name: &str, bytes: usize) {
+        let labels = FrameLabels {
+            direction: direction.to_owned(),
+            r#type: type_name.to_owned(),
+        };
+        self.frames.get_or_create(&labels).inc();
+        self.frame_bytes
+            .get_or_create(&labels)
+            .inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
     }
 
     /// Sets one queue depth.

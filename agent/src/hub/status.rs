@@ -162,6 +162,7 @@ impl Outbox {
                     status_hash: st.hash.clone(),
                 })
                 .collect(),
+            chunk: None,
         }
     }
 

@@ -236,6 +236,8 @@ async fn tunnel(
             agent_version: "hub-loadgen".into(),
             capabilities: vec![],
             applied: vec![],
+            max_in_flight: None,
+            chunk: None,
         }),
     );
     ws.send(Message::Binary(proto::encode(&hello, &limits)?.into()))

@@ -168,8 +168,9 @@ pub struct ServeArgs {
     /// Maximum concurrent TLS connections.
     #[arg(long, env = "HUB_SIM_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
-    /// Maximum unacked intents in flight per tunnel.
-    #[arg(long, env = "HUB_SIM_WINDOW", default_value_t = 32)]
+    /// Most unacked intents in flight per tunnel (the agent's offer in Hello
+    /// can lower it; agents that offer none get at most 32).
+    #[arg(long, env = "HUB_SIM_WINDOW", default_value_t = 1024)]
     pub window: usize,
     /// WebSocket ping interval.
     #[arg(long, env = "HUB_SIM_PING_INTERVAL", default_value = "20s")]

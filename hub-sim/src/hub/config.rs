@@ -25,7 +25,9 @@ pub struct Config {
     pub intent_ttl: Duration,
     /// Maximum concurrent TLS connections (enrollment + tunnels).
     pub max_connections: usize,
-    /// Intents sent but not yet acked, per tunnel.
+    /// Most intents sent but not yet acked per tunnel: the window granted is
+    /// the smaller of this and the agent's `Hello.max_in_flight` (32 for an
+    /// agent that offers none).
     pub window: usize,
     /// WebSocket ping interval.
     pub ping_interval: Duration,
@@ -87,7 +89,7 @@ impl Config {
             token_ttl: Duration::from_secs(3600),
             intent_ttl: Duration::from_secs(600),
             max_connections: 10_000,
-            window: 32,
+            window: 1024,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             shutdown_retry_after: Duration::from_secs(5),

@@ -181,6 +181,31 @@ impl Store {
         )?)
     }
 
+    /// [`Self::settle_applied`] for many objects in one transaction (a
+    /// Hello or Inventory of a big cluster); returns the intents settled.
+    pub fn settle_applied_many<'a>(
+        &self,
+        cluster: &str,
+        held: impl IntoIterator<Item = (&'a str, &'a str, &'a str, u64)>,
+    ) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut n = 0;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE intents SET acked_at = ?6, outcome = 'applied', outcome_message = 'reported applied in Hello'
+                 WHERE cluster = ?1 AND kind = ?2 AND namespace = ?3 AND name = ?4 AND version <= ?5
+                   AND acked_at IS NULL",
+            )?;
+            let t = now();
+            for (kind, namespace, name, version) in held {
+                n += stmt.execute(params![cluster, kind, namespace, name, version as i64, t])?;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
     /// Makes the newest intent of an object pending again if it was applied
     /// (or no-op'd) before; returns its seq if it is now pending. A rejected
     /// newest intent stays settled (resending would only be refused again).

@@ -1,13 +1,18 @@
 //! One method per inbound frame type; [`Conn::handle`] dispatches.
 
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use tokio::time::Instant;
 use vworkspace_protocol::{
     self as proto, CertIssued, Envelope, ErrorCode, Frame, Goodbye, IntentOutcome, ObjectRef,
-    RejectionCode, ResyncRequest,
+    RejectionCode, ResyncRequest, limits,
 };
 
-use super::{Conn, End, MAX_RENEWALS_PER_CONN, MAX_RESYNC_OBJECTS, close_code, error_frame};
+use super::{
+    Conn, End, MAX_RENEWALS_PER_CONN, MAX_RESYNC_OBJECTS, chunk_end, close_code, error_frame,
+};
 use crate::api::ConditionView;
 use crate::sanitize::for_log;
 use crate::store::{StatusRow, now};
@@ -24,7 +29,26 @@ where
                 self.on_status(st);
                 Ok(())
             }
-            Frame::Inventory(inv) => self.on_inventory(inv).await,
+            Frame::Inventory(inv) => match self.inventory.push(inv.chunk, inv.objects) {
+                Ok(Some(objects)) => {
+                    self.inventory_deadline = None;
+                    self.on_inventory(proto::Inventory {
+                        objects,
+                        chunk: None,
+                    })
+                    .await
+                }
+                Ok(None) => {
+                    self.inventory_deadline.get_or_insert_with(|| {
+                        Instant::now() + Duration::from_secs(limits::CHUNK_TIMEOUT_SECS)
+                    });
+                    Ok(())
+                }
+                Err(e) => {
+                    self.inventory_deadline = None;
+                    Err(chunk_end(&self.hub, "inventory", &e))
+                }
+            },
             Frame::Event(ev) => {
                 self.on_event(ev);
                 Ok(())
@@ -142,9 +166,7 @@ where
     pub(super) async fn on_inventory(&mut self, inv: proto::Inventory) -> Result<(), End> {
         let hub = self.hub.clone();
         let cluster = self.id.cluster.clone();
-        for entry in &inv.objects {
-            self.settle(&entry.object, entry.version);
-        }
+        self.settle_many(inv.objects.iter().map(|e| (&e.object, e.version)));
         // Objects whose newest intent is newer than what the agent holds
         // get that intent again, even if it was acked before (the cluster
         // lost it). Intents the agent rejected are not resent.
@@ -376,16 +398,17 @@ where
         }
     }
 
-    /// The agent holds `version` of `object`: pending intents up to it are done.
-    pub(super) fn settle(&self, object: &ObjectRef, version: u64) -> usize {
+    /// The agent holds these versions: pending intents up to them are done.
+    pub(super) fn settle_many<'a>(
+        &self,
+        held: impl IntoIterator<Item = (&'a ObjectRef, u64)>,
+    ) -> usize {
         self.hub
             .store
-            .settle_applied(
+            .settle_applied_many(
                 &self.id.cluster,
-                object.kind.as_str(),
-                &object.namespace,
-                &object.name,
-                version,
+                held.into_iter()
+                    .map(|(o, v)| (o.kind.as_str(), o.namespace.as_str(), o.name.as_str(), v)),
             )
             .unwrap_or_else(|e| {
                 tracing::error!(error = %e, "settling applied versions failed");

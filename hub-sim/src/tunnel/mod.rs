@@ -5,7 +5,9 @@
 //! store order with at most `window` unacknowledged, takes acks, statuses,
 //! inventory, events and renewal requests, pings, and enforces the idle
 //! timeout. Nothing per connection grows without bound: the in-flight window
-//! is fixed, inbound frames are size-checked, and every send has a deadline.
+//! is negotiated once (at most `--window`), inbound frames are size-checked,
+//! chunked Hello and Inventory frames are assembled within a chunk count, an
+//! entry count and a deadline, and every send has a deadline.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -17,7 +19,10 @@ use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use vworkspace_protocol::{ErrorCode, ErrorFrame, Frame, Limits, ObjectKind};
+use vworkspace_protocol::chunk::{Assembly, ChunkError};
+use vworkspace_protocol::{
+    ErrorCode, ErrorFrame, Frame, InventoryEntry, Limits, ObjectKind, limits,
+};
 
 mod frames;
 mod send;
@@ -34,6 +39,10 @@ const MAX_RESYNC_OBJECTS: usize = 1000;
 
 /// Renewals accepted per connection (a hostile agent cannot make the CA spin).
 const MAX_RENEWALS_PER_CONN: u32 = 8;
+
+/// In-flight window for agents whose `Hello` does not offer one (hub-sim's
+/// window before it was negotiated).
+const LEGACY_WINDOW: usize = 32;
 
 /// How a connection ended.
 enum End {
@@ -52,8 +61,13 @@ struct Conn<S> {
     out_seq: u64,
     in_seq: u64,
     frames_sent: u64,
+    /// Intents this connection may have unacked (negotiated in Hello/Welcome).
+    window: usize,
     /// Sent, unacked intents: (envelope seq, store seq, intent id).
     in_flight: VecDeque<(u64, i64, String)>,
+    /// A chunked Inventory being assembled, and when it must be complete.
+    inventory: Assembly<InventoryEntry>,
+    inventory_deadline: Option<Instant>,
     /// Store seq of the last intent sent on this connection.
     cursor: i64,
     renewals: u32,
@@ -88,7 +102,10 @@ where
         out_seq: 0,
         in_seq: 0,
         frames_sent: 0,
+        window: LEGACY_WINDOW.min(hub.cfg.window),
         in_flight: VecDeque::new(),
+        inventory: Assembly::new(limits::MAX_CHUNKS, limits::MAX_CHUNKED_ENTRIES),
+        inventory_deadline: None,
         cursor: 0,
         renewals: 0,
         last_rx: Instant::now(),
@@ -122,6 +139,19 @@ fn error_frame(code: ErrorCode, message: impl Into<String>) -> Frame {
         code: code.as_str().to_owned(),
         message: message.into(),
     })
+}
+
+/// A chunked Hello or Inventory broke the rules: `chunk_error`, then close.
+fn chunk_end(hub: &Hub, what: &str, e: &ChunkError) -> End {
+    hub.metrics.frame_refused(ErrorCode::ChunkError.as_str());
+    End::Close(
+        Some(Box::new(error_frame(
+            ErrorCode::ChunkError,
+            format!("{what}: {e}"),
+        ))),
+        close_code(ErrorCode::ChunkError),
+        "chunk error",
+    )
 }
 
 fn close_code(code: ErrorCode) -> CloseCode {

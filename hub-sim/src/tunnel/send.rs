@@ -26,21 +26,29 @@ where
 
     /// Sends pending intents until the window is full.
     pub(super) async fn pump(&mut self) -> Result<(), End> {
-        let window = self.hub.cfg.window;
+        let window = self.window;
         while self.in_flight.len() < window {
             let want = window - self.in_flight.len();
-            // In-flight intents may sit after the cursor again after a requeue; skip them.
-            let fetched = match self.hub.store.pending_intents(
-                &self.id.cluster,
-                self.cursor,
-                want + self.in_flight.len(),
-            ) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(error = %e, "reading pending intents failed");
-                    return Ok(());
-                }
-            };
+            // In-flight intents may sit after the cursor again after a requeue;
+            // fetch enough to skip them (usually none, so a wide window does
+            // not make every ack read the whole window again).
+            let behind = self
+                .in_flight
+                .iter()
+                .filter(|(_, seq, _)| *seq > self.cursor)
+                .count();
+            let fetched =
+                match self
+                    .hub
+                    .store
+                    .pending_intents(&self.id.cluster, self.cursor, want + behind)
+                {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading pending intents failed");
+                        return Ok(());
+                    }
+                };
             if fetched.is_empty() {
                 return Ok(());
             }

@@ -2,6 +2,7 @@
 //! that reads frames, pings, enforces the idle timeout and obeys kills.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -9,9 +10,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use vworkspace_protocol::{self as proto, Envelope, ErrorCode, Frame, Goodbye, Welcome};
+use vworkspace_protocol::chunk::{Assembly, ChunkError};
+use vworkspace_protocol::{
+    self as proto, AppliedVersion, Envelope, ErrorCode, Frame, Goodbye, Welcome, limits,
+};
 
-use super::{Conn, End, close_code, error_frame};
+use super::{Conn, End, LEGACY_WINDOW, chunk_end, close_code, error_frame};
 use crate::hub::Kill;
 use crate::sanitize::for_log;
 use crate::store::now;
@@ -49,24 +53,22 @@ where
                 );
             }
         };
-        let mut settled = 0;
-        for a in &hello.applied {
-            settled += self.settle(&a.object, a.version);
-        }
+        // The window: the agent's offer, at most ours; older agents keep 32.
+        self.window = match hello.max_in_flight {
+            Some(offer) => (offer as usize).clamp(1, hub.cfg.window.max(1)),
+            None => LEGACY_WINDOW.min(hub.cfg.window.max(1)),
+        };
+        self.limits = self.limits.clone().with_max_in_flight(self.window as u32);
+        let mut hellos: Assembly<AppliedVersion> =
+            Assembly::new(limits::MAX_CHUNKS, limits::MAX_CHUNKED_ENTRIES);
+        let first = match hellos.push(hello.chunk, hello.applied) {
+            Ok(first) => first,
+            Err(e) => return chunk_end(&hub, "hello", &e),
+        };
         let agent_version = for_log(&hello.agent_version, 64);
         let _ = hub
             .store
             .set_connected(&self.id.cluster, true, Some(&agent_version));
-        let _ = hub.store.audit(
-            "tunnel.connect",
-            Some(&self.id.cluster),
-            "ok",
-            &format!(
-                "peer={} agent_version={agent_version} applied={} settled={settled}",
-                self.peer,
-                hello.applied.len()
-            ),
-        );
         let welcome = Welcome {
             cluster_id: self.id.cluster.clone(),
             org: self.id.org.clone(),
@@ -78,10 +80,32 @@ where
             signing_keys: hub.signing_keys(),
             recovery_window_secs: crate::recovery::announced_window(hub.cfg.recovery_window),
             ca_bundle_pem: Some(hub.ca_ring().bundle_pem()),
+            max_chunks: Some(limits::MAX_CHUNKS),
         };
         if let Err(end) = self.send_frame(Frame::Welcome(welcome)).await {
             return end;
         }
+        // A chunked Hello: the rest follow Welcome, before anything else.
+        let applied = match first {
+            Some(all) => all,
+            None => match self.rest_of_hello(&mut hellos).await {
+                Ok(all) => all,
+                Err(end) => return end,
+            },
+        };
+        let settled = self.settle_many(applied.iter().map(|a| (&a.object, a.version)));
+        let _ = hub.store.audit(
+            "tunnel.connect",
+            Some(&self.id.cluster),
+            "ok",
+            &format!(
+                "peer={} agent_version={agent_version} applied={} settled={settled} window={}",
+                self.peer,
+                applied.len(),
+                self.window
+            ),
+        );
+        drop(applied);
         let faults = hub.faults_for(&self.id.cluster);
         if faults.oversized_frame
             && let Err(end) = self.send_oversized().await
@@ -99,6 +123,7 @@ where
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let idle_deadline = self.last_rx + hub.cfg.idle_timeout;
+            let inventory_deadline = self.inventory_deadline;
             tokio::select! {
                 biased;
                 _ = hub.shutdown_signal() => {
@@ -170,6 +195,11 @@ where
                         return end;
                     }
                 }
+                _ = sleep_until_opt(inventory_deadline) => {
+                    self.inventory.reset();
+                    let e = ChunkError::TimedOut { secs: limits::CHUNK_TIMEOUT_SECS };
+                    return chunk_end(&hub, "inventory", &e);
+                }
                 _ = wake.notified() => {
                     if let Err(end) = self.check_drop() {
                         return end;
@@ -187,6 +217,45 @@ where
                         return end;
                     }
                 }
+            }
+        }
+    }
+
+    /// Reads the chunks of a Hello after the first, within the chunk deadline.
+    async fn rest_of_hello(
+        &mut self,
+        hellos: &mut Assembly<AppliedVersion>,
+    ) -> Result<Vec<AppliedVersion>, End> {
+        let hub = self.hub.clone();
+        let deadline = Instant::now() + Duration::from_secs(limits::CHUNK_TIMEOUT_SECS);
+        loop {
+            let env = match tokio::time::timeout_at(deadline, self.next_envelope()).await {
+                Ok(env) => env?,
+                Err(_) => {
+                    let e = ChunkError::TimedOut {
+                        secs: limits::CHUNK_TIMEOUT_SECS,
+                    };
+                    return Err(chunk_end(&hub, "hello", &e));
+                }
+            };
+            let h = match env.body {
+                Frame::Hello(h) => h,
+                other => {
+                    return Err(End::Close(
+                        Some(Box::new(error_frame(
+                            ErrorCode::UnexpectedFrame,
+                            format!("expected the next hello chunk, got {}", other.type_name()),
+                        ))),
+                        close_code(ErrorCode::UnexpectedFrame),
+                        "expected Hello",
+                    ));
+                }
+            };
+            // Every chunk must say it is one; an unchunked Hello here is an error.
+            match hellos.push(h.chunk, h.applied) {
+                Ok(Some(all)) => return Ok(all),
+                Ok(None) => {}
+                Err(e) => return Err(chunk_end(&hub, "hello", &e)),
             }
         }
     }
@@ -276,5 +345,13 @@ where
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -262,6 +262,8 @@ impl TestAgent {
             agent_version: "test-0".into(),
             capabilities: vec![],
             applied,
+            max_in_flight: None,
+            chunk: None,
         }))
         .await;
         match a.recv().await.body {

@@ -184,6 +184,104 @@ def test_hello_applied_and_inventory_settle_resend_and_resync():
     run(main())
 
 
+def test_the_window_is_the_smaller_of_the_agent_offer_and_the_hub_cap():
+    async def main() -> None:
+        async with running_hub(max_in_flight=8) as hub:
+            agent = await enrolled(hub)
+            for offer, granted in ((3, 3), (100, 8), (None, 8)):
+                await agent.connect(hello=False)
+                hello: dict[str, Any] = {"type": "hello", "agent_version": "sim", "applied": []}
+                if offer is not None:
+                    hello["max_in_flight"] = offer
+                await agent.send(hello)
+                welcome = await agent.recv_type("welcome")
+                assert welcome.body["max_in_flight"] == granted, offer
+                assert welcome.body["max_chunks"] == wire.MAX_CHUNKS
+                await agent.close()
+            # The granted window is what the hub keeps in flight.
+            await agent.connect(hello=False)
+            await agent.send({"type": "hello", "agent_version": "sim", "applied": [], "max_in_flight": 2})
+            await agent.recv_type("welcome")
+            for i in range(4):
+                await asyncio.to_thread(hub.declare_apply, "edge-1",
+                                        ObjectRef("ApplicationInstance", "team-a", f"w-{i}"), SPEC)
+            await agent.recv_type("intent")
+            await agent.recv_type("intent")
+            with pytest.raises(asyncio.TimeoutError):
+                await agent.recv(timeout=0.5)
+            await agent.close()
+    run(main())
+
+
+def _split(entries: list[Any], per: int) -> list[tuple[dict[str, int], list[Any]]]:
+    count = max(1, -(-len(entries) // per))
+    return [({"index": i, "count": count}, entries[i * per:(i + 1) * per]) for i in range(count)]
+
+
+def test_hello_and_inventory_of_50000_objects_arrive_in_chunks_and_are_assembled():
+    async def main() -> None:
+        async with running_hub() as hub:
+            agent = await enrolled(hub)
+            objs = [ObjectRef("ApplicationInstance", f"ns-{i % 50}", f"app-{i:05}") for i in range(50_000)]
+            declared = [await asyncio.to_thread(hub.declare_apply, "edge-1", o, SPEC) for o in objs[-3:]]
+            applied = [{"object": o.to_wire(), "version": 1} for o in objs]
+            # One frame cannot hold them (1 MiB): five chunks of 10,000.
+            with pytest.raises(wire.EncodeError):
+                wire.encode(1, 0, {"type": "hello", "agent_version": "sim", "capabilities": [], "applied": applied})
+            hellos = _split(applied, 10_000)
+            await agent.connect(hello=False)
+            for i, (chunk, part) in enumerate(hellos):
+                await agent.send({"type": "hello", "agent_version": "sim", "capabilities": [], "applied": part,
+                                  "max_in_flight": 256, "chunk": chunk})
+                if i == 0:
+                    welcome = await agent.recv_type("welcome")
+                    assert welcome.body["max_chunks"] >= len(hellos)
+            # The last hello chunk settled the declared intents, the last of the 50,000.
+            await until(lambda: all(hub.store.intents("edge-1")[-1 - k].outcome == "applied" for k in range(3)),
+                        timeout=60)
+            assert {r.id for r in declared} == {i.id for i in hub.store.intents("edge-1")[-3:]}
+            entries = [{"object": o.to_wire(), "version": 1, "status_hash": "h"} for o in objs]
+            for chunk, part in _split(entries, 8_000):
+                await agent.send({"type": "inventory", "objects": part, "chunk": chunk})
+            # Reconciled once, on the last chunk: a resync for (at most 1000 of) the unknown statuses.
+            rr = await agent.recv_type("resync_request", timeout=60)
+            assert len(rr.body["objects"]) == 1000
+            await until(lambda: len(hub.store._inventory.get("edge-1", [])) == 50_000, timeout=60)
+            await agent.close()
+    run(main())
+
+
+def test_broken_or_endless_chunks_close_with_chunk_error():
+    async def main() -> None:
+        async with running_hub() as hub:
+            agent = await enrolled(hub)
+            # More chunks than the hub assembles, in the first hello: refused before welcome.
+            await agent.connect(hello=False)
+            await agent.send({"type": "hello", "agent_version": "sim", "applied": [],
+                              "chunk": {"index": 0, "count": 4_294_967_295}})
+            assert (await agent.recv_type("error")).body["code"] == "chunk_error"
+            assert await agent.close_code() == 1008
+            await agent.close()
+            # An inventory chunk out of order.
+            await agent.connect()
+            await agent.send({"type": "inventory", "objects": [], "chunk": {"index": 0, "count": 3}})
+            await agent.send({"type": "inventory", "objects": [], "chunk": {"index": 2, "count": 3}})
+            err = await agent.recv_type("error")
+            assert err.body["code"] == "chunk_error" and "expected chunk 1 of 3" in err.body["message"]
+            assert await agent.close_code() == 1008
+            await agent.close()
+            # A hello chunk that never gets its successor: something else instead.
+            await agent.connect(hello=False)
+            await agent.send({"type": "hello", "agent_version": "sim", "applied": [],
+                              "chunk": {"index": 0, "count": 2}})
+            await agent.recv_type("welcome")
+            await agent.send({"type": "inventory", "objects": []})
+            assert (await agent.recv_type("error")).body["code"] == "unexpected_frame"
+            await agent.close()
+            assert hub.metrics.get("frames_refused", "code", "chunk_error") == 2
+    run(main())
+
+
 def test_protocol_violations_close_with_the_documented_codes():
     async def main() -> None:
         async with running_hub() as hub:

@@ -22,7 +22,7 @@ def meaning(value):
 
 def test_vector_files_are_all_known():
     assert sorted(p.name for p in __import__("conftest").VECTORS.glob("*.json")) == [
-        "decode_errors.json", "frames.json", "intents.json", "join_token.json", "recovery.json"]
+        "chunks.json", "decode_errors.json", "frames.json", "intents.json", "join_token.json", "recovery.json"]
 
 
 FRAMES = vectors("frames.json")
@@ -169,3 +169,33 @@ def test_recovery_window():
     with pytest.raises(RecoveryRefused) as e:
         check_window(1000, 1001 + DEFAULT_RECOVERY_WINDOW_SECS)
     assert e.value.code == "recovery_window_passed"
+
+
+CHUNKS = vectors("chunks.json")
+
+
+@pytest.mark.parametrize("v", CHUNKS["frames"], ids=lambda v: v["name"])
+def test_chunked_frames_decode_and_reencode_byte_for_byte(v):
+    data = bytes.fromhex(v["hex"])
+    env = wire.decode(data)
+    assert meaning({"v": env.v, "seq": env.seq, "ack": env.ack, "body": env.body}) == v["decoded"]
+    assert wire.encode(env.seq, env.ack, env.body) == data
+
+
+@pytest.mark.parametrize("case", CHUNKS["assembly"], ids=lambda c: c["name"])
+def test_chunk_assembly_follows_the_vectors(case):
+    a = wire.ChunkAssembly(case["max_chunks"], case["max_entries"])
+    for step in case["steps"]:
+        try:
+            out = a.push(step["chunk"], step["entries"])
+            got = "pending" if out is None else {"complete": out}
+        except wire.ChunkError as e:
+            got = {"error": e.kind}
+        assert got == step["expect"], case["name"]
+
+
+def test_chunk_defaults_match_the_package():
+    d = CHUNKS["defaults"]
+    assert (d["max_chunks"], d["max_entries"], d["timeout_secs"]) == (
+        wire.MAX_CHUNKS, wire.MAX_CHUNKED_ENTRIES, wire.CHUNK_TIMEOUT_SECS)
+    assert wire.ERROR_CODES["chunk_error"] == (True, 1008)

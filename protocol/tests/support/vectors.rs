@@ -126,6 +126,7 @@ pub fn frames() -> Value {
             max_frame_bytes: 1_048_576,
             max_in_flight: 64,
             signing_keys: ring().to_infos(),
+            max_chunks: None,
             recovery_window_secs: None,
             ca_bundle_pem: None,
         }))),
@@ -142,6 +143,7 @@ pub fn frames() -> Value {
             ca_bundle_pem: Some(
                 "-----BEGIN CERTIFICATE-----\nMIIB...(new CA)\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nMIIB...(old CA)\n-----END CERTIFICATE-----\n".into(),
             ),
+            max_chunks: None,
         }))),
         frame_vector("intent", "hub -> agent, a signed apply intent (see intents.json)", Envelope::new(2, 1, Frame::Intent(signed))),
         frame_vector("resync_request", "hub -> agent", Envelope::new(3, 2, Frame::ResyncRequest(ResyncRequest { reason: Some("hub store restored".into()), objects: vec![app_ref()] }))),
@@ -155,6 +157,8 @@ pub fn frames() -> Value {
             agent_version: "0.1.0".into(),
             capabilities: vec!["status-digest".into()],
             applied: vec![AppliedVersion { object: app_ref(), version: 6 }],
+            max_in_flight: None,
+            chunk: None,
         }))),
         frame_vector("intent_ack_applied", "agent -> hub", Envelope::new(2, 2, Frame::IntentAck(IntentAck {
             intent_id: apply_payload(7).intent_id,
@@ -190,6 +194,7 @@ pub fn frames() -> Value {
         }))),
         frame_vector("inventory", "agent -> hub, digest after reconnect", Envelope::new(6, 3, Frame::Inventory(Inventory {
             objects: vec![InventoryEntry { object: app_ref(), version: 7, status_hash: "9f2c4e1ab0d37c55".into() }],
+            chunk: None,
         }))),
         frame_vector("event", "agent -> hub, audit", Envelope::new(7, 3, Frame::Event(Event {
             time: NOW,
@@ -412,6 +417,8 @@ pub fn decode_errors() -> Value {
             agent_version: "0.1.0".into(),
             capabilities: vec![],
             applied: vec![],
+            max_in_flight: None,
+            chunk: None,
         }),
     );
     let bytes = encode(&hello, &Limits::default()).expect("encode");
@@ -509,6 +516,143 @@ pub fn recovery() -> Value {
     })
 }
 
+/// Chunked `hello` and `inventory` frames, the negotiated window, and the
+/// receiver's assembly rules as step-by-step cases.
+pub fn chunks() -> Value {
+    let app = |i: u64| {
+        ObjectRef::new(
+            ObjectKind::ApplicationInstance,
+            "team-a",
+            format!("app-{i}"),
+        )
+    };
+    let applied: Vec<AppliedVersion> = (1..=3)
+        .map(|i| AppliedVersion {
+            object: app(i),
+            version: i,
+        })
+        .collect();
+    let hellos: Vec<Value> = chunk::split(applied, 2)
+        .into_iter()
+        .map(|(c, part)| {
+            frame_vector(
+                &format!("hello_chunk_{}", c.index),
+                if c.index == 0 {
+                    "agent -> hub, first of a chunked hello, offering an in-flight window of 256; the hub answers welcome after it"
+                } else {
+                    "agent -> hub, the next hello chunk, sent right after welcome"
+                },
+                Envelope::new(u64::from(c.index) + 1, if c.index == 0 { 0 } else { 1 }, Frame::Hello(Hello {
+                    agent_version: "0.2.0".into(),
+                    capabilities: vec!["status-digest".into()],
+                    applied: part,
+                    max_in_flight: (c.index == 0).then_some(256),
+                    chunk: Some(c),
+                })),
+            )
+        })
+        .collect();
+    let welcome = frame_vector(
+        "welcome_negotiated",
+        "hub -> agent: the window is min(hub cap 1024, agent offer 256); the hub assembles up to 16 chunks",
+        Envelope::new(
+            1,
+            1,
+            Frame::Welcome(Welcome {
+                cluster_id: CLUSTER_ID.into(),
+                org: ORG.into(),
+                server_time: NOW,
+                heartbeat_secs: 20,
+                idle_timeout_secs: 60,
+                max_frame_bytes: 1_048_576,
+                max_in_flight: 256,
+                signing_keys: vec![],
+                recovery_window_secs: None,
+                ca_bundle_pem: None,
+                max_chunks: Some(limits::MAX_CHUNKS),
+            }),
+        ),
+    );
+    let entries: Vec<InventoryEntry> = (1..=5)
+        .map(|i| InventoryEntry {
+            object: app(i),
+            version: i,
+            status_hash: format!("{i:016x}"),
+        })
+        .collect();
+    let inventory: Vec<Value> = chunk::split(entries, 2)
+        .into_iter()
+        .map(|(c, part)| {
+            frame_vector(
+                &format!("inventory_chunk_{}", c.index),
+                "agent -> hub, one of three inventory chunks; the hub reconciles after the last",
+                Envelope::new(
+                    u64::from(c.index) + 3,
+                    1,
+                    Frame::Inventory(Inventory {
+                        objects: part,
+                        chunk: Some(c),
+                    }),
+                ),
+            )
+        })
+        .collect();
+    let c = |index: u32, count: u32| json!({"index": index, "count": count});
+    json!({
+        "description": "Chunked hello and inventory frames (section 7, chunking) and the negotiated in-flight window. `frames` decode and re-encode like frames.json. Each `assembly` case feeds one receiver (max_chunks, max_entries) the steps in order (`chunk` null: an unchunked frame); `expect` is `pending`, `{complete: entries}` or `{error: kind}` (wire code chunk_error); after an error the set is dropped.",
+        "frames": hellos.into_iter().chain([welcome]).chain(inventory).collect::<Vec<_>>(),
+        "assembly": [
+            {"name": "in_order", "max_chunks": 16, "max_entries": 100, "steps": [
+                {"chunk": c(0, 3), "entries": [1, 2], "expect": "pending"},
+                {"chunk": c(1, 3), "entries": [3, 4], "expect": "pending"},
+                {"chunk": c(2, 3), "entries": [5], "expect": {"complete": [1, 2, 3, 4, 5]}},
+                {"chunk": null, "entries": [6], "expect": {"complete": [6]}},
+            ]},
+            {"name": "single_chunk", "max_chunks": 16, "max_entries": 100, "steps": [
+                {"chunk": c(0, 1), "entries": [1], "expect": {"complete": [1]}},
+            ]},
+            {"name": "count_zero", "max_chunks": 16, "max_entries": 100, "steps": [
+                {"chunk": c(0, 0), "entries": [], "expect": {"error": "invalid"}},
+            ]},
+            {"name": "index_beyond_count", "max_chunks": 16, "max_entries": 100, "steps": [
+                {"chunk": c(3, 3), "entries": [], "expect": {"error": "invalid"}},
+            ]},
+            {"name": "too_many_chunks", "max_chunks": 16, "max_entries": 100, "steps": [
+                {"chunk": c(0, 17), "entries": [1], "expect": {"error": "too_many_chunks"}},
+            ]},
+            {"name": "endless_chunks", "max_chunks": 16, "max_entries": 100, "steps": [
+                {"chunk": c(0, 4294967295_u32), "entries": [1], "expect": {"error": "too_many_chunks"}},
+            ]},
+            {"name": "skipped_index", "max_chunks": 16, "max_entries": 100, "steps": [
+                {"chunk": c(0, 3), "entries": [1], "expect": "pending"},
+                {"chunk": c(2, 3), "entries": [3], "expect": {"error": "out_of_order"}},
+            ]},
+            {"name": "starts_mid_set", "max_chunks": 16, "max_entries": 100, "steps": [
+                {"chunk": c(1, 3), "entries": [1], "expect": {"error": "out_of_order"}},
+            ]},
+            {"name": "count_changes", "max_chunks": 16, "max_entries": 100, "steps": [
+                {"chunk": c(0, 3), "entries": [1], "expect": "pending"},
+                {"chunk": c(1, 4), "entries": [2], "expect": {"error": "out_of_order"}},
+            ]},
+            {"name": "unchunked_interrupts", "max_chunks": 16, "max_entries": 100, "steps": [
+                {"chunk": c(0, 2), "entries": [1], "expect": "pending"},
+                {"chunk": null, "entries": [2], "expect": {"error": "interrupted"}},
+                {"chunk": c(0, 1), "entries": [3], "expect": {"complete": [3]}},
+            ]},
+            {"name": "too_many_entries", "max_chunks": 16, "max_entries": 3, "steps": [
+                {"chunk": c(0, 2), "entries": [1, 2], "expect": "pending"},
+                {"chunk": c(1, 2), "entries": [3, 4], "expect": {"error": "too_many_entries"}},
+            ]},
+        ],
+        "defaults": {
+            "max_chunks": limits::MAX_CHUNKS,
+            "max_entries": limits::MAX_CHUNKED_ENTRIES,
+            "timeout_secs": limits::CHUNK_TIMEOUT_SECS,
+            "legacy_in_flight": 32,
+        },
+    })
+}
+
 /// Every vector file: name and pretty JSON text (with a trailing newline).
 pub fn all() -> Vec<(&'static str, String)> {
     [
@@ -517,6 +661,7 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("decode_errors.json", decode_errors()),
         ("join_token.json", join_token()),
         ("recovery.json", recovery()),
+        ("chunks.json", chunks()),
     ]
     .into_iter()
     .map(|(n, v)| (n, serde_json::to_string_pretty(&v).expect("json") + "\n"))

@@ -1,6 +1,6 @@
 //! One WebSocket to the hub, framed: sequence numbers both ways, the size
 //! limits, and the frames every state of the connection may send (`Error`,
-//! `Goodbye`, a shrinking `Hello` or `Inventory`).
+//! `Goodbye`, `Hello` and `Inventory` split to fit the frame limit).
 
 use std::time::Duration;
 
@@ -9,8 +9,8 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use vworkspace_protocol::{
-    AppliedVersion, Envelope, ErrorCode, ErrorFrame, Frame, Goodbye, Hello, Inventory, Limits,
-    Welcome,
+    AppliedVersion, Chunk, Envelope, ErrorCode, ErrorFrame, Frame, Goodbye, Hello, Inventory,
+    Limits, Welcome, chunk, limits,
 };
 
 use super::{TunnelError, Violation};
@@ -19,7 +19,56 @@ use crate::hub::metrics::Metrics;
 /// Capabilities announced in `Hello`.
 const CAPABILITIES: &[&str] = &["status-digest", "renew-cert", "delete"];
 
+/// Intents the agent offers to hold unacknowledged (`Hello.max_in_flight`).
+/// Bounds the agent's intent queue: twice this many intents at most.
+pub(super) const AGENT_MAX_IN_FLIGHT: u32 = 256;
+
+/// Size of `frame` in an envelope with the largest sequence numbers.
+fn encoded_len(frame: &Frame) -> usize {
+    let unbounded = Limits::default().with_max_frame_bytes(usize::MAX);
+    let env = Envelope::new(u64::MAX, u64::MAX, frame.clone());
+    vworkspace_protocol::encode(&env, &unbounded).map_or(usize::MAX, |b| b.len())
+}
+
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Splits `entries` into frames made by `make` that each fit the frame
+/// limit: one unchunked frame when everything fits, else at most
+/// `max_chunks` chunks (entries beyond them are left out).
+fn chunked<T: Clone>(
+    limits: &Limits,
+    entries: Vec<T>,
+    max_chunks: u32,
+    make: impl Fn(Option<Chunk>, Vec<T>) -> Frame,
+) -> Vec<Frame> {
+    let limit = limits.max_frame_bytes;
+    let whole = make(None, entries.clone());
+    let size = encoded_len(&whole);
+    if size <= limit || entries.is_empty() {
+        return vec![whole];
+    }
+    // Entries per frame from the average entry size, with room for the
+    // envelope and the chunk field; halved until every frame fits.
+    let budget = limit.saturating_sub(1024) as u128;
+    let n = entries.len() as u128;
+    let mut per = ((n * budget * 9 / 10) / size as u128).max(1) as usize;
+    loop {
+        let mut part = entries.clone();
+        part.truncate(per.saturating_mul(max_chunks.max(1) as usize));
+        let frames: Vec<Frame> = if max_chunks <= 1 {
+            vec![make(None, part)]
+        } else {
+            chunk::split(part, per)
+                .into_iter()
+                .map(|(c, p)| make(Some(c), p))
+                .collect()
+        };
+        if per == 1 || frames.iter().all(|f| encoded_len(f) <= limit) {
+            return frames;
+        }
+        per /= 2;
+    }
+}
 
 /// One message from the hub, once decoded and sequence-checked.
 pub(super) enum Incoming {
@@ -39,6 +88,8 @@ pub(super) struct Conn {
     in_seq: u64,
     pub(super) last_rx: Instant,
     pub(super) limits: Limits,
+    /// Chunks per `Inventory` the hub assembles (1: it does not).
+    pub(super) max_chunks: u32,
     metrics: Metrics,
 }
 
@@ -54,6 +105,7 @@ impl Conn {
             in_seq: 0,
             last_rx: Instant::now(),
             limits,
+            max_chunks: 1,
             metrics,
         }
     }
@@ -66,8 +118,9 @@ impl Conn {
         let env = Envelope::new(seq, self.in_seq, body);
         let bytes = vworkspace_protocol::encode(&env, &self.limits)?;
         self.out_seq = seq;
+        let len = bytes.len();
         self.send_msg(Message::Binary(bytes.into())).await?;
-        self.metrics.frame("out", &type_name);
+        self.metrics.frame("out", &type_name, len);
         Ok(seq)
     }
 
@@ -81,38 +134,42 @@ impl Conn {
         }
     }
 
-    pub(super) async fn send_hello(
-        &mut self,
-        mut applied: Vec<AppliedVersion>,
-    ) -> Result<(), TunnelError> {
-        loop {
-            let hello = Frame::Hello(Hello {
-                agent_version: crate::AGENT_VERSION.to_owned(),
-                capabilities: CAPABILITIES.iter().map(|s| s.to_string()).collect(),
-                applied: applied.clone(),
-            });
-            match self.send(hello).await {
-                Ok(_) => return Ok(()),
-                // Too many objects for one frame: send fewer; the hub then
-                // resends some applied intents, which are acked as noop.
-                Err(TunnelError::Encode(_)) if !applied.is_empty() => {
-                    applied.truncate(applied.len() / 2);
-                }
-                Err(e) => return Err(e),
-            }
-        }
+    /// The `Hello` frames announcing `applied`: one when it fits, else a
+    /// chunked set of at most [`limits::MAX_CHUNKS`] (what every hub that
+    /// assembles accepts). Only the first may be sent before `Welcome`.
+    pub(super) fn hello_frames(&self, applied: Vec<AppliedVersion>) -> Vec<Frame> {
+        chunked(
+            &self.limits,
+            applied,
+            limits::MAX_CHUNKS,
+            |chunk, applied| {
+                Frame::Hello(Hello {
+                    agent_version: crate::AGENT_VERSION.to_owned(),
+                    capabilities: CAPABILITIES.iter().map(|s| s.to_string()).collect(),
+                    applied,
+                    max_in_flight: Some(AGENT_MAX_IN_FLIGHT),
+                    chunk,
+                })
+            },
+        )
     }
 
-    pub(super) async fn send_inventory(&mut self, mut inv: Inventory) -> Result<(), TunnelError> {
-        loop {
-            match self.send(Frame::Inventory(inv.clone())).await {
-                Ok(_) => return Ok(()),
-                Err(TunnelError::Encode(_)) if !inv.objects.is_empty() => {
-                    inv.objects.truncate(inv.objects.len() / 2);
-                }
-                Err(e) => return Err(e),
-            }
+    /// Sends the digest: in one frame when it fits; else in chunks when the
+    /// hub assembles them (`max_chunks` from its `Welcome`), entries beyond
+    /// `max_chunks` full frames left out; else (an older hub) only what fits
+    /// one frame. Objects left out are settled by the hub resending their
+    /// intents, which are acked as `noop`.
+    pub(super) async fn send_inventory(&mut self, inv: Inventory) -> Result<(), TunnelError> {
+        let frames = chunked(
+            &self.limits,
+            inv.objects,
+            self.max_chunks,
+            |chunk, objects| Frame::Inventory(Inventory { objects, chunk }),
+        );
+        for f in frames {
+            self.send(f).await?;
         }
+        Ok(())
     }
 
     pub(super) async fn expect_welcome(&mut self) -> Result<Welcome, TunnelError> {
@@ -178,7 +235,7 @@ impl Conn {
                     return Err(v.into());
                 }
                 self.in_seq = env.seq;
-                self.metrics.frame("in", env.body.type_name());
+                self.metrics.frame("in", env.body.type_name(), bytes.len());
                 Ok(Incoming::Envelope(Box::new(env)))
             }
             Message::Text(_) => {
@@ -214,5 +271,86 @@ impl Conn {
             }))
             .await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.sink.close()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vworkspace_protocol::{InventoryEntry, ObjectKind, ObjectRef};
+
+    fn entries(n: usize) -> Vec<InventoryEntry> {
+        (0..n)
+            .map(|i| InventoryEntry {
+                object: ObjectRef::new(
+                    ObjectKind::ApplicationInstance,
+                    format!("ns-{}", i % 50),
+                    format!("app-{i:05}"),
+                ),
+                version: i as u64,
+                status_hash: format!("{i:016x}"),
+            })
+            .collect()
+    }
+
+    fn inventory(chunk: Option<Chunk>, objects: Vec<InventoryEntry>) -> Frame {
+        Frame::Inventory(Inventory { objects, chunk })
+    }
+
+    fn parts(frames: &[Frame]) -> Vec<(Option<Chunk>, usize)> {
+        frames
+            .iter()
+            .map(|f| match f {
+                Frame::Inventory(i) => (i.chunk, i.objects.len()),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_digest_that_fits_goes_in_one_unchunked_frame() {
+        let frames = chunked(&Limits::default(), entries(100), 16, inventory);
+        assert_eq!(parts(&frames), vec![(None, 100)]);
+    }
+
+    #[test]
+    fn fifty_thousand_objects_are_split_into_frames_under_the_limit() {
+        let limits = Limits::default();
+        let all = entries(50_000);
+        let frames = chunked(&limits, all.clone(), 16, inventory);
+        let p = parts(&frames);
+        let count = p.len() as u32;
+        assert!(count > 1 && count <= 16, "{count} chunks");
+        for (i, (c, _)) in p.iter().enumerate() {
+            assert_eq!(
+                *c,
+                Some(Chunk {
+                    index: i as u32,
+                    count
+                })
+            );
+        }
+        for f in &frames {
+            assert!(encoded_len(f) <= limits.max_frame_bytes);
+        }
+        let back: Vec<InventoryEntry> = frames
+            .into_iter()
+            .flat_map(|f| match f {
+                Frame::Inventory(i) => i.objects,
+                _ => vec![],
+            })
+            .collect();
+        assert_eq!(back, all, "every entry, in order");
+    }
+
+    #[test]
+    fn an_older_hub_gets_what_fits_one_frame() {
+        let limits = Limits::default();
+        let frames = chunked(&limits, entries(50_000), 1, inventory);
+        let p = parts(&frames);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].0.is_none());
+        assert!(p[0].1 > 1000 && p[0].1 < 50_000);
+        assert!(encoded_len(&frames[0]) <= limits.max_frame_bytes);
     }
 }

@@ -13,7 +13,7 @@ use vworkspace_crds::well_known::{annotations, labels};
 use vworkspace_crds::{ApplicationInstance, Operation};
 use vworkspace_protocol::{AppliedVersion, Limits, ObjectKind, ObjectRef, SUBPROTOCOL_V1, Welcome};
 
-use super::conn::Conn;
+use super::conn::{AGENT_MAX_IN_FLIGHT, Conn};
 use super::tls::{classify, client_config, ws_config};
 use super::{Tunnel, TunnelError, Violation};
 use crate::hub::creds::Credentials;
@@ -82,12 +82,23 @@ impl Tunnel {
         }
         let mut conn = Conn::new(ws, self.metrics.clone(), limits);
 
-        // Hello with what the cluster holds, so the hub resends only newer intents.
+        // Hello with what the cluster holds, so the hub resends only newer
+        // intents. When it takes several frames, the rest follow `Welcome`
+        // if the hub assembles them (it says so with `max_chunks`).
         let applied = applied_versions(&self.client).await?;
-        conn.send_hello(applied).await?;
+        let mut hellos = conn.hello_frames(applied).into_iter();
+        if let Some(first) = hellos.next() {
+            conn.send(first).await?;
+        }
         let welcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.expect_welcome())
             .await
             .map_err(|_| Violation::NoWelcome)??;
+        let rest = hellos.len();
+        if rest > 0 && welcome.max_chunks.is_some_and(|m| m as usize > rest) {
+            for hello in hellos {
+                conn.send(hello).await?;
+            }
+        }
         if welcome.cluster_id != creds.cluster_id {
             return Err(Violation::WrongCluster {
                 bound: welcome.cluster_id,
@@ -100,6 +111,7 @@ impl Tunnel {
             Some(bundle) => self.adopt_ca_bundle(creds, bundle).await,
             None => creds,
         };
+        conn.max_chunks = welcome.max_chunks.unwrap_or(1).max(1);
         crate::hub::recovery::on_welcome(
             &self.cluster_status,
             &creds.cluster_id,
@@ -179,7 +191,7 @@ pub(super) fn limits_from(w: &Welcome) -> Limits {
     Limits::default()
         .with_heartbeat(heartbeat, idle)
         .with_max_frame_bytes(frame)
-        .with_max_in_flight(w.max_in_flight.clamp(1, 1024))
+        .with_max_in_flight(w.max_in_flight.clamp(1, AGENT_MAX_IN_FLIGHT))
 }
 
 /// Reads the applied intent version of every object the hub manages.

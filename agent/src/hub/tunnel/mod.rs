@@ -423,6 +423,7 @@ mod tests {
             max_in_flight: in_flight,
             recovery_window_secs: None,
             ca_bundle_pem: None,
+            max_chunks: None,
             signing_keys: Vec::new(),
         }
     }
@@ -441,7 +442,8 @@ mod tests {
         let l = limits_from(&welcome(10_000, 5, 10, 1 << 30));
         assert_eq!(l.heartbeat_secs, Limits::default().max_heartbeat_secs);
         assert_eq!(l.max_frame_bytes, 4096);
-        assert_eq!(l.max_in_flight, 1024);
+        // A hub granting more than the agent offered is held to the offer.
+        assert_eq!(l.max_in_flight, super::conn::AGENT_MAX_IN_FLIGHT);
     }
 
     #[test]

@@ -88,6 +88,7 @@ impl Tunnel {
             ack_tx,
             self.metrics.clone(),
             stop_worker.clone(),
+            depth,
         ));
 
         was_up.store(true, Ordering::Relaxed);

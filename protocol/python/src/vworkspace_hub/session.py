@@ -4,9 +4,11 @@ The session waits for ``hello`` (within a deadline), answers ``welcome``, then
 delivers the cluster's pending intents in store order with at most
 ``max_in_flight`` unacknowledged, takes acks, statuses, inventory, events and
 renewal requests, pings every ``heartbeat_secs`` and drops a peer silent for
-``idle_timeout_secs``. Nothing grows without bound: the window is fixed,
-inbound messages are size-checked before parsing, and every send has a
-deadline. The store is the only state that outlives the connection, which is
+``idle_timeout_secs``. Nothing grows without bound: the window is negotiated
+once (the agent's offer, at most ``max_in_flight``), inbound messages are
+size-checked before parsing, chunked ``hello`` and ``inventory`` frames are
+assembled within a chunk count, an entry count and a deadline, and every send
+has a deadline. The store is the only state that outlives the connection, which is
 what lets an agent resume on another hub process.
 
 The session is transport-agnostic (:class:`Transport`); :mod:`.server` adapts
@@ -85,6 +87,8 @@ class TunnelSession:
         self.cursor = 0
         self.renewals = 0
         self.last_rx = time.monotonic()
+        self._inventory = wire.ChunkAssembly()
+        self._inventory_deadline: float | None = None
         self._attention = asyncio.Event()
         self._kill: str | None = None
         self._loop = asyncio.get_running_loop()
@@ -151,21 +155,28 @@ class TunnelSession:
             raise _fatal("unexpected_frame", f"expected hello, got {hello.type}")
         body = hello.body
         assert isinstance(body, dict)
-        settled = 0
-        for a in body["applied"]:
-            settled += await self._store(hub.store.settle_applied, cluster, ObjectRef.from_wire(a["object"]),
-                                         a["version"])
+        # The window: the agent's offer, at most the configured one (section 6).
+        offer = body.get("max_in_flight")
+        self.window = max(1, min(offer, cfg.max_in_flight)) if offer is not None else cfg.max_in_flight
+        hellos = wire.ChunkAssembly()
+        applied = self._assemble(hellos, "hello", body.get("chunk"), body["applied"])
         agent_version = body["agent_version"][:64]
         await self._store(hub.store.mark_connected, cluster, self.conn_id, agent_version)
-        await self._store(hub.store.audit, "tunnel.connect", cluster, "ok",
-                          f"peer={self.peer} agent_version={agent_version} applied={len(body['applied'])} "
-                          f"settled={settled}")
         keys = await self._store(hub.signing_keys)
         await self._send(wire.welcome(cluster, self.id.org, int(time.time()), cfg.heartbeat_secs,
                                       cfg.idle_timeout_secs, self.max_frame, self.window, keys,
-                                      cfg.recovery_window_secs or None, hub.ca.cert_pem()))
-        log.info("welcome sent cluster=%s agent_version=%s applied=%d settled=%d", cluster, agent_version,
-                 len(body["applied"]), settled)
+                                      cfg.recovery_window_secs or None, hub.ca.cert_pem(), wire.MAX_CHUNKS))
+        if applied is None:
+            applied = await self._rest_of_hello(hellos)
+        settled = 0
+        for a in applied:
+            settled += await self._store(hub.store.settle_applied, cluster, ObjectRef.from_wire(a["object"]),
+                                         a["version"])
+        await self._store(hub.store.audit, "tunnel.connect", cluster, "ok",
+                          f"peer={self.peer} agent_version={agent_version} applied={len(applied)} "
+                          f"settled={settled} window={self.window}")
+        log.info("welcome sent cluster=%s agent_version=%s applied=%d settled=%d window=%d", cluster,
+                 agent_version, len(applied), settled, self.window)
         await self._pump()
 
         loop = asyncio.get_running_loop()
@@ -178,8 +189,9 @@ class TunnelSession:
                     recv = asyncio.ensure_future(self._next_envelope())
                 attention = asyncio.ensure_future(self._attention.wait())
                 idle_deadline = self.last_rx + cfg.idle_timeout_secs
+                chunk_deadline = self._inventory_deadline or float("inf")
                 timeout = max(0.0, min(next_ping - loop.time(), next_poll - loop.time(),
-                                       idle_deadline - time.monotonic()))
+                                       idle_deadline - time.monotonic(), chunk_deadline - time.monotonic()))
                 done, _ = await asyncio.wait({recv, attention}, timeout=timeout,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if not attention.done():
@@ -192,6 +204,10 @@ class TunnelSession:
                     self._attention.clear()
                     self._check_kill()
                     await self._pump()
+                if self._inventory_deadline is not None and time.monotonic() >= self._inventory_deadline:
+                    self.hub.metrics.inc("frames_refused", "code", "chunk_error")
+                    raise _fatal("chunk_error", f"inventory: chunked frame not completed within "
+                                                f"{wire.CHUNK_TIMEOUT_SECS} s")
                 if time.monotonic() >= self.last_rx + cfg.idle_timeout_secs:
                     log.info("tunnel idle cluster=%s", cluster)
                     raise _End("idle timeout", code=1008)
@@ -204,6 +220,31 @@ class TunnelSession:
         finally:
             if recv is not None and not recv.done():
                 recv.cancel()
+
+    def _assemble(self, assembly: wire.ChunkAssembly, what: str, chunk: dict[str, int] | None,
+                  entries: list[Any]) -> list[Any] | None:
+        try:
+            return assembly.push(chunk, entries)
+        except wire.ChunkError as e:
+            self.hub.metrics.inc("frames_refused", "code", "chunk_error")
+            raise _fatal("chunk_error", f"{what}: {e}") from None
+
+    async def _rest_of_hello(self, hellos: wire.ChunkAssembly) -> list[Any]:
+        """The hello chunks after the first: they follow welcome, before anything else."""
+        deadline = time.monotonic() + wire.CHUNK_TIMEOUT_SECS
+        while True:
+            try:
+                env = await asyncio.wait_for(self._next_envelope(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                self.hub.metrics.inc("frames_refused", "code", "chunk_error")
+                raise _fatal("chunk_error",
+                             f"hello: chunked frame not completed within {wire.CHUNK_TIMEOUT_SECS} s") from None
+            if env.type != "hello":
+                raise _fatal("unexpected_frame", f"expected the next hello chunk, got {env.type}")
+            assert isinstance(env.body, dict)
+            applied = self._assemble(hellos, "hello", env.body.get("chunk"), env.body["applied"])
+            if applied is not None:
+                return applied
 
     def _check_kill(self) -> None:
         why = self._kill
@@ -290,7 +331,13 @@ class TunnelSession:
                      ObjectRef.from_wire(o), b["version"], b["phase"],
                      ",".join(f"{c['type']}={c['status']}" for c in b["conditions"]))
         elif t == "inventory":
-            await self._on_inventory(b)
+            objects = self._assemble(self._inventory, "inventory", b.get("chunk"), b["objects"])
+            if objects is None:
+                if self._inventory_deadline is None:
+                    self._inventory_deadline = time.monotonic() + wire.CHUNK_TIMEOUT_SECS
+            else:
+                self._inventory_deadline = None
+                await self._on_inventory({"objects": objects})
         elif t == "event":
             obj = f" {ObjectRef.from_wire(b['object'])}" if b["object"] else ""
             detail = f"{b['severity']} {b['reason']}{obj}: {b['message']}"

@@ -50,7 +50,14 @@ ERROR_CODES: dict[str, tuple[bool, int | None]] = {
     "unauthorized": (True, 1008),
     "internal": (True, 1011),
     "csr_invalid": (False, None),
+    "chunk_error": (True, 1008),
 }
+
+# Chunked hello/inventory (section 7, chunking) and the negotiated window (section 6).
+MAX_CHUNKS = 16
+MAX_CHUNKED_ENTRIES = 200_000
+CHUNK_TIMEOUT_SECS = 60
+LEGACY_IN_FLIGHT = 32
 
 
 def close_code(code: str) -> int:
@@ -235,6 +242,7 @@ _REQ = object()
 # An optional field that stays absent when absent (fields added within v1,
 # so that decoding and re-encoding a frame keeps its bytes).
 _OMIT = object()
+_chunk = _struct([("index", _uint(32), _REQ), ("count", _uint(32), _REQ)])
 
 
 def _outcome(x: Any) -> Any:
@@ -268,6 +276,7 @@ _BODIES: dict[str, Callable[[Any], Any]] = {
         ("max_frame_bytes", _uint(64), _REQ), ("max_in_flight", _uint(32), _REQ),
         ("signing_keys", _list(_key_info), list),
         ("recovery_window_secs", _uint(64), _OMIT), ("ca_bundle_pem", _str, _OMIT),
+        ("max_chunks", _uint(32), _OMIT),
     ]),
     "intent": _struct([("kid", _str, _REQ), ("payload", _bin, _REQ), ("signature", _bin, _REQ)]),
     "resync_request": _struct([("reason", _opt(_str), None), ("objects", _list(_objref), list)]),
@@ -277,6 +286,7 @@ _BODIES: dict[str, Callable[[Any], Any]] = {
     "hello": _struct([
         ("agent_version", _str, _REQ), ("capabilities", _list(_str), list),
         ("applied", _list(_struct([("object", _objref, _REQ), ("version", _uint(64), _REQ)])), list),
+        ("max_in_flight", _uint(32), _OMIT), ("chunk", _chunk, _OMIT),
     ]),
     "intent_ack": _struct([
         ("intent_id", _str, _REQ), ("intent_seq", _uint(64), 0), ("object", _opt(_objref), None),
@@ -292,6 +302,7 @@ _BODIES: dict[str, Callable[[Any], Any]] = {
         ("objects", _list(_struct([
             ("object", _objref, _REQ), ("version", _uint(64), _REQ), ("status_hash", _str, _REQ),
         ])), list),
+        ("chunk", _chunk, _OMIT),
     ]),
     "event": _struct([
         ("time", _i64, _REQ), ("severity", _str, _REQ), ("reason", _str, _REQ), ("message", _str, _REQ),
@@ -384,7 +395,8 @@ def encode(seq: int, ack: int, body: Mapping[str, Any], max_frame_bytes: int = M
 
 def welcome(cluster_id: str, org: str, server_time: int, heartbeat_secs: int, idle_timeout_secs: int,
             max_frame_bytes: int, max_in_flight: int, signing_keys: list[dict[str, str]],
-            recovery_window_secs: int | None = None, ca_bundle_pem: str | None = None) -> dict[str, Any]:
+            recovery_window_secs: int | None = None, ca_bundle_pem: str | None = None,
+            max_chunks: int | None = None) -> dict[str, Any]:
     w = {"type": "welcome", "cluster_id": cluster_id, "org": org, "server_time": server_time,
          "heartbeat_secs": heartbeat_secs, "idle_timeout_secs": idle_timeout_secs,
          "max_frame_bytes": max_frame_bytes, "max_in_flight": max_in_flight,
@@ -393,6 +405,8 @@ def welcome(cluster_id: str, org: str, server_time: int, heartbeat_secs: int, id
         w["recovery_window_secs"] = recovery_window_secs
     if ca_bundle_pem:
         w["ca_bundle_pem"] = ca_bundle_pem
+    if max_chunks is not None:
+        w["max_chunks"] = max_chunks
     return w
 
 
@@ -414,6 +428,69 @@ def goodbye(reason: str, retry_after_secs: int | None) -> dict[str, Any]:
 
 def error(code: str, message: str) -> dict[str, Any]:
     return {"type": "error", "code": code, "message": message}
+
+
+class ChunkError(Exception):
+    """A chunked frame broke the rules; ``kind`` names which (wire code ``chunk_error``)."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+
+
+class ChunkAssembly:
+    """Reassembles one kind of chunked frame (one per frame type and connection).
+
+    Memory is bounded by ``max_chunks`` frames of at most ``max_frame_bytes``
+    each and by ``max_entries`` in all; the caller owns the deadline.
+    """
+
+    def __init__(self, max_chunks: int = MAX_CHUNKS, max_entries: int = MAX_CHUNKED_ENTRIES) -> None:
+        self.max_chunks = max_chunks
+        self.max_entries = max_entries
+        self._pending: tuple[int, int] | None = None  # (count, next index)
+        self._entries: list[Any] = []
+
+    @property
+    def in_progress(self) -> bool:
+        return self._pending is not None
+
+    def reset(self) -> None:
+        self._pending = None
+        self._entries = []
+
+    def push(self, chunk: Mapping[str, int] | None, entries: list[Any]) -> list[Any] | None:
+        """The whole list once the set is complete, ``None`` while chunks are awaited."""
+        try:
+            return self._push(chunk, entries)
+        except ChunkError:
+            self.reset()
+            raise
+
+    def _push(self, chunk: Mapping[str, int] | None, entries: list[Any]) -> list[Any] | None:
+        if chunk is None:
+            if self._pending is not None:
+                count, expected = self._pending
+                raise ChunkError("interrupted", f"unchunked frame while chunk {expected} of {count} is awaited")
+            if len(entries) > self.max_entries:
+                raise ChunkError("too_many_entries", f"more than {self.max_entries} entries in one chunked frame")
+            return entries
+        index, count = chunk["index"], chunk["count"]
+        if count == 0 or index >= count:
+            raise ChunkError("invalid", f"chunk index {index} of count {count} is not valid")
+        if count > self.max_chunks:
+            raise ChunkError("too_many_chunks", f"{count} chunks announced, at most {self.max_chunks} accepted")
+        want_count, expected = self._pending or (count, 0)
+        if index != expected or count != want_count:
+            raise ChunkError("out_of_order", f"expected chunk {expected} of {want_count}, got {index} of {count}")
+        if len(self._entries) + len(entries) > self.max_entries:
+            raise ChunkError("too_many_entries", f"more than {self.max_entries} entries in one chunked frame")
+        self._entries.extend(entries)
+        if index + 1 >= count:
+            out, self._entries, self._pending = self._entries, [], None
+            return out
+        self._pending = (count, expected + 1)
+        return None
 
 
 def negotiate(offered: list[str]) -> str | None:
