@@ -33,7 +33,7 @@ use vworkspace_protocol::unix_now;
 
 use crate::hub::cluster_status::ClusterStatusWriter;
 use crate::hub::creds::{self, Credentials};
-use crate::hub::enroll::EnrollFailure;
+use crate::hub::enroll::{BadResponse, ConnectCause, EnrollFailure};
 
 /// Longest recovery answer accepted.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -305,80 +305,87 @@ async fn set_authenticated(
 /// stored) and the hub's window.
 async fn request(c: &Credentials, base: &str) -> Result<(Credentials, u64), EnrollFailure> {
     let url = format!("{}{}", base.trim_end_matches('/'), recovery::RECOVER_PATH);
-    let connect_err = |message: String| EnrollFailure::Connect {
+    let connect_err = |cause: ConnectCause| EnrollFailure::Connect {
         url: url.clone(),
-        message,
+        cause,
     };
     let (host, port) = crate::hub::enroll::host_port(base, 443)
-        .ok_or_else(|| connect_err("hub_url is not a valid URL".into()))?;
+        .ok_or_else(|| connect_err(ConnectCause::BadUrl))?;
     let leaf = c
         .certs()
         .into_iter()
         .next()
-        .ok_or_else(|| EnrollFailure::Key("no certificate in the credentials".into()))?;
+        .ok_or(EnrollFailure::StoredCredentials(
+            "no certificate in the credentials",
+        ))?;
     let key = match c.key() {
         Ok(PrivateKeyDer::Pkcs8(k)) => k,
-        _ => return Err(EnrollFailure::Key("the stored key is not PKCS#8".into())),
+        _ => {
+            return Err(EnrollFailure::StoredCredentials(
+                "the stored key is not PKCS#8",
+            ));
+        }
     };
     let kc = crate::hub::enroll::generate_key_and_csr(&c.cluster_id)?;
     let csr_der = CertificateSigningRequestDer::from_pem_slice(kc.csr_pem.as_bytes())
-        .map_err(|e| EnrollFailure::Key(e.to_string()))?;
+        .map_err(|_| EnrollFailure::StoredCredentials("the new CSR does not parse"))?;
     let input = recovery::signing_input(leaf.as_ref(), csr_der.as_ref());
-    let proof = recovery::sign_proof(key.secret_pkcs8_der(), &input)
-        .map_err(|e| EnrollFailure::Key(e.to_string()))?;
+    let proof = recovery::sign_proof(key.secret_pkcs8_der(), &input).map_err(|_| {
+        EnrollFailure::StoredCredentials("the stored key cannot sign the recovery proof")
+    })?;
     let body = serde_json::to_vec(&RecoverRequest {
         certificate_pem: c.cert_pem.clone(),
         csr_pem: kc.csr_pem.clone(),
         proof_hex: hex::encode(proof),
     })
-    .map_err(|e| EnrollFailure::Key(e.to_string()))?;
+    .map_err(EnrollFailure::Encode)?;
 
     let mut roots = rustls::RootCertStore::empty();
     for ca in c.ca_certs() {
         roots
             .add(ca)
-            .map_err(|e| EnrollFailure::BadResponse(format!("stored CA bundle: {e}")))?;
+            .map_err(|_| EnrollFailure::StoredCredentials("the stored CA bundle is unusable"))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| connect_err(e.to_string()))?
+        .map_err(|e| connect_err(ConnectCause::TlsConfig(e)))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let server_name =
-        ServerName::try_from(host.clone()).map_err(|_| connect_err("invalid host name".into()))?;
+        ServerName::try_from(host.clone()).map_err(|_| connect_err(ConnectCause::BadHostName))?;
     let exchange = async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(|e| connect_err(ConnectCause::Tcp(e)))?;
         let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
             .connect(server_name, tcp)
             .await
-            .map_err(|e| connect_err(format!("TLS: {e}")))?;
+            .map_err(|e| connect_err(ConnectCause::Tls(e)))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(|e| connect_err(ConnectCause::Http(e)))?;
         let conn = tokio::spawn(conn);
         let req = http::Request::post(recovery::RECOVER_PATH)
             .header(http::header::HOST, format!("{host}:{port}"))
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(|e| connect_err(ConnectCause::Request(e)))?;
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(|e| connect_err(ConnectCause::Http(e)))?;
         let status = resp.status();
         let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
-            .map_err(|_| EnrollFailure::BadResponse("body unreadable or too large".into()))?
+            .map_err(|_| EnrollFailure::BadResponse(BadResponse::Body))?
             .to_bytes();
         conn.abort();
         if status.is_success() {
             serde_json::from_slice::<RecoverResponse>(&bytes)
-                .map_err(|e| EnrollFailure::BadResponse(e.to_string()))
+                .map_err(|e| EnrollFailure::BadResponse(BadResponse::Json(e)))
         } else if status == http::StatusCode::NOT_FOUND {
             // A hub from before recovery: final, like a refusal.
             Err(EnrollFailure::Refused {
@@ -398,20 +405,16 @@ async fn request(c: &Credentials, base: &str) -> Result<(Credentials, u64), Enro
     };
     let resp = tokio::time::timeout(RECOVER_TIMEOUT, exchange)
         .await
-        .map_err(|_| connect_err("timed out".into()))??;
+        .map_err(|_| connect_err(ConnectCause::Timeout))??;
     let e = &resp.enrolled;
     let new_leaf = rustls_pki_types::CertificateDer::pem_slice_iter(e.certificate_pem.as_bytes())
         .find_map(Result::ok)
-        .ok_or_else(|| EnrollFailure::BadResponse("no certificate".into()))?;
+        .ok_or(EnrollFailure::BadResponse(BadResponse::NoCertificate))?;
     if creds::cert_spki(new_leaf.as_ref()).as_deref() != Some(kc.spki_der.as_slice()) {
-        return Err(EnrollFailure::BadResponse(
-            "the certificate is not for the key this agent generated".into(),
-        ));
+        return Err(EnrollFailure::BadResponse(BadResponse::ForeignKey));
     }
     if e.cluster_id != c.cluster_id || e.org != c.org {
-        return Err(EnrollFailure::BadResponse(
-            "the hub answered for another cluster".into(),
-        ));
+        return Err(EnrollFailure::BadResponse(BadResponse::OtherCluster));
     }
     let new = Credentials {
         key_pem: kc.key_pem.clone(),

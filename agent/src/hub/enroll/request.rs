@@ -66,6 +66,10 @@ pub enum EnrollFailure {
     /// Writing the credentials failed.
     #[error(transparent)]
     Creds(#[from] CredsError),
+    /// The stored credentials cannot be used to ask for a certificate
+    /// recovery (the message names what, never key material).
+    #[error("the stored credentials cannot be used for recovery: {0}")]
+    StoredCredentials(&'static str),
 }
 
 /// Why the enrollment endpoint could not be reached. None of these causes
@@ -121,6 +125,9 @@ pub enum BadResponse {
     /// The answer names no cluster or organisation.
     #[error("empty cluster id or org")]
     EmptyIdentity,
+    /// The answer is for another cluster or organisation than asked.
+    #[error("the hub answered for another cluster")]
+    OtherCluster,
 }
 
 impl EnrollFailure {
