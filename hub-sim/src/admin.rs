@@ -2,7 +2,8 @@
 //! `Authorization: Bearer <admin token>` (the token is in `<state>/admin-token`),
 //! except `GET /metrics` (Prometheus text, counts only, no secrets).
 //!
-//! The listener serves at most [`MAX_CONNECTIONS`] connections; each must send
+//! The listener serves at most [`MAX_CONNECTIONS`] connections (more wait in
+//! the listen backlog until one ends); each must send
 //! its request headers within [`HEADER_READ_TIMEOUT`] (hyper restarts that
 //! timer for every request, so an idle keep-alive connection is closed after
 //! it too) and lives at most [`CONNECTION_DEADLINE`].
@@ -106,7 +107,7 @@ pub fn router(hub: Arc<Hub>, admin_token: &str) -> Router {
         .with_state(state)
 }
 
-/// Admin connections served at once; more are closed at accept.
+/// Admin connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 64;
 /// Deadline for a request's headers (also the keep-alive idle limit).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -118,6 +119,20 @@ pub async fn serve(hub: Arc<Hub>, listener: tokio::net::TcpListener, router: Rou
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut conns = tokio::task::JoinSet::new();
     loop {
+        // A slot first, then the next connection: at the limit, newcomers
+        // wait in the listen backlog until a connection ends (a burst of
+        // short calls, such as a load generator minting thousands of tokens,
+        // gets served instead of reset; the header timeout and the
+        // connection deadline bound how long a slot can be held).
+        let permit = tokio::select! {
+            biased;
+            _ = hub.shutdown_signal() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             biased;
             _ = hub.shutdown_signal() => break,
@@ -130,11 +145,6 @@ pub async fn serve(hub: Arc<Hub>, listener: tokio::net::TcpListener, router: Rou
                     continue;
                 }
             },
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            hub.metrics().connection_refused("admin_max_connections");
-            tracing::warn!(%peer, max = MAX_CONNECTIONS, "admin connection limit reached, refusing");
-            continue;
         };
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let hub = hub.clone();

@@ -37,6 +37,7 @@ pub mod namespaces;
 pub mod operation;
 pub mod resources;
 pub mod validation;
+pub mod watches;
 
 use std::{sync::Arc, time::Duration};
 

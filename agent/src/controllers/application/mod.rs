@@ -18,7 +18,7 @@ use kube::{
         Controller,
         controller::{self, Action},
         finalizer::{Event, finalizer},
-        reflector::ObjectRef,
+        reflector::{self, ObjectRef},
         watcher,
     },
 };
@@ -33,7 +33,7 @@ use vworkspace_crds::{
 use super::{
     Context, Error, FIELD_MANAGER,
     resources::{HELM_RELEASE, HELM_REPOSITORY, Kind, OCI_REPOSITORY},
-    validate_application_spec,
+    validate_application_spec, watches,
 };
 use sources::{
     delete_ignoring_missing, ensure_shared_source, release_previous_source, release_shared_source,
@@ -56,9 +56,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<BoxFuture<'static, ()>, Error> {
     let client = ctx.client.clone();
-    let mut controller = Controller::new(
-        Api::<ApplicationInstance>::all(client.clone()),
-        watcher::Config::default(),
+    // Every watch backs off on its own and never pauses the others
+    // (`watches`: an API server restart would otherwise stall the controller).
+    let (store, writer) = reflector::store();
+    let mut controller = Controller::for_stream(
+        watches::reflected(
+            Api::<ApplicationInstance>::all(client.clone()),
+            watcher::Config::default(),
+            "applicationinstances",
+            writer,
+        ),
+        store.clone(),
     )
     .with_config(controller::Config::default().concurrency(ctx.config.concurrency));
     let owned = watcher::Config::default().labels(labels::APPLICATION_INSTANCE);
@@ -73,11 +81,17 @@ pub async fn run(
                     labels::MANAGED_BY,
                     labels::MANAGED_BY_OPERATOR
                 ));
-                let store = controller.store();
-                controller =
-                    controller.watches_with(api, ar, managed, move |repo| users(&store, &repo));
+                let store = store.clone();
+                controller = controller.watches_stream_with(
+                    watches::touched(api, managed, "helmrepositories"),
+                    move |repo| users(&store, &repo),
+                    ar,
+                );
             } else {
-                controller = controller.owns_with(api, ar, owned.clone());
+                controller = controller.owns_stream_with(
+                    watches::touched(api, owned.clone(), "owned flux objects"),
+                    ar,
+                );
             }
         } else {
             warn!(kind = %kind.describe(), "Flux CRD not installed; managed instances report MissingDependencies");

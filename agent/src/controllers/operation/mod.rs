@@ -29,7 +29,7 @@ use kube::{
     runtime::{
         Controller,
         controller::{self, Action},
-        reflector::{ObjectRef, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -42,7 +42,7 @@ use vworkspace_crds::{
 
 use self::engines::OpInfo;
 use self::status::Writer;
-use super::{Context, Error, resources::HELM_RELEASE};
+use super::{Context, Error, resources::HELM_RELEASE, watches};
 
 pub use history::beyond_history;
 pub use status::status_changed;
@@ -59,28 +59,44 @@ pub async fn run(
 ) -> Result<BoxFuture<'static, ()>, Error> {
     let client = ctx.client.clone();
     let ops = Api::<Operation>::all(client.clone());
-    let controller = Controller::new(ops.clone(), watcher::Config::default())
-        .with_config(controller::Config::default().concurrency(ctx.config.concurrency));
-    let store = controller.store();
+    // Every watch backs off on its own and never pauses the others
+    // (`watches`: an API server restart would otherwise stall the controller).
+    let (store, writer) = reflector::store();
+    let controller = Controller::for_stream(
+        watches::reflected(
+            ops.clone(),
+            watcher::Config::default(),
+            "operations",
+            writer,
+        ),
+        store.clone(),
+    )
+    .with_config(controller::Config::default().concurrency(ctx.config.concurrency));
 
     // A finished or started sibling may unblock the pending ones on its target.
     let s = store.clone();
-    let mut controller = controller.watches(ops, watcher::Config::default(), move |op| {
-        let Some(ns) = op.namespace() else {
-            return Vec::new();
-        };
-        if op.phase() == OperationPhase::Pending {
-            return Vec::new();
-        }
-        on_target(&s, &ns, &op.spec.target_ref.name, |o| {
-            o.phase() == OperationPhase::Pending
-        })
-    });
+    let mut controller = controller.watches_stream(
+        watches::touched(ops, watcher::Config::default(), "operations (siblings)"),
+        move |op| {
+            let Some(ns) = op.namespace() else {
+                return Vec::new();
+            };
+            if op.phase() == OperationPhase::Pending {
+                return Vec::new();
+            }
+            on_target(&s, &ns, &op.spec.target_ref.name, |o| {
+                o.phase() == OperationPhase::Pending
+            })
+        },
+    );
     // A target that appears, becomes Ready or changes its chart.
     let s = store.clone();
-    controller = controller.watches(
-        Api::<ApplicationInstance>::all(client.clone()),
-        watcher::Config::default(),
+    controller = controller.watches_stream(
+        watches::touched(
+            Api::<ApplicationInstance>::all(client.clone()),
+            watcher::Config::default(),
+            "applicationinstances (targets)",
+        ),
         move |ai| {
             let Some(ns) = ai.namespace() else {
                 return Vec::new();
@@ -106,25 +122,31 @@ pub async fn run(
         }
         let s = store.clone();
         let ar = kind.api_resource();
-        controller = controller.watches_with(
-            Api::<DynamicObject>::all_with(client.clone(), &ar),
-            ar,
-            by_uid.clone(),
+        controller = controller.watches_stream_with(
+            watches::touched(
+                Api::<DynamicObject>::all_with(client.clone(), &ar),
+                by_uid.clone(),
+                "engine workloads",
+            ),
             move |o| owner_by_uid(&s, o.labels().get(labels::OPERATION)),
+            ar,
         );
     }
     let s = store.clone();
-    controller = controller.watches(Api::<Job>::all(client.clone()), by_uid, move |j| {
-        owner_by_uid(&s, j.labels().get(labels::OPERATION))
-    });
+    controller = controller.watches_stream(
+        watches::touched(Api::<Job>::all(client.clone()), by_uid, "jobs"),
+        move |j| owner_by_uid(&s, j.labels().get(labels::OPERATION)),
+    );
     // The helm engine waits on the target's HelmRelease.
     if ctx.is_served(HELM_RELEASE).await? {
         let s = store.clone();
         let ar = HELM_RELEASE.api_resource();
-        controller = controller.watches_with(
-            Api::<DynamicObject>::all_with(client.clone(), &ar),
-            ar,
-            watcher::Config::default().labels(labels::APPLICATION_INSTANCE),
+        controller = controller.watches_stream_with(
+            watches::touched(
+                Api::<DynamicObject>::all_with(client.clone(), &ar),
+                watcher::Config::default().labels(labels::APPLICATION_INSTANCE),
+                "helmreleases (helm engine)",
+            ),
             move |hr| {
                 let (Some(ns), Some(ai)) = (
                     hr.namespace(),
@@ -136,6 +158,7 @@ pub async fn run(
                     o.spec.engine == Engine::Helm && o.phase() == OperationPhase::Running
                 })
             },
+            ar,
         );
     }
     let fut = controller
