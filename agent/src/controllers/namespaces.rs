@@ -202,18 +202,33 @@ impl NamespaceGate {
             .map(|n| n.metadata.labels.clone().unwrap_or_default())
     }
 
-    /// Why an intent may not write into `ns` (`None`: it may). A namespace
-    /// the cache does not hold is read once from the API server, since it may
-    /// have been created a moment ago.
-    pub async fn check(&self, ns: &str) -> Result<Option<Refusal>, kube::Error> {
-        let labels = match self.labels(ns).await {
-            Some(l) => Some(l),
-            None => Api::<Namespace>::all(self.client.clone())
-                .get_opt(ns)
-                .await?
-                .map(|n| n.metadata.labels.unwrap_or_default()),
-        };
-        Ok(decide(ns, labels.as_ref(), &self.allow).err())
+    /// Labels of `ns` as the cache holds them, `None` when it holds no such
+    /// namespace (waits for the first list right after start, bounded).
+    pub async fn cached_labels(&self, ns: &str) -> Option<BTreeMap<String, String>> {
+        self.labels(ns).await
+    }
+
+    /// Labels of `ns` read from the API server, `None` when it does not
+    /// exist: for a namespace the cache does not hold, since it may have been
+    /// created a moment ago.
+    pub async fn read_labels(
+        &self,
+        ns: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, kube::Error> {
+        Ok(Api::<Namespace>::all(self.client.clone())
+            .get_opt(ns)
+            .await?
+            .map(|n| n.metadata.labels.unwrap_or_default()))
+    }
+
+    /// Why an intent may not write into `ns`, which carries `ns_labels`
+    /// (`None`: it does not exist); `None` when it may.
+    pub fn refusal(
+        &self,
+        ns: &str,
+        ns_labels: Option<&BTreeMap<String, String>>,
+    ) -> Option<Refusal> {
+        decide(ns, ns_labels, &self.allow).err()
     }
 
     /// Whether the controllers may act in `ns`. A namespace not (yet) in the

@@ -8,6 +8,22 @@
 //! `replayed`. Only then the namespace gate and the spec checks run, and the
 //! object is written by server-side apply with one field manager. Nothing is
 //! written for a rejected intent.
+//!
+//! The API requests of one intent share a deadline ([`INTENT_BUDGET`]); each
+//! attempt is bounded ([`CALL_TIMEOUT`]) and a transient failure (no answer,
+//! no connection, 429, 5xx) is sent again with backoff until the deadline.
+//! The client has no read timeout of its own (its watches stay open for
+//! minutes) and retries a 503 with a backoff that grows to minutes, and a
+//! restarting API server refuses connections for a while: without the retry
+//! an intent in flight during a restart would be acked `apply_failed` at once
+//! (which the hub resends only on its next connection), and without the bound
+//! it could stay unacked for minutes. A request that still fails at the
+//! deadline makes the intent `apply_failed`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
@@ -123,19 +139,28 @@ impl Applier {
             Some(&verified.payload.intent_id)
         );
         let p = verified.payload;
+        let deadline = Instant::now() + INTENT_BUDGET;
         let Some(api) = api_for(&self.client, &p.object) else {
             return Verdict::Rejected(
                 RejectionCode::Forbidden,
                 format!("{} objects cannot be written by intent", p.object.kind),
             );
         };
-        let live = match api.get_opt(&p.object.name).await {
+        let live = match call("reading the object", deadline, || {
+            api.get_opt(&p.object.name)
+        })
+        .await
+        {
             Ok(o) => o,
             Err(e) => return apply_failed("reading the object", &e),
         };
         let (applied, applied_id) = match &live {
             Some(o) => (applied_version(o), applied_intent_id(o)),
-            None => match self.tombstones.get(&p.object).await {
+            None => match call("reading the tombstones", deadline, || {
+                self.tombstones.get(&p.object)
+            })
+            .await
+            {
                 Ok(Some((v, id))) => (Some(v), Some(id)),
                 Ok(None) => (None, None),
                 Err(e) => return apply_failed("reading the tombstones", &e),
@@ -154,18 +179,30 @@ impl Applier {
             }
             _ => {}
         }
-        match self.gate.check(&p.object.namespace).await {
-            Ok(None) => {}
-            Ok(Some(why)) => return Verdict::Rejected(RejectionCode::Forbidden, why.to_string()),
-            Err(e) => return apply_failed("reading the namespace", &e),
+        // The cache first; a namespace it does not hold is read once from
+        // the API server, since it may have been created a moment ago.
+        let ns = p.object.namespace.as_str();
+        let ns_labels = match self.gate.cached_labels(ns).await {
+            Some(l) => Some(l),
+            None => match call("reading the namespace", deadline, || {
+                self.gate.read_labels(ns)
+            })
+            .await
+            {
+                Ok(l) => l,
+                Err(e) => return apply_failed("reading the namespace", &e),
+            },
+        };
+        if let Some(why) = self.gate.refusal(ns, ns_labels.as_ref()) {
+            return Verdict::Rejected(RejectionCode::Forbidden, why.to_string());
         }
         match p.action {
             IntentAction::Delete => {
                 // Remember the version first: an older apply must not bring the object back.
-                if let Err(e) = self
-                    .tombstones
-                    .record(&p.object, p.version, &p.intent_id)
-                    .await
+                if let Err(e) = call("recording the deletion", deadline, || {
+                    self.tombstones.record(&p.object, p.version, &p.intent_id)
+                })
+                .await
                 {
                     return apply_failed("recording the deletion", &e);
                 }
@@ -176,9 +213,13 @@ impl Applier {
                     propagation_policy: Some(PropagationPolicy::Background),
                     ..DeleteParams::default()
                 };
-                match api.delete(&p.object.name, &dp).await {
+                match call("deleting the object", deadline, || {
+                    api.delete(&p.object.name, &dp)
+                })
+                .await
+                {
                     Ok(_) => Verdict::Applied,
-                    Err(kube::Error::Api(s)) if s.code == 404 => Verdict::Noop,
+                    Err(CallError::Kube(kube::Error::Api(s))) if s.code == 404 => Verdict::Noop,
                     Err(e) => apply_failed("deleting the object", &e),
                 }
             }
@@ -193,16 +234,24 @@ impl Applier {
                         serde_json::json!([finalizers::APPLICATION_INSTANCE]);
                 }
                 let pp = PatchParams::apply(FIELD_MANAGER).force();
-                match api.patch(&p.object.name, &pp, &Patch::Apply(body)).await {
+                let patch = Patch::Apply(body);
+                match call("applying the object", deadline, || {
+                    api.patch(&p.object.name, &pp, &patch)
+                })
+                .await
+                {
                     Ok(_) => {
                         if live.is_none()
-                            && let Err(error) = self.tombstones.clear(&p.object).await
+                            && let Err(error) = call("clearing a tombstone", deadline, || {
+                                self.tombstones.clear(&p.object)
+                            })
+                            .await
                         {
                             tracing::warn!(%error, object = %p.object, "Failed to clear a tombstone");
                         }
                         Verdict::Applied
                     }
-                    Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+                    Err(CallError::Kube(kube::Error::Api(s))) if s.code == 422 || s.code == 400 => {
                         Verdict::Rejected(
                             RejectionCode::InvalidSpec,
                             format!("the API server refused the object: {}", s.message),
@@ -215,10 +264,76 @@ impl Applier {
     }
 }
 
-fn apply_failed(what: &str, e: &kube::Error) -> Verdict {
+/// How long one attempt of an API request of the intent path may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long the API requests of one intent may take together, retries
+/// included; then the intent is acked `apply_failed`.
+pub const INTENT_BUDGET: Duration = Duration::from_secs(60);
+
+/// The longest pause between two attempts (they start at 1 s and double).
+const MAX_PAUSE: Duration = Duration::from_secs(8);
+
+/// Why an API request of the intent path failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The API server (or the connection to it) answered with an error.
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    /// No answer within the time the attempt had.
+    #[error("no answer from the API server within {0:?}")]
+    TimedOut(Duration),
+}
+
+impl CallError {
+    /// Whether the same request may succeed when sent again soon.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::TimedOut(_) => true,
+            Self::Kube(kube::Error::Api(s)) => s.code == 429 || s.code >= 500,
+            Self::Kube(kube::Error::HyperError(_) | kube::Error::Service(_)) => true,
+            Self::Kube(_) => false,
+        }
+    }
+}
+
+/// Runs one API request (`send` makes it anew for each attempt), each
+/// attempt bounded by [`CALL_TIMEOUT`] and the deadline, and sends it again
+/// after a pause while its failures are transient and the pause ends before
+/// `deadline`. Every request of the intent path is idempotent (reads,
+/// server-side apply, delete, the tombstone map), so sending one again is
+/// safe.
+async fn call<T, F, Fut>(what: &str, deadline: Instant, mut send: F) -> Result<T, CallError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, kube::Error>>,
+{
+    let mut pause = Duration::from_secs(1);
+    let mut attempt = 1u32;
+    loop {
+        let limit = deadline
+            .saturating_duration_since(Instant::now())
+            .min(CALL_TIMEOUT);
+        let error = match tokio::time::timeout(limit, send()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => CallError::Kube(e),
+            Err(_) => CallError::TimedOut(limit),
+        };
+        if !error.is_transient() || Instant::now() + pause > deadline {
+            return Err(error);
+        }
+        tracing::warn!(%error, attempt, ?pause, "{what} failed; retrying");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_PAUSE);
+        attempt += 1;
+    }
+}
+
+fn apply_failed(what: &str, e: &CallError) -> Verdict {
     // The hub resends `apply_failed` intents later; keep the message short and free of bodies.
     let detail = match e {
-        kube::Error::Api(s) => format!("{} ({})", s.reason, s.code),
+        CallError::Kube(kube::Error::Api(s)) => format!("{} ({})", s.reason, s.code),
         other => other.to_string().chars().take(200).collect(),
     };
     Verdict::Rejected(
@@ -370,6 +485,65 @@ mod tests {
         assert!(validate_spec(&cluster, &good).is_err());
         let bad_name = ObjectRef::new(ObjectKind::ApplicationInstance, "team-a", "Not_Valid");
         assert!(validate_spec(&bad_name, &good).is_err());
+    }
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure("m", "Reason")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn only_failures_that_may_pass_later_are_transient() {
+        assert!(CallError::TimedOut(CALL_TIMEOUT).is_transient());
+        for code in [429, 500, 503, 504] {
+            assert!(CallError::Kube(api_error(code)).is_transient(), "{code}");
+        }
+        for code in [400, 403, 404, 409, 422] {
+            assert!(!CallError::Kube(api_error(code)).is_transient(), "{code}");
+        }
+        let refused: Box<dyn std::error::Error + Send + Sync> = "connection refused".into();
+        assert!(CallError::Kube(kube::Error::Service(refused)).is_transient());
+    }
+
+    #[tokio::test]
+    async fn a_request_is_sent_again_only_while_its_failures_are_transient() {
+        // Room for the first pause (1 s) but not the second (2 s): a request
+        // that keeps failing transiently is sent exactly twice.
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        let sent = std::cell::Cell::new(0);
+        let r: Result<(), _> = call("test", deadline, || {
+            sent.set(sent.get() + 1);
+            std::future::ready(Err(api_error(404)))
+        })
+        .await;
+        assert!(matches!(r, Err(CallError::Kube(kube::Error::Api(s))) if s.code == 404));
+        assert_eq!(sent.get(), 1, "a 404 is final");
+
+        sent.set(0);
+        let r: Result<(), _> = call("test", deadline, || {
+            sent.set(sent.get() + 1);
+            std::future::ready(Err(api_error(503)))
+        })
+        .await;
+        assert!(matches!(r, Err(CallError::Kube(kube::Error::Api(s))) if s.code == 503));
+        assert_eq!(sent.get(), 2, "a 503 is sent again until the deadline");
+
+        sent.set(0);
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        let r = call("test", deadline, || {
+            sent.set(sent.get() + 1);
+            std::future::ready(if sent.get() < 2 {
+                Err(api_error(503))
+            } else {
+                Ok(7)
+            })
+        })
+        .await;
+        assert_eq!(r.unwrap(), 7);
+        assert_eq!(sent.get(), 2);
     }
 
     #[test]
