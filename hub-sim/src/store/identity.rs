@@ -7,6 +7,7 @@ use super::{ClusterRow, KeyRow, Store, StoreError, TokenRow, TokenUse, now};
 impl Store {
     // ---- keys ----
 
+    /// Stores a newly generated signing key.
     pub fn insert_key(&self, key: &KeyRow) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO keys (kid, purpose, pkcs8, public, created_at, retired_at)
@@ -66,6 +67,7 @@ impl Store {
             .ok_or_else(|| StoreError::UnknownCluster(name.to_owned()))
     }
 
+    /// The cluster of that name, if it exists.
     pub fn cluster(&self, name: &str) -> Result<Option<ClusterRow>, StoreError> {
         Ok(self
             .conn()
@@ -78,6 +80,7 @@ impl Store {
             .optional()?)
     }
 
+    /// All clusters, by name.
     pub fn clusters(&self) -> Result<Vec<ClusterRow>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
@@ -119,6 +122,7 @@ impl Store {
         Ok(())
     }
 
+    /// Records that the cluster's agent connected or disconnected (and its version, when known) and updates `last_seen`.
     pub fn set_connected(
         &self,
         name: &str,
@@ -133,6 +137,7 @@ impl Store {
         Ok(())
     }
 
+    /// Sets the cluster's `last_seen` to now.
     pub fn touch_cluster(&self, name: &str) -> Result<(), StoreError> {
         self.conn().execute(
             "UPDATE clusters SET last_seen = ?2 WHERE name = ?1",
@@ -150,6 +155,7 @@ impl Store {
 
     // ---- certificates ----
 
+    /// Records a certificate issued to `cluster`; the first one also sets `enrolled_at`.
     pub fn insert_cert(
         &self,
         serial: &str,
@@ -209,6 +215,7 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Serials of every revoked certificate.
     pub fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT serial FROM certs WHERE revoked = 1")?;
@@ -218,6 +225,7 @@ impl Store {
 
     // ---- join tokens ----
 
+    /// Stores a new join token (its hash, never the token).
     pub fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO join_tokens (jti, token_sha256, cluster, org, created_at, expires_at)

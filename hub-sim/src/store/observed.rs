@@ -8,6 +8,7 @@ use super::{AgentEventRow, AuditRow, StatusPut, StatusRow, Store, StoreError, no
 impl Store {
     // ---- status + inventory ----
 
+    /// Inserts or replaces an object's latest status, without limits.
     pub fn put_status(&self, s: &StatusRow) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO statuses (cluster, kind, namespace, name, generation, phase, conditions, outputs, hash, updated_at)
@@ -64,6 +65,7 @@ impl Store {
         Ok(StatusPut::Stored)
     }
 
+    /// Latest statuses, optionally only of one cluster and/or kind, sorted by cluster, kind, namespace and name.
     pub fn statuses(
         &self,
         cluster: Option<&str>,
@@ -119,6 +121,7 @@ impl Store {
         Ok(out)
     }
 
+    /// Inserts or replaces the last inventory a cluster's agent sent.
     pub fn put_inventory(&self, cluster: &str, body: &serde_json::Value) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO inventory (cluster, body, updated_at) VALUES (?1, ?2, ?3)
@@ -128,6 +131,7 @@ impl Store {
         Ok(())
     }
 
+    /// The last inventory stored for a cluster, if any.
     pub fn inventory(&self, cluster: &str) -> Result<Option<serde_json::Value>, StoreError> {
         let body: Option<String> = self
             .conn()
@@ -142,6 +146,7 @@ impl Store {
 
     // ---- faults ----
 
+    /// Inserts or replaces a cluster's fault-injection settings.
     pub fn put_faults(&self, cluster: &str, body: &serde_json::Value) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO faults (cluster, body) VALUES (?1, ?2)
@@ -151,6 +156,7 @@ impl Store {
         Ok(())
     }
 
+    /// The fault-injection settings of every cluster that has any, as `(cluster, settings)`.
     pub fn all_faults(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT cluster, body FROM faults")?;
