@@ -114,7 +114,7 @@ pub enum Command {
     /// into the bundle, `switch` issues from it, `retire` drops the old one;
     /// `status` shows the stage and the clusters still on the old CA.
     RotateCa {
-        /// Which stage to run: `add`, `switch`, `retire` or `status`.
+        /// The rotation step to run.
         #[arg(value_parser = ["add", "switch", "retire", "status"])]
         step: String,
     },

@@ -8,7 +8,7 @@ impl Store {
     // ---- keys ----
 
     /// Stores a newly generated signing key.
-    pub fn insert_key(&self, key: &KeyRow) -> Result<(), StoreError> {
+    pub(crate) fn insert_key(&self, key: &KeyRow) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO keys (kid, purpose, pkcs8, public, created_at, retired_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -123,7 +123,7 @@ impl Store {
     }
 
     /// Records that the cluster's agent connected or disconnected (and its version, when known) and updates `last_seen`.
-    pub fn set_connected(
+    pub(crate) fn set_connected(
         &self,
         name: &str,
         connected: bool,
@@ -156,7 +156,7 @@ impl Store {
     // ---- certificates ----
 
     /// Records a certificate issued to `cluster`; the first one also sets `enrolled_at`.
-    pub fn insert_cert(
+    pub(crate) fn insert_cert(
         &self,
         serial: &str,
         cluster: &str,
@@ -216,7 +216,7 @@ impl Store {
     }
 
     /// Serials of every revoked certificate.
-    pub fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
+    pub(crate) fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT serial FROM certs WHERE revoked = 1")?;
         let rows = stmt.query_map([], |r| r.get(0))?;
@@ -226,7 +226,7 @@ impl Store {
     // ---- join tokens ----
 
     /// Stores a new join token (its hash, never the token).
-    pub fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
+    pub(crate) fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO join_tokens (jti, token_sha256, cluster, org, created_at, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

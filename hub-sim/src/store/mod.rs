@@ -150,7 +150,7 @@ impl Store {
     }
 
     /// Inserts or replaces a value in the `meta` table.
-    pub fn meta_set(&self, key: &str, value: &str) -> Result<(), StoreError> {
+    pub(crate) fn meta_set(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",

@@ -9,7 +9,7 @@ impl Store {
     // ---- status + inventory ----
 
     /// Inserts or replaces an object's latest status, without limits.
-    pub fn put_status(&self, s: &StatusRow) -> Result<(), StoreError> {
+    pub(crate) fn put_status(&self, s: &StatusRow) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO statuses (cluster, kind, namespace, name, generation, phase, conditions, outputs, hash, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
@@ -122,7 +122,11 @@ impl Store {
     }
 
     /// Inserts or replaces the last inventory a cluster's agent sent.
-    pub fn put_inventory(&self, cluster: &str, body: &serde_json::Value) -> Result<(), StoreError> {
+    pub(crate) fn put_inventory(
+        &self,
+        cluster: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO inventory (cluster, body, updated_at) VALUES (?1, ?2, ?3)
              ON CONFLICT(cluster) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
@@ -147,7 +151,11 @@ impl Store {
     // ---- faults ----
 
     /// Inserts or replaces a cluster's fault-injection settings.
-    pub fn put_faults(&self, cluster: &str, body: &serde_json::Value) -> Result<(), StoreError> {
+    pub(crate) fn put_faults(
+        &self,
+        cluster: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO faults (cluster, body) VALUES (?1, ?2)
              ON CONFLICT(cluster) DO UPDATE SET body = excluded.body",
@@ -157,7 +165,7 @@ impl Store {
     }
 
     /// The fault-injection settings of every cluster that has any, as `(cluster, settings)`.
-    pub fn all_faults(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+    pub(crate) fn all_faults(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT cluster, body FROM faults")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
