@@ -9,7 +9,6 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use vworkspace_e2e::e2e::{
     self,
     world::{World, count_in_log},

@@ -5,12 +5,10 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
 use vworkspace_e2e::e2e::{
     self,
     world::{World, count_in_log},
 };
-use vworkspace_e2e::wait::eventually;
 
 const STEP: Duration = Duration::from_secs(90);
 

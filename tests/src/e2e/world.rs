@@ -251,10 +251,14 @@ impl World {
 
     /// The Cluster object's condition of `type_`, as JSON.
     pub async fn cluster_condition(&self, type_: &str) -> Option<serde_json::Value> {
-        let api: kube::Api<vworkspace_crds::Cluster> = kube::Api::all(self.client.clone());
+        // Cluster (ops.vworkspace.io/v1alpha1) is cluster-scoped.
+        let ar = kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("ops.vworkspace.io", "v1alpha1", "Cluster"),
+            "clusters",
+        );
+        let api = kube::Api::<kube::api::DynamicObject>::all_with(self.client.clone(), &ar);
         let c = api.get_opt(&self.cluster).await.ok()??;
-        let v = serde_json::to_value(c.status?).ok()?;
-        v["conditions"]
+        c.data["status"]["conditions"]
             .as_array()?
             .iter()
             .find(|c| c["type"] == type_)
