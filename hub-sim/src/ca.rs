@@ -21,14 +21,19 @@ use crate::store::{Store, StoreError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CaError {
+    /// Reading or writing the CA material failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// rcgen could not build or sign a certificate.
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
+    /// The CSR could not be parsed or its self-signature is wrong.
     #[error("the CSR is not valid PEM or DER, or its signature does not verify")]
     InvalidCsr,
+    /// The CSR's key is neither ECDSA P-256 nor Ed25519.
     #[error("the CSR key algorithm is not accepted (use ECDSA P-256 or Ed25519)")]
     UnsupportedKey,
+    /// A certificate (or the stored CA) does not carry a readable vWorkspace identity; the text says what is wrong.
     #[error("certificate has no usable vWorkspace identity: {0}")]
     NoIdentity(&'static str),
 }
@@ -36,7 +41,9 @@ pub enum CaError {
 /// Who a client certificate belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Identity {
+    /// Organisation (the subject O).
     pub org: String,
+    /// Cluster name (the subject CN).
     pub cluster: String,
     /// Lowercase hex of the certificate serial number.
     pub serial: String,
@@ -47,9 +54,13 @@ pub struct Identity {
 /// A freshly signed client certificate.
 #[derive(Clone, Debug)]
 pub struct IssuedCert {
+    /// The certificate, PEM.
     pub pem: String,
+    /// The same certificate, DER.
     pub der: CertificateDer<'static>,
+    /// Lowercase hex of the serial number.
     pub serial: String,
+    /// Expiry, seconds since the epoch.
     pub not_after: i64,
 }
 
@@ -170,10 +181,12 @@ impl Ca {
         })
     }
 
+    /// The CA certificate, PEM.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
     }
 
+    /// The CA certificate, DER.
     pub fn cert_der(&self) -> &CertificateDer<'static> {
         &self.cert_der
     }
@@ -265,6 +278,7 @@ pub enum CaStage {
 }
 
 impl CaStage {
+    /// The stage as the store, the audit log and the admin API spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Single => "single",
@@ -278,14 +292,20 @@ impl CaStage {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RotationError {
+    /// Issuing with, or loading, a CA failed.
     #[error(transparent)]
     Ca(#[from] CaError),
+    /// Reading or writing the rotation state failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The step does not follow from the current stage.
     #[error("rotate-ca {step} needs stage {needs}, the rotation is at {at}")]
     WrongStage {
+        /// The step asked for (`add`, `switch` or `retire`).
         step: &'static str,
+        /// The stage that step needs.
         needs: &'static str,
+        /// The stage the rotation is at.
         at: &'static str,
     },
 }
@@ -343,6 +363,7 @@ impl CaRing {
         })
     }
 
+    /// Where the rotation stands.
     pub fn stage(&self) -> CaStage {
         self.stage
     }

@@ -18,16 +18,22 @@ pub const JOIN: &str = "join";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
+    /// Reading or writing the key table failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The system RNG or ring could not produce a key pair.
     #[error("key generation failed")]
     Generate,
+    /// A stored private key is not a valid Ed25519 PKCS#8 document.
     #[error("stored key {0} is unreadable")]
     Corrupt(String),
+    /// No unretired key of that purpose exists.
     #[error("no active {0} key")]
     NoActiveKey(&'static str),
+    /// Retiring this key would leave no active intent key.
     #[error("refusing to retire {0}: it is the only active intent key (rotate first)")]
     LastKey(String),
+    /// No active key has this id.
     #[error("no active key with id {0}")]
     UnknownKey(String),
 }
@@ -39,7 +45,9 @@ pub fn key_id(public: &[u8]) -> String {
 
 /// A usable signing key.
 pub struct SigningKey {
+    /// Key id (see [`key_id`]).
     pub kid: String,
+    /// The key pair that signs.
     pub pair: Ed25519KeyPair,
     pkcs8: Vec<u8>,
 }
@@ -53,6 +61,7 @@ impl std::fmt::Debug for SigningKey {
 }
 
 impl SigningKey {
+    /// Raw 32-byte Ed25519 public key.
     pub fn public(&self) -> &[u8] {
         self.pair.public_key().as_ref()
     }
@@ -62,6 +71,7 @@ impl SigningKey {
         &self.pkcs8
     }
 
+    /// Ed25519 signature over `msg`.
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
         let sig = self.pair.sign(msg);
         let mut out = [0u8; 64];
@@ -73,10 +83,13 @@ impl SigningKey {
 /// A published public key.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PublicKeyInfo {
+    /// Key id (see [`key_id`]).
     pub kid: String,
     /// Raw 32-byte Ed25519 public key, hex.
     pub public_key: String,
+    /// When the key was generated, Unix seconds.
     pub created_at: i64,
+    /// When it was retired, Unix seconds; `None` while verifiers must accept it.
     pub retired_at: Option<i64>,
 }
 

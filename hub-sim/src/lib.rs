@@ -8,7 +8,7 @@
 //! fault injection. See `docs/hub-sim.md`.
 
 #![forbid(unsafe_code)]
-#![deny(rust_2018_idioms)]
+#![deny(rust_2018_idioms, missing_docs)]
 
 pub mod admin;
 /// The admin API client lives in its own crate so the test harness can use it

@@ -149,6 +149,7 @@ fn tls_config(hub: &Hub) -> Result<rustls::ServerConfig, HubError> {
 
 /// A running hub-sim.
 pub struct RunningHub {
+    /// The hub's shared state: store, CA, connected agents, metrics.
     pub hub: Arc<Hub>,
     /// The TLS listener (enrollment + tunnel).
     pub tls_addr: SocketAddr,

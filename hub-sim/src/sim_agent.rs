@@ -28,7 +28,9 @@ use vworkspace_protocol::{
 
 /// Credentials after enrollment. `Debug` hides the key.
 pub struct Credentials {
+    /// What the enrollment endpoint answered (certificate, CA bundle, cluster id).
     pub response: EnrollResponse,
+    /// PEM private key the certificate was issued for.
     pub key_pem: String,
 }
 
@@ -104,7 +106,9 @@ pub struct Tunnel {
     seq: u64,
     peer_seq: u64,
     limits: Limits,
+    /// The hub's Welcome.
     pub welcome: Welcome,
+    /// Intent-signing keys from the Welcome, for verifying intents.
     pub ring: KeyRing,
 }
 
@@ -160,6 +164,7 @@ impl Tunnel {
         Ok(t)
     }
 
+    /// Sends one frame (with the next sequence number).
     pub async fn send(&mut self, body: Frame) -> anyhow::Result<()> {
         self.seq += 1;
         let env = Envelope::new(self.seq, self.peer_seq, body);
@@ -168,6 +173,7 @@ impl Tunnel {
         Ok(())
     }
 
+    /// Receives the next frame, skipping non-binary WebSocket messages.
     pub async fn recv(&mut self) -> anyhow::Result<Envelope> {
         loop {
             match self.ws.next().await.context("tunnel closed")?? {

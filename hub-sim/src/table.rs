@@ -6,11 +6,17 @@ use serde_json::Value;
 /// What `hub-sim get` shows.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum GetWhat {
+    /// Registered clusters, with connection state and agent version.
     Clusters,
+    /// ApplicationInstance objects with their version, state and conditions.
     Apps,
+    /// Operation objects with their version, state, phase and conditions.
     Operations,
+    /// Recent intents and their outcomes.
     Intents,
+    /// Intent-signing keys, marking the active one.
     Keys,
+    /// The hub's audit log.
     Audit,
     /// Events the agents sent (kept apart from the hub's audit log).
     Events,

@@ -9,50 +9,13 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use vworkspace_e2e::e2e::{self, world::World};
+use vworkspace_e2e::e2e::{
+    self,
+    world::{World, count_in_log},
+};
 use vworkspace_e2e::wait::eventually;
 
 const STEP: Duration = Duration::from_secs(90);
-
-/// The Cluster object's condition of `type_`, as JSON.
-async fn cluster_condition(w: &World, type_: &str) -> Option<Value> {
-    let api: kube::Api<vworkspace_crds::Cluster> = kube::Api::all(w.client.clone());
-    let c = api.get_opt(&w.cluster).await.ok()??;
-    let v = serde_json::to_value(c.status?).ok()?;
-    v["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .cloned()
-}
-
-async fn wait_condition(w: &World, type_: &str, status: &str, reason: &str) -> Value {
-    let what = format!("Cluster condition {type_}={status}/{reason}");
-    let found = tokio::time::timeout(
-        STEP + Duration::from_secs(5),
-        eventually(&what, STEP, || async {
-            let c = cluster_condition(w, type_).await.ok_or("no condition")?;
-            if c["status"] == status && c["reason"] == reason {
-                Ok(c)
-            } else {
-                Err(c.to_string())
-            }
-        }),
-    )
-    .await;
-    match found {
-        Ok(c) => c,
-        Err(_) => panic!("{what}: timed out\n{}", w.log_tails()),
-    }
-}
-
-fn count(path: &std::path::Path, needle: &str) -> usize {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .matches(needle)
-        .count()
-}
 
 /// Waits until the agent's log holds `needle` at least `n` times.
 async fn wait_log(w: &World, needle: &str, n: usize) {
@@ -61,7 +24,7 @@ async fn wait_log(w: &World, needle: &str, n: usize) {
     let r = tokio::time::timeout(
         STEP + Duration::from_secs(5),
         eventually(&what, STEP, || async {
-            let c = count(&log, needle);
+            let c = count_in_log(&log, needle);
             if c >= n {
                 Ok(())
             } else {
@@ -87,7 +50,7 @@ fn rotate(w: &World, step: &str) -> String {
 
 /// The lines of both logs that tell the story of a rotation, in order.
 fn timeline(w: &World) -> String {
-    const MARKS: &[&str] = &[
+    w.timeline(&[
         "hub CA rotation step",
         "Hub CA bundle updated",
         "no longer issues from",
@@ -101,16 +64,7 @@ fn timeline(w: &World) -> String {
         "Enrolled",
         "tunnel open",
         "Intent applied",
-    ];
-    let mut out = String::new();
-    for (who, path) in [("agent", w.agent_log()), ("hub", w.hub.log().to_path_buf())] {
-        for line in std::fs::read_to_string(&path).unwrap_or_default().lines() {
-            if MARKS.iter().any(|m| line.contains(m)) {
-                out.push_str(&format!("[{who}] {line}\n"));
-            }
-        }
-    }
-    out
+    ])
 }
 
 /// Online through `add`, `switch` and `retire`, with 20 s certificates: the
@@ -178,20 +132,22 @@ async fn an_online_agent_follows_a_ca_rotation_without_a_failed_reconnect() {
 
     let agent_log = w.agent_log();
     assert_eq!(
-        count(&agent_log, "Tunnel connection failed"),
+        count_in_log(&agent_log, "Tunnel connection failed"),
         0,
         "{}",
         w.log_tails()
     );
     assert_eq!(
-        count(w.hub.log(), "TLS handshake refused"),
+        count_in_log(w.hub.log(), "TLS handshake refused"),
         0,
         "{}",
         w.log_tails()
     );
     // Connected again after the last step.
     w.wait_connected(STEP).await;
-    let c = wait_condition(&w, "Connected", "True", "TunnelConnected").await;
+    let c = w
+        .wait_cluster_condition("Connected", "True", "TunnelConnected", STEP)
+        .await;
     assert_eq!(c["status"], "True");
     assert!(w.secret_leaks().is_empty(), "{:?}", w.secret_leaks());
     println!(
@@ -236,20 +192,22 @@ async fn an_agent_offline_through_a_ca_rotation_says_so_and_a_new_token_brings_i
         .await
         .unwrap();
 
-    let refused_before = count(w.hub.log(), "TLS handshake refused");
+    let refused_before = count_in_log(w.hub.log(), "TLS handshake refused");
     w.agent.restart().await.expect("restarting the agent");
-    let c = wait_condition(&w, "Connected", "False", "HubCaUnknown").await;
+    let c = w
+        .wait_cluster_condition("Connected", "False", "HubCaUnknown", STEP)
+        .await;
     let message = c["message"].as_str().unwrap_or_default();
     assert!(message.contains("hub-sim token create"), "{message}");
     assert!(message.contains(&w.cluster), "{message}");
 
     // No tight loop: over this window the attempts follow the jittered
     // backoff (at most 2 s in tests, at least 100 ms).
-    let failed_at_start = count(&w.agent_log(), "Tunnel connection failed");
+    let failed_at_start = count_in_log(&w.agent_log(), "Tunnel connection failed");
     let window = Duration::from_secs(15);
     tokio::time::sleep(window).await;
-    let attempts = count(&w.agent_log(), "Tunnel connection failed") - failed_at_start;
-    let refused = count(w.hub.log(), "TLS handshake refused") - refused_before;
+    let attempts = count_in_log(&w.agent_log(), "Tunnel connection failed") - failed_at_start;
+    let refused = count_in_log(w.hub.log(), "TLS handshake refused") - refused_before;
     println!(
         "connect attempts in {window:?}: agent {attempts}, hub-side refused handshakes {refused} (since restart)"
     );
@@ -278,7 +236,8 @@ async fn an_agent_offline_through_a_ca_rotation_says_so_and_a_new_token_brings_i
         o["version"] == 2 && o["last_outcome"] == "applied"
     })
     .await;
-    wait_condition(&w, "Connected", "True", "TunnelConnected").await;
+    w.wait_cluster_condition("Connected", "True", "TunnelConnected", STEP)
+        .await;
     assert!(w.secret_leaks().is_empty(), "{:?}", w.secret_leaks());
     println!(
         "--- CA rotation timeline (agent offline through it) ---\n{}",

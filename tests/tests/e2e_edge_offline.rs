@@ -5,55 +5,17 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-use vworkspace_e2e::e2e::{self, world::World};
-use vworkspace_e2e::wait::eventually;
+use vworkspace_e2e::e2e::{
+    self,
+    world::{World, count_in_log},
+};
 
 const STEP: Duration = Duration::from_secs(90);
-
-/// The Cluster object's condition of `type_`, as JSON.
-async fn cluster_condition(w: &World, type_: &str) -> Option<Value> {
-    let api: kube::Api<vworkspace_crds::Cluster> = kube::Api::all(w.client.clone());
-    let c = api.get_opt(&w.cluster).await.ok()??;
-    let v = serde_json::to_value(c.status?).ok()?;
-    v["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .cloned()
-}
-
-async fn wait_condition(w: &World, type_: &str, status: &str, reason: &str) -> Value {
-    let what = format!("Cluster condition {type_}={status}/{reason}");
-    let found = tokio::time::timeout(
-        STEP + Duration::from_secs(5),
-        eventually(&what, STEP, || async {
-            let c = cluster_condition(w, type_).await.ok_or("no condition")?;
-            if c["status"] == status && c["reason"] == reason {
-                Ok(c)
-            } else {
-                Err(c.to_string())
-            }
-        }),
-    )
-    .await;
-    match found {
-        Ok(c) => c,
-        Err(_) => panic!("{what}: timed out\n{}", w.log_tails()),
-    }
-}
-
-fn count(path: &std::path::Path, needle: &str) -> usize {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .matches(needle)
-        .count()
-}
 
 /// The lines of both logs that tell the story of a recovery, in order, for
 /// the test output (`--nocapture`).
 fn timeline(w: &World) -> String {
-    const MARKS: &[&str] = &[
+    w.timeline(&[
         "recover",
         "expired",
         "Tunnel connected",
@@ -66,16 +28,7 @@ fn timeline(w: &World) -> String {
         "tunnel refused",
         "Intent applied",
         "signing key rotated",
-    ];
-    let mut out = String::new();
-    for (who, path) in [("agent", w.agent_log()), ("hub", w.hub.log().to_path_buf())] {
-        for line in std::fs::read_to_string(&path).unwrap_or_default().lines() {
-            if MARKS.iter().any(|m| line.contains(m)) {
-                out.push_str(&format!("[{who}] {line}\n"));
-            }
-        }
-    }
-    out
+    ])
 }
 
 /// Offline past expiry, across an intent-key rotation and retirement, with
@@ -154,19 +107,24 @@ async fn offline_past_expiry_and_key_retirement_recovers_and_delivers_in_order()
 
     let agent_log = w.agent_log();
     assert_eq!(
-        count(&agent_log, "Client certificate recovered"),
+        count_in_log(&agent_log, "Client certificate recovered"),
         1,
         "{}",
         w.log_tails()
     );
     assert_eq!(
-        count(w.hub.log(), "certificate recovered"),
+        count_in_log(w.hub.log(), "certificate recovered"),
         1,
         "{}",
         w.log_tails()
     );
     // No intent was refused for an unknown key: the ring came before them.
-    assert_eq!(count(&agent_log, "unknown_key"), 0, "{}", w.log_tails());
+    assert_eq!(
+        count_in_log(&agent_log, "unknown_key"),
+        0,
+        "{}",
+        w.log_tails()
+    );
     let audit = hub.get("/v1/audit?limit=200").await.unwrap().to_string();
     assert!(audit.contains("old_serial="), "{audit}");
     assert!(w.secret_leaks().is_empty(), "{:?}", w.secret_leaks());
@@ -191,19 +149,21 @@ async fn revoked_while_offline_is_not_recovered_and_says_so() {
     tokio::time::sleep(Duration::from_secs(25).saturating_sub(dark_at.elapsed())).await;
     w.agent.restart().await.expect("restarting the agent");
 
-    let c = wait_condition(&w, "Authenticated", "False", "IdentityRevoked").await;
+    let c = w
+        .wait_cluster_condition("Authenticated", "False", "IdentityRevoked", STEP)
+        .await;
     let message = c["message"].as_str().unwrap_or_default();
     assert!(message.contains("hub-sim token create"), "{message}");
     // Long enough for several tunnel backoffs (2 s in tests): one request only.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let log = w.agent_log();
     assert_eq!(
-        count(&log, "recovering it with the cluster's key"),
+        count_in_log(&log, "recovering it with the cluster's key"),
         1,
         "{}",
         w.log_tails()
     );
-    assert_eq!(count(w.hub.log(), "certificate recovered"), 0);
+    assert_eq!(count_in_log(w.hub.log(), "certificate recovered"), 0);
 }
 
 /// Beyond the recovery window: refused, told, not retried.
@@ -221,7 +181,9 @@ async fn beyond_the_recovery_window_is_told_and_not_retried() {
     tokio::time::sleep(Duration::from_secs(25)).await;
     w.agent.restart().await.expect("restarting the agent");
 
-    let c = wait_condition(&w, "Authenticated", "False", "RecoveryWindowPassed").await;
+    let c = w
+        .wait_cluster_condition("Authenticated", "False", "RecoveryWindowPassed", STEP)
+        .await;
     let message = c["message"].as_str().unwrap_or_default();
     assert!(message.contains("hub-sim token create"), "{message}");
     assert!(
@@ -230,7 +192,7 @@ async fn beyond_the_recovery_window_is_told_and_not_retried() {
     );
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(
-        count(&w.agent_log(), "recovering it with the cluster's key"),
+        count_in_log(&w.agent_log(), "recovering it with the cluster's key"),
         1,
         "{}",
         w.log_tails()
@@ -247,7 +209,9 @@ async fn a_skewed_clock_is_reported_on_the_cluster() {
     let w = World::start_with_hub("e2e-skew", Vec::new(), &["--clock-offset-secs", "600"])
         .await
         .expect("starting hub-sim and the agent");
-    let c = wait_condition(&w, "ClockSkew", "True", "ClockSkewDetected").await;
+    let c = w
+        .wait_cluster_condition("ClockSkew", "True", "ClockSkewDetected", STEP)
+        .await;
     let message = c["message"].as_str().unwrap_or_default();
     assert!(
         message.contains("600s behind")
@@ -270,7 +234,9 @@ async fn a_clock_a_day_ahead_is_reported_and_the_tunnel_stays_up() {
     )
     .await
     .expect("starting hub-sim and the agent");
-    let c = wait_condition(&w, "ClockSkew", "True", "ClockSkewDetected").await;
+    let c = w
+        .wait_cluster_condition("ClockSkew", "True", "ClockSkewDetected", STEP)
+        .await;
     let message = c["message"].as_str().unwrap_or_default();
     assert!(
         ["86399s ahead of", "86400s ahead of", "86401s ahead of"]
@@ -282,7 +248,7 @@ async fn a_clock_a_day_ahead_is_reported_and_the_tunnel_stays_up() {
     tokio::time::sleep(Duration::from_secs(35)).await;
     w.wait_connected(Duration::from_secs(10)).await;
     assert_eq!(
-        count(&w.agent_log(), "recovering it with the cluster's key"),
+        count_in_log(&w.agent_log(), "recovering it with the cluster's key"),
         0
     );
 }

@@ -52,11 +52,13 @@ pub struct Args {
     /// File holding the admin API token.
     #[arg(long, env = "HUB_SIM_ADMIN_TOKEN_FILE", global = true)]
     pub admin_token_file: Option<PathBuf>,
+    /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
 // Parsed once per process: the size of `Serve` does not matter.
+/// What `hub-sim` does: serve, or act on a running hub through its admin API.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -82,11 +84,13 @@ pub enum Command {
         kind: String,
         /// NAMESPACE/NAME
         target: String,
+        /// Cluster the object is on.
         #[arg(long)]
         cluster: String,
     },
     /// Show clusters, apps, operations, intents, keys or the audit log.
     Get {
+        /// What to show.
         what: GetWhat,
         /// Only this cluster.
         #[arg(long)]
@@ -96,7 +100,10 @@ pub enum Command {
         output: Output,
     },
     /// Revoke a cluster: its certificates are refused and its tunnel closed.
-    Revoke { cluster: String },
+    Revoke {
+        /// Cluster to revoke.
+        cluster: String,
+    },
     /// Add a new intent-signing key (old keys stay valid until retired).
     RotateKeys {
         /// Retire this key id instead of adding a key.
@@ -107,23 +114,28 @@ pub enum Command {
     /// into the bundle, `switch` issues from it, `retire` drops the old one;
     /// `status` shows the stage and the clusters still on the old CA.
     RotateCa {
+        /// The rotation step to run.
         #[arg(value_parser = ["add", "switch", "retire", "status"])]
         step: String,
     },
     /// Show or set a cluster's fault-injection switches (JSON, see docs/hub-sim.md).
     Faults {
+        /// Cluster whose switches to show or set.
         cluster: String,
         /// e.g. '{"duplicate":true,"delay_ms":200}'; '{}' clears every switch.
         set: Option<String>,
     },
 }
 
+/// `hub-sim token` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum TokenCommand {
     /// Issue a single-use join token; prints only the token on stdout.
     Create {
+        /// Cluster the token enrolls (created if new).
         #[arg(long)]
         cluster: String,
+        /// Organisation of that cluster.
         #[arg(long)]
         org: String,
         /// Lifetime (default 1h, at most 24h).
@@ -132,12 +144,16 @@ pub enum TokenCommand {
     },
 }
 
+/// Output format of `hub-sim get`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Output {
+    /// kubectl-style table.
     Table,
+    /// The admin API's JSON, pretty-printed.
     Json,
 }
 
+/// Flags of `hub-sim serve`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
     /// TLS listener for /v1/enroll and /v1/tunnel.
@@ -201,11 +217,13 @@ pub struct ServeArgs {
     /// Enrollment requests per second the whole hub gets back.
     #[arg(long, env = "HUB_SIM_ENROLL_RATE", default_value_t = 50.0)]
     pub enroll_rate: f64,
+    /// Recovery and clock-simulation flags.
     #[command(flatten)]
     pub recovery: crate::recovery::RecoveryArgs,
 }
 
 impl ServeArgs {
+    /// The hub configuration these flags describe, with state in `state_dir`.
     pub fn into_config(self, state_dir: PathBuf) -> Config {
         let Self {
             listen,

@@ -29,37 +29,56 @@ use crate::store::{Store, StoreError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HubError {
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The CA failed.
     #[error(transparent)]
     Ca(#[from] CaError),
+    /// Loading or rotating the signing keys failed.
     #[error(transparent)]
     Keys(#[from] KeyError),
+    /// A CA rotation step was refused.
     #[error(transparent)]
     Rotation(#[from] RotationError),
+    /// A file in the state directory could not be created, read or written.
     #[error("state dir {path}: {source}")]
     StateDir {
+        /// The file or directory.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// A listener could not be bound.
     #[error("cannot bind {what} on {addr}: {source}")]
     Bind {
+        /// Which listener (`TLS listener` or `admin API`).
         what: &'static str,
+        /// The address asked for.
         addr: SocketAddr,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The TLS server configuration could not be built.
     #[error("TLS configuration: {0}")]
     Tls(String),
+    /// A request to the hub (manifest, TTL, kind, ...) is not valid; the text says why.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// No cluster of that name exists.
     #[error("cluster {0:?} not found")]
     NotFound(String),
+    /// A join token names a known cluster with a different organisation.
     #[error("cluster {cluster:?} belongs to org {existing:?}, not {requested:?}")]
     OrgMismatch {
+        /// The cluster.
         cluster: String,
+        /// The organisation it was created with.
         existing: String,
+        /// The organisation the request named.
         requested: String,
     },
+    /// Signing the join token failed.
     #[error("join token could not be issued: {0}")]
     Token(String),
     /// The intent could never be sent: its frame is over the tunnel's limit.
@@ -229,6 +248,7 @@ impl Hub {
         }))
     }
 
+    /// The durable store.
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -258,10 +278,12 @@ impl Hub {
         *self.acceptor.write().unwrap_or_else(|e| e.into_inner()) = Some(acceptor);
     }
 
+    /// The configuration the hub was started with.
     pub fn config(&self) -> &Config {
         &self.cfg
     }
 
+    /// The hub URL put into join tokens.
     pub fn public_url(&self) -> &str {
         &self.public_url
     }

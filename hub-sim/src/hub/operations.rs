@@ -15,9 +15,12 @@ use crate::store::{IntentAction, IntentRow, ObjectRow, StatusRow, StoreError, To
 /// A cluster as the admin API shows it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClusterView {
+    /// The stored cluster (with `connected` as the hub sees it now).
     #[serde(flatten)]
     pub row: crate::store::ClusterRow,
+    /// Intents not yet acknowledged by the cluster's agent.
     pub pending_intents: usize,
+    /// The cluster's fault-injection switches.
     pub faults: Faults,
 }
 
@@ -38,8 +41,10 @@ pub struct CaRotationView {
 /// An object plus its latest reported status, for `get apps|operations`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ObjectView {
+    /// The declared object.
     #[serde(flatten)]
     pub object: ObjectRow,
+    /// The latest status its agent reported, if any.
     pub status: Option<StatusRow>,
     /// Outcome of the newest acked intent for this object, if any.
     pub last_outcome: Option<String>,
@@ -48,10 +53,15 @@ pub struct ObjectView {
 /// A newly issued join token. `token` is the secret: shown once, never logged.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct IssuedToken {
+    /// The signed join token (a JWT); a secret.
     pub token: String,
+    /// Token id (the `jti` claim).
     pub jti: String,
+    /// Cluster the token enrolls.
     pub cluster: String,
+    /// Organisation of that cluster.
     pub org: String,
+    /// Expiry, Unix seconds.
     pub expires_at: i64,
 }
 
@@ -331,6 +341,7 @@ impl Hub {
         Ok(intent)
     }
 
+    /// Every cluster with its pending-intent count and fault switches.
     pub fn clusters(&self) -> Result<Vec<ClusterView>, HubError> {
         let mut out = Vec::new();
         for mut row in self.store.clusters()? {
@@ -346,6 +357,7 @@ impl Hub {
         Ok(out)
     }
 
+    /// Declared objects (optionally of one cluster and/or kind) with their latest status and last intent outcome.
     pub fn objects(
         &self,
         cluster: Option<&str>,
@@ -489,6 +501,7 @@ impl Hub {
         })
     }
 
+    /// Retires an intent-signing key and tells live tunnels to reconnect with the new key set.
     pub fn retire_key(&self, kid: &str) -> Result<(), HubError> {
         keys::retire(&self.store, kid)?;
         self.keys_changed()?;
@@ -501,6 +514,7 @@ impl Hub {
         Ok(())
     }
 
+    /// Sets a cluster's fault-injection switches; the live tunnel applies them when woken.
     pub fn set_faults(&self, cluster: &str, faults: Faults) -> Result<(), HubError> {
         if self.store.cluster(cluster)?.is_none() {
             return Err(HubError::NotFound(cluster.into()));

@@ -7,7 +7,8 @@ use super::{ClusterRow, KeyRow, Store, StoreError, TokenRow, TokenUse, now};
 impl Store {
     // ---- keys ----
 
-    pub fn insert_key(&self, key: &KeyRow) -> Result<(), StoreError> {
+    /// Stores a newly generated signing key.
+    pub(crate) fn insert_key(&self, key: &KeyRow) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO keys (kid, purpose, pkcs8, public, created_at, retired_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -66,6 +67,7 @@ impl Store {
             .ok_or_else(|| StoreError::UnknownCluster(name.to_owned()))
     }
 
+    /// The cluster of that name, if it exists.
     pub fn cluster(&self, name: &str) -> Result<Option<ClusterRow>, StoreError> {
         Ok(self
             .conn()
@@ -78,6 +80,7 @@ impl Store {
             .optional()?)
     }
 
+    /// All clusters, by name.
     pub fn clusters(&self) -> Result<Vec<ClusterRow>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
@@ -119,7 +122,8 @@ impl Store {
         Ok(())
     }
 
-    pub fn set_connected(
+    /// Records that the cluster's agent connected or disconnected (and its version, when known) and updates `last_seen`.
+    pub(crate) fn set_connected(
         &self,
         name: &str,
         connected: bool,
@@ -133,6 +137,7 @@ impl Store {
         Ok(())
     }
 
+    /// Sets the cluster's `last_seen` to now.
     pub fn touch_cluster(&self, name: &str) -> Result<(), StoreError> {
         self.conn().execute(
             "UPDATE clusters SET last_seen = ?2 WHERE name = ?1",
@@ -150,7 +155,8 @@ impl Store {
 
     // ---- certificates ----
 
-    pub fn insert_cert(
+    /// Records a certificate issued to `cluster`; the first one also sets `enrolled_at`.
+    pub(crate) fn insert_cert(
         &self,
         serial: &str,
         cluster: &str,
@@ -209,7 +215,8 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
+    /// Serials of every revoked certificate.
+    pub(crate) fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT serial FROM certs WHERE revoked = 1")?;
         let rows = stmt.query_map([], |r| r.get(0))?;
@@ -218,7 +225,8 @@ impl Store {
 
     // ---- join tokens ----
 
-    pub fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
+    /// Stores a new join token (its hash, never the token).
+    pub(crate) fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO join_tokens (jti, token_sha256, cluster, org, created_at, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

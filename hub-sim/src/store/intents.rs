@@ -98,6 +98,7 @@ impl Store {
         Ok(rows)
     }
 
+    /// The intent with that id, if any.
     pub fn intent(&self, id: &str) -> Result<Option<IntentRow>, StoreError> {
         Ok(self
             .query_intents("WHERE id = ?1", params![id])?
@@ -243,6 +244,7 @@ impl Store {
         Ok(result)
     }
 
+    /// Declared objects, optionally only of one cluster and/or kind, sorted by cluster, kind, namespace and name.
     pub fn objects(
         &self,
         cluster: Option<&str>,

@@ -25,12 +25,21 @@ pub use rows::{
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
+    /// SQLite failed (I/O, constraint, locked file, ...).
     #[error("database error: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// A JSON column could not be encoded or decoded.
     #[error("stored JSON is invalid: {0}")]
     Json(#[from] serde_json::Error),
+    /// The database was written by a newer hub-sim; it is left untouched.
     #[error("database schema version {found} is newer than this hub-sim understands ({known})")]
-    SchemaTooNew { found: i64, known: i64 },
+    SchemaTooNew {
+        /// Schema version recorded in the database.
+        found: i64,
+        /// Newest schema version this build knows.
+        known: i64,
+    },
+    /// No cluster of that name exists.
     #[error("cluster {0:?} not found")]
     UnknownCluster(String),
 }
@@ -132,6 +141,7 @@ impl Store {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A value from the `meta` key/value table (CA material and CA rotation state).
     pub fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn()
@@ -139,7 +149,8 @@ impl Store {
             .optional()?)
     }
 
-    pub fn meta_set(&self, key: &str, value: &str) -> Result<(), StoreError> {
+    /// Inserts or replaces a value in the `meta` table.
+    pub(crate) fn meta_set(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",

@@ -8,7 +8,8 @@ use super::{AgentEventRow, AuditRow, StatusPut, StatusRow, Store, StoreError, no
 impl Store {
     // ---- status + inventory ----
 
-    pub fn put_status(&self, s: &StatusRow) -> Result<(), StoreError> {
+    /// Inserts or replaces an object's latest status, without limits.
+    pub(crate) fn put_status(&self, s: &StatusRow) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO statuses (cluster, kind, namespace, name, generation, phase, conditions, outputs, hash, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
@@ -64,6 +65,7 @@ impl Store {
         Ok(StatusPut::Stored)
     }
 
+    /// Latest statuses, optionally only of one cluster and/or kind, sorted by cluster, kind, namespace and name.
     pub fn statuses(
         &self,
         cluster: Option<&str>,
@@ -119,7 +121,12 @@ impl Store {
         Ok(out)
     }
 
-    pub fn put_inventory(&self, cluster: &str, body: &serde_json::Value) -> Result<(), StoreError> {
+    /// Inserts or replaces the last inventory a cluster's agent sent.
+    pub(crate) fn put_inventory(
+        &self,
+        cluster: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO inventory (cluster, body, updated_at) VALUES (?1, ?2, ?3)
              ON CONFLICT(cluster) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
@@ -128,6 +135,7 @@ impl Store {
         Ok(())
     }
 
+    /// The last inventory stored for a cluster, if any.
     pub fn inventory(&self, cluster: &str) -> Result<Option<serde_json::Value>, StoreError> {
         let body: Option<String> = self
             .conn()
@@ -142,7 +150,12 @@ impl Store {
 
     // ---- faults ----
 
-    pub fn put_faults(&self, cluster: &str, body: &serde_json::Value) -> Result<(), StoreError> {
+    /// Inserts or replaces a cluster's fault-injection settings.
+    pub(crate) fn put_faults(
+        &self,
+        cluster: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO faults (cluster, body) VALUES (?1, ?2)
              ON CONFLICT(cluster) DO UPDATE SET body = excluded.body",
@@ -151,7 +164,8 @@ impl Store {
         Ok(())
     }
 
-    pub fn all_faults(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+    /// The fault-injection settings of every cluster that has any, as `(cluster, settings)`.
+    pub(crate) fn all_faults(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT cluster, body FROM faults")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;

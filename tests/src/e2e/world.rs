@@ -249,6 +249,67 @@ impl World {
         leaks
     }
 
+    /// The Cluster object's condition of `type_`, as JSON.
+    pub async fn cluster_condition(&self, type_: &str) -> Option<serde_json::Value> {
+        // Cluster (ops.vworkspace.io/v1alpha1) is cluster-scoped.
+        let ar = kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("ops.vworkspace.io", "v1alpha1", "Cluster"),
+            "clusters",
+        );
+        let api = kube::Api::<kube::api::DynamicObject>::all_with(self.client.clone(), &ar);
+        let c = api.get_opt(&self.cluster).await.ok()??;
+        c.data["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == type_)
+            .cloned()
+    }
+
+    /// Waits until the Cluster object's condition `type_` has `status` and
+    /// `reason`; panics with both logs' tails after `within`.
+    pub async fn wait_cluster_condition(
+        &self,
+        type_: &str,
+        status: &str,
+        reason: &str,
+        within: Duration,
+    ) -> serde_json::Value {
+        let what = format!("Cluster condition {type_}={status}/{reason}");
+        let found = tokio::time::timeout(
+            within + Duration::from_secs(5),
+            crate::wait::eventually(&what, within, || async {
+                let c = self.cluster_condition(type_).await.ok_or("no condition")?;
+                if c["status"] == status && c["reason"] == reason {
+                    Ok(c)
+                } else {
+                    Err(c.to_string())
+                }
+            }),
+        )
+        .await;
+        match found {
+            Ok(c) => c,
+            Err(_) => panic!("{what}: timed out\n{}", self.log_tails()),
+        }
+    }
+
+    /// The lines of the agent's and hub-sim's logs that contain one of
+    /// `marks`, agent first, for a test's printed timeline.
+    pub fn timeline(&self, marks: &[&str]) -> String {
+        let mut out = String::new();
+        for (who, path) in [
+            ("agent", self.agent_log()),
+            ("hub", self.hub.log().to_path_buf()),
+        ] {
+            for line in std::fs::read_to_string(&path).unwrap_or_default().lines() {
+                if marks.iter().any(|m| line.contains(m)) {
+                    out.push_str(&format!("[{who}] {line}\n"));
+                }
+            }
+        }
+        out
+    }
+
     /// Stops the agent and hub-sim gracefully (also done on drop).
     pub fn stop(&mut self) {
         self.agent.stop(Duration::from_secs(10));
@@ -261,4 +322,12 @@ impl Drop for World {
         self.stop();
         self.standins.abort();
     }
+}
+
+/// How often `needle` occurs in the file at `path` (0 when it cannot be read).
+pub fn count_in_log(path: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .matches(needle)
+        .count()
 }
