@@ -3,8 +3,19 @@
 //! a handful of summary rows instead of one row per request.
 //!
 //! Both maps are bounded: the per-peer table forgets peers whose bucket has
-//! refilled, and if it is still full it is cleared (the global bucket keeps
-//! limiting while the table refills).
+//! refilled and who hold no reservation, and if it is still full it is
+//! cleared (the global bucket keeps limiting while the table refills).
+//!
+//! Pacing: when the whole-hub bucket is empty, a refused request is not told
+//! "the next token" (which would send every refused client back in the same
+//! second) but gets a *reservation*: the hub takes a token in advance (the
+//! bucket goes into debt), remembers the slot for that peer address, and
+//! answers with the time at which the bucket will have refilled that far. The
+//! n-th refused request of a burst is thus told `(n - tokens) / per_sec`, the
+//! retries come back at the rate the hub accepts, and a returning peer finds
+//! its token waiting instead of competing with newcomers. One reservation per
+//! peer, none beyond [`MAX_RETRY_AFTER`]; one not claimed within
+//! [`RESERVATION_GRACE`] of its slot is forfeited.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -14,7 +25,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Peers remembered at once; beyond this, refilled buckets are forgotten.
-const MAX_PEERS: usize = 10_000;
+/// About 64 bytes each, so the table stays within a few MiB.
+const MAX_PEERS: usize = 65_536;
+/// Longest `Retry-After` the hub hands out. Past this horizon no reservation
+/// is made: the client is told this long and the client's jitter spreads it.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// A reservation not claimed within this long after its slot is forfeited
+/// (its token is not handed back: the bucket simply refills).
+pub const RESERVATION_GRACE: Duration = Duration::from_secs(60);
 /// Peers named in one aggregated audit row.
 const MAX_PEERS_PER_ROW: usize = 8;
 
@@ -53,8 +71,12 @@ impl Default for RateLimits {
 
 #[derive(Clone, Copy, Debug)]
 struct Bucket {
+    /// Below zero for the whole-hub bucket while reservations are out.
     tokens: f64,
     at: Instant,
+    /// Peer buckets only: a whole-hub token taken in advance for this peer,
+    /// usable from this instant.
+    reserved: Option<Instant>,
 }
 
 impl Bucket {
@@ -62,6 +84,7 @@ impl Bucket {
         Self {
             tokens: f64::from(b.burst),
             at: now,
+            reserved: None,
         }
     }
 
@@ -81,6 +104,19 @@ impl Bucket {
         }
         Duration::from_secs_f64(((1.0 - self.tokens) / b.per_sec).min(3600.0))
     }
+}
+
+/// Time until a bucket holding `tokens` (possibly negative: reservations
+/// already handed out) has refilled to one more token, or `None` when that
+/// lies beyond `max` (or the budget never refills): then no reservation is
+/// made. For a bucket drained by a burst this is `(n - tokens) / per_sec` for
+/// the n-th refused request, so refused clients are spread at the refill rate.
+pub fn reservation_delay(tokens: f64, budget: Budget, max: Duration) -> Option<Duration> {
+    if budget.per_sec <= 0.0 || !budget.per_sec.is_finite() {
+        return None;
+    }
+    let secs = ((1.0 - tokens).max(0.0)) / budget.per_sec;
+    (secs <= max.as_secs_f64()).then(|| Duration::from_secs_f64(secs))
 }
 
 /// What the limiter decided for one request.
@@ -139,16 +175,16 @@ impl RateLimiter {
         if st.peers.len() >= MAX_PEERS && !st.peers.contains_key(&peer) {
             st.peers.retain(|_, b| {
                 b.refill(l.per_peer, now);
-                b.tokens < f64::from(l.per_peer.burst)
+                let holds = b.reserved.is_some_and(|at| at + RESERVATION_GRACE > now);
+                holds || b.tokens < f64::from(l.per_peer.burst)
             });
             if st.peers.len() >= MAX_PEERS {
                 st.peers.clear();
             }
         }
-        st.global.refill(l.global, now);
-        let global = st.global;
-        let bucket = st
-            .peers
+        let State { global, peers } = &mut *st;
+        global.refill(l.global, now);
+        let bucket = peers
             .entry(peer)
             .or_insert_with(|| Bucket::full(l.per_peer, now));
         bucket.refill(l.per_peer, now);
@@ -158,15 +194,42 @@ impl RateLimiter {
                 retry_after: bucket.wait(l.per_peer),
             };
         }
-        if global.tokens < 1.0 {
-            return Decision::Limited {
-                scope: "global",
-                retry_after: global.wait(l.global),
-            };
+        if let Some(at) = bucket.reserved {
+            if now >= at + RESERVATION_GRACE {
+                // Never claimed: forfeited.
+                bucket.reserved = None;
+            } else if now >= at {
+                // Its whole-hub token was taken when the reservation was made.
+                bucket.reserved = None;
+                bucket.tokens -= 1.0;
+                return Decision::Allow;
+            } else {
+                // Back too early: the same slot, no second reservation.
+                return Decision::Limited {
+                    scope: "global",
+                    retry_after: at - now,
+                };
+            }
         }
-        bucket.tokens -= 1.0;
-        st.global.tokens -= 1.0;
-        Decision::Allow
+        if global.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            global.tokens -= 1.0;
+            return Decision::Allow;
+        }
+        match reservation_delay(global.tokens, l.global, MAX_RETRY_AFTER) {
+            Some(wait) => {
+                global.tokens -= 1.0;
+                bucket.reserved = Some(now + wait);
+                Decision::Limited {
+                    scope: "global",
+                    retry_after: wait,
+                }
+            }
+            None => Decision::Limited {
+                scope: "global",
+                retry_after: MAX_RETRY_AFTER,
+            },
+        }
     }
 }
 
@@ -297,12 +360,195 @@ mod tests {
             .filter(|i| rl.check_at(ip(*i), t0) == Decision::Allow)
             .count();
         assert_eq!(allowed, 10);
+        // 30 reservations are out: the next one is 31 tokens away at 2/s.
         assert_eq!(
             rl.check_at(ip(99), t0),
             Decision::Limited {
                 scope: "global",
-                retry_after: Duration::from_millis(500)
+                retry_after: Duration::from_millis(15_500)
             }
+        );
+    }
+
+    #[test]
+    fn reservation_delays_grow_with_the_debt_and_stop_at_the_horizon() {
+        let b = Budget {
+            burst: 5,
+            per_sec: 10.0,
+        };
+        let max = Duration::from_secs(300);
+        assert_eq!(
+            reservation_delay(0.0, b, max),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(
+            reservation_delay(-9.0, b, max),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            reservation_delay(0.5, b, max),
+            Some(Duration::from_millis(50))
+        );
+        // A full bucket needs no wait.
+        assert_eq!(reservation_delay(3.0, b, max), Some(Duration::ZERO));
+        assert_eq!(reservation_delay(-2999.0, b, max), Some(max));
+        assert_eq!(reservation_delay(-3000.0, b, max), None);
+        let never = Budget {
+            burst: 5,
+            per_sec: 0.0,
+        };
+        assert_eq!(reservation_delay(0.0, never, max), None);
+    }
+
+    fn small_global() -> RateLimiter {
+        RateLimiter::new(RateLimits {
+            per_peer: Budget {
+                burst: 20,
+                per_sec: 1.0,
+            },
+            global: Budget {
+                burst: 5,
+                per_sec: 10.0,
+            },
+        })
+    }
+
+    fn peer(i: u32) -> IpAddr {
+        IpAddr::from((0x0a01_0000 + i).to_be_bytes())
+    }
+
+    fn limited(d: Decision) -> Duration {
+        match d {
+            Decision::Limited {
+                scope: "global",
+                retry_after,
+            } => retry_after,
+            other => panic!("expected a global refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refused_peers_get_spread_slots_and_find_their_token_waiting() {
+        let rl = small_global();
+        let t0 = Instant::now();
+        for i in 0..5 {
+            assert_eq!(rl.check_at(peer(i), t0), Decision::Allow);
+        }
+        let waits: Vec<Duration> = (5..60).map(|i| limited(rl.check_at(peer(i), t0))).collect();
+        // The n-th refused is told n / 10 s: one slot per token the hub refills.
+        for (n, w) in waits.iter().enumerate() {
+            assert_eq!(
+                *w,
+                Duration::from_millis(100 * (n as u64 + 1)),
+                "refusal {n}"
+            );
+        }
+        // Too early: the same slot again, not a new one at the end.
+        let early = t0 + Duration::from_millis(50);
+        assert_eq!(
+            limited(rl.check_at(peer(5), early)),
+            Duration::from_millis(50)
+        );
+        // A newcomer one second later does not take a reserved token: it is
+        // queued behind the 55 reservations.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(
+            limited(rl.check_at(peer(1000), t1)),
+            Duration::from_millis(4_600)
+        );
+        // Every reserved peer returning at its slot is let in.
+        for (i, w) in (5..60).zip(&waits) {
+            assert_eq!(rl.check_at(peer(i), t0 + *w), Decision::Allow, "peer {i}");
+        }
+    }
+
+    #[test]
+    fn an_unclaimed_reservation_is_forfeited_after_the_grace() {
+        let rl = small_global();
+        let t0 = Instant::now();
+        for i in 0..5 {
+            assert_eq!(rl.check_at(peer(i), t0), Decision::Allow);
+        }
+        let w = limited(rl.check_at(peer(9), t0));
+        let late = t0 + w + RESERVATION_GRACE + Duration::from_secs(1);
+        // The bucket has long refilled; the peer is served like a newcomer.
+        assert_eq!(rl.check_at(peer(9), late), Decision::Allow);
+    }
+
+    #[test]
+    fn past_the_horizon_the_answer_is_the_cap_and_nothing_is_reserved() {
+        let rl = RateLimiter::new(RateLimits {
+            per_peer: Budget {
+                burst: 20,
+                per_sec: 1.0,
+            },
+            global: Budget {
+                burst: 1,
+                per_sec: 1.0,
+            },
+        });
+        let t0 = Instant::now();
+        assert_eq!(rl.check_at(peer(0), t0), Decision::Allow);
+        for i in 1..=300 {
+            assert_eq!(
+                limited(rl.check_at(peer(i), t0)),
+                Duration::from_secs(u64::from(i))
+            );
+        }
+        for i in 301..310 {
+            assert_eq!(limited(rl.check_at(peer(i), t0)), MAX_RETRY_AFTER);
+        }
+        // Those past the horizon hold nothing: the 301st slot is still free.
+        assert_eq!(limited(rl.check_at(peer(1000), t0)), MAX_RETRY_AFTER);
+        let t300 = t0 + Duration::from_secs(300);
+        assert_eq!(rl.check_at(peer(300), t300), Decision::Allow);
+    }
+
+    /// A storm of 1,000 peers who each come back after the whole seconds of
+    /// `Retry-After` (as the header carries it): all get in, no second is
+    /// over the budget, and the whole storm takes about `(n - burst) / rate`.
+    #[test]
+    fn a_storm_that_honours_retry_after_is_paced_at_the_refill_rate() {
+        let rl = small_global();
+        let t0 = Instant::now();
+        let n = 1_000u32;
+        // (when the peer asks next, peer)
+        let mut queue: std::collections::BTreeMap<Duration, Vec<u32>> = Default::default();
+        queue.insert(Duration::ZERO, (0..n).collect());
+        let mut per_second = vec![0u32; 200];
+        let mut attempts = 0u32;
+        let mut done = 0u32;
+        while let Some((at, peers)) = queue.pop_first() {
+            for p in peers {
+                attempts += 1;
+                match rl.check_at(peer(p), t0 + at) {
+                    Decision::Allow => {
+                        per_second[at.as_secs() as usize] += 1;
+                        done += 1;
+                    }
+                    Decision::Limited { retry_after, .. } => {
+                        let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                        queue
+                            .entry(at + Duration::from_secs(secs))
+                            .or_default()
+                            .push(p);
+                    }
+                }
+            }
+        }
+        assert_eq!(done, n);
+        // Everyone asks once, and once more at the slot.
+        assert!(attempts <= 2 * n, "{attempts} attempts");
+        // The burst in the first second, then no more than the refill rate.
+        assert!(per_second[0] <= 5 + 10, "{:?}", &per_second[..3]);
+        assert!(
+            per_second[1..].iter().all(|c| *c <= 10 + 1),
+            "{per_second:?}"
+        );
+        let last = per_second.iter().rposition(|c| *c > 0).unwrap();
+        assert!(
+            (99..=101).contains(&last),
+            "last admission in second {last}"
         );
     }
 
