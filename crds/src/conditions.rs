@@ -330,6 +330,9 @@ pub mod reasons {
     pub const CREDENTIAL_EXPIRED: &str = "CredentialExpired";
     /// Authenticated=False: the join token exchange failed.
     pub const REGISTRATION_FAILED: &str = "RegistrationFailed";
+    /// Authenticated=False: the hub is pacing enrollment (`429` with
+    /// `Retry-After`); the agent retries when told (beyond upstream).
+    pub const RATE_LIMITED: &str = "RateLimited";
     /// Authenticated=False: the credential rotation failed.
     pub const ROTATION_FAILED: &str = "RotationFailed";
     /// Authenticated=False: the join token Secret is missing.
@@ -491,6 +494,7 @@ pub mod reasons {
         CREDENTIAL_REJECTED,
         CREDENTIAL_EXPIRED,
         REGISTRATION_FAILED,
+        RATE_LIMITED,
         ROTATION_FAILED,
         TOKEN_SECRET_MISSING,
         CONTROL_PLANE_AUTHENTICATION_FAILED,

@@ -1,4 +1,5 @@
-//! Exponential backoff with full jitter (AWS architecture blog's "full jitter").
+//! Exponential backoff with full jitter (AWS architecture blog's "full jitter"),
+//! and the waits a hub asks for (`Goodbye{retry_after}`, `429 Retry-After`).
 
 use std::time::Duration;
 
@@ -25,6 +26,42 @@ pub fn after_goodbye(retry_after: Duration, max: Duration) -> Duration {
     retry_after + Duration::from_millis(rand::random_range(0..=spread.max(1)))
 }
 
+/// Longest `Retry-After` obeyed; a larger value (a misconfigured hub) is cut
+/// to this, so one answer cannot park the agent for days.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Delay after `429 rate_limited` with `Retry-After`: at least what the hub
+/// asked (capped at [`MAX_RETRY_AFTER`]), plus a jitter of up to 1 s and a
+/// twentieth of the wait. The hub spreads its answers over its refill rate in
+/// whole seconds; the jitter spreads the clients told the same second across
+/// it, and keeps a hub that tells everyone the same number from getting them
+/// all back at once. `unit` in `[0, 1]` picks the point in the jitter range.
+pub fn after_rate_limit_at(retry_after: Duration, unit: f64) -> Duration {
+    let wait = retry_after.min(MAX_RETRY_AFTER);
+    let spread = Duration::from_secs(1) + wait / 20;
+    wait + spread.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// [`after_rate_limit_at`] at a random point of the jitter range.
+pub fn after_rate_limit(retry_after: Duration) -> Duration {
+    after_rate_limit_at(retry_after, rand::random_range(0.0..=1.0))
+}
+
+/// Delay before the next try of a request the hub refused or that failed:
+/// the hub's `Retry-After` when it gave one ([`after_rate_limit`]),
+/// otherwise full jitter over `attempt`.
+pub fn after_failure(
+    retry_after: Option<Duration>,
+    min: Duration,
+    max: Duration,
+    attempt: u32,
+) -> Duration {
+    match retry_after {
+        Some(r) => after_rate_limit(r),
+        None => full_jitter(min, max, attempt),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,5 +83,37 @@ mod tests {
         assert!(distinct.len() > 50, "full jitter must spread delays");
         let g = after_goodbye(Duration::from_secs(5), max);
         assert!(g >= Duration::from_secs(5) && g <= Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_rate_limited_wait_is_at_least_retry_after_plus_bounded_jitter() {
+        let r = Duration::from_secs(40);
+        assert_eq!(after_rate_limit_at(r, 0.0), r);
+        assert_eq!(after_rate_limit_at(r, 1.0), Duration::from_secs(43));
+        assert_eq!(after_rate_limit_at(r, 7.0), Duration::from_secs(43));
+        assert_eq!(
+            after_rate_limit_at(Duration::ZERO, 0.5),
+            Duration::from_millis(500)
+        );
+        // A hub asking for a week gets an hour (plus jitter).
+        let week = Duration::from_secs(7 * 24 * 3600);
+        assert_eq!(after_rate_limit_at(week, 0.0), MAX_RETRY_AFTER);
+        let samples: Vec<_> = (0..200).map(|_| after_rate_limit(r)).collect();
+        assert!(
+            samples
+                .iter()
+                .all(|d| *d >= r && *d <= Duration::from_secs(43))
+        );
+        let distinct: std::collections::BTreeSet<_> = samples.iter().collect();
+        assert!(
+            distinct.len() > 50,
+            "clients told the same second must spread"
+        );
+        // With a Retry-After it wins over the attempt count; without, backoff.
+        let (min, max) = (Duration::from_secs(2), Duration::from_secs(300));
+        assert!(
+            after_failure(Some(Duration::from_secs(120)), min, max, 1) >= Duration::from_secs(120)
+        );
+        assert!(after_failure(None, min, max, 1) <= min);
     }
 }

@@ -27,7 +27,7 @@ use kube::api::Api;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateSigningRequestDer, PrivateKeyDer, ServerName};
 use vworkspace_crds::conditions::{self, Status as CondStatus, reasons};
-use vworkspace_protocol::enrollment::{EnrollError, EnrollErrorCode};
+use vworkspace_protocol::enrollment::EnrollErrorCode;
 use vworkspace_protocol::recovery::{self, RecoverRequest, RecoverResponse};
 use vworkspace_protocol::unix_now;
 
@@ -247,17 +247,36 @@ pub async fn check(
             Ok(Outcome::Recovered(Arc::new(new)))
         }
         Err(error) if error.is_retryable() => {
-            let d = crate::hub::backoff::full_jitter(BACKOFF_MIN, BACKOFF_MAX, attempts);
-            tracing::warn!(%error, attempt = attempts, delay = ?d, "Certificate recovery failed; retrying");
+            // `POST /v1/recover` shares the enrollment rate limits: a 429's
+            // Retry-After is obeyed like enrollment's.
+            let paced = error.retry_after();
+            let d = crate::hub::backoff::after_failure(paced, BACKOFF_MIN, BACKOFF_MAX, attempts);
+            if paced.is_some() {
+                tracing::info!(attempt = attempts, delay = ?d, "Certificate recovery paced by the hub; retrying when it asked");
+            } else {
+                tracing::warn!(%error, attempt = attempts, delay = ?d, "Certificate recovery failed; retrying");
+            }
             if error.hub_ca_unknown() {
                 status
                     .hub_ca_unknown(&crate::hub::tunnel::hub_ca_unknown_message(c))
                     .await?;
             }
-            let message = format!(
-                "the client certificate expired at {not_after} (hub clock){window_text}; recovery attempt {attempts} failed, retrying: {error}"
-            );
-            set_authenticated(status, reasons::CREDENTIAL_EXPIRED, message).await?;
+            let message = match paced {
+                Some(r) => format!(
+                    "the client certificate expired at {not_after} (hub clock){window_text}; the hub is pacing recoveries and asked to retry in {} s; retrying in {} s (attempt {attempts})",
+                    r.as_secs(),
+                    d.as_secs()
+                ),
+                None => format!(
+                    "the client certificate expired at {not_after} (hub clock){window_text}; recovery attempt {attempts} failed, retrying: {error}"
+                ),
+            };
+            let reason = if paced.is_some() {
+                reasons::RATE_LIMITED
+            } else {
+                reasons::CREDENTIAL_EXPIRED
+            };
+            set_authenticated(status, reason, message).await?;
             Ok(Outcome::Retry(d))
         }
         Err(error) => {
@@ -331,6 +350,14 @@ impl RecoverFailure {
     /// Whether another attempt may succeed (the hub was not reached).
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Enroll(e) if e.is_retryable())
+    }
+
+    /// The hub's `Retry-After` of a `429 rate_limited`.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Enroll(e) if e.is_paced() => e.retry_after(),
+            _ => None,
+        }
     }
 
     /// Whether the TLS handshake failed because the hub's certificate does
@@ -417,6 +444,7 @@ async fn request(c: &Credentials, base: &str) -> Result<(Credentials, u64), Reco
             .await
             .map_err(|e| connect_err(ConnectCause::Http(e)))?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
@@ -431,18 +459,11 @@ async fn request(c: &Credentials, base: &str) -> Result<(Credentials, u64), Reco
             Err(EnrollFailure::Refused {
                 code: EnrollErrorCode::RecoveryRefused,
                 message: "the hub does not offer certificate recovery (404)".into(),
+                retry_after: None,
             }
             .into())
         } else {
-            let err = serde_json::from_slice::<EnrollError>(&bytes).unwrap_or(EnrollError {
-                code: EnrollErrorCode::Unknown,
-                message: format!("HTTP {status}"),
-            });
-            Err(EnrollFailure::Refused {
-                code: err.code,
-                message: vworkspace_protocol::untrusted::escape(&err.message, 300),
-            }
-            .into())
+            Err(crate::hub::enroll::refusal(status, &headers, &bytes).into())
         }
     };
     let resp = tokio::time::timeout(RECOVER_TIMEOUT, exchange)

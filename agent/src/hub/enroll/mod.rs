@@ -36,11 +36,11 @@ use crate::hub::creds::{self, Credentials, CredsError};
 use crate::hub::metrics::Metrics;
 use crate::process::logging::Redactor;
 
-pub(crate) use request::host_port;
 pub use request::{
     BadResponse, ConnectCause, EnrollFailure, KeyAndCsr, check_response, generate_key_and_csr,
     request_enrollment,
 };
+pub(crate) use request::{host_port, refusal};
 
 /// Periodic re-check even without a watch event.
 const RESYNC: Duration = Duration::from_secs(60);
@@ -323,26 +323,61 @@ impl Enroller {
             Err(error) => {
                 let retryable = error.is_retryable();
                 self.metrics.enrollment(error.reason());
-                tracing::warn!(%error, retryable, "Enrollment failed");
                 let attempts = match failed.as_ref() {
                     Some((f, n)) if *f == fp => n.saturating_add(1),
                     _ => 1,
                 };
                 *failed = Some((fp, if retryable { attempts } else { u32::MAX }));
-                let message = error.to_string();
+                let delay = retryable.then(|| {
+                    crate::hub::backoff::after_failure(
+                        error.retry_after(),
+                        Duration::from_secs(2),
+                        Duration::from_secs(300),
+                        attempts,
+                    )
+                });
+                let paced = error.is_paced();
+                let message = match (paced, delay) {
+                    // The hub is spreading a crowd of enrollments: expected
+                    // during a fleet-wide token re-issue, so said as such.
+                    (true, Some(d)) => {
+                        tracing::info!(
+                            delay_secs = d.as_secs(),
+                            attempt = attempts,
+                            "Enrollment paced by the hub; retrying when it asked"
+                        );
+                        format!(
+                            "the hub is pacing enrollments and asked to retry in {} s; retrying in {} s (attempt {attempts})",
+                            error.retry_after().unwrap_or(d).as_secs(),
+                            d.as_secs()
+                        )
+                    }
+                    _ => {
+                        tracing::warn!(%error, retryable, "Enrollment failed");
+                        error.to_string()
+                    }
+                };
                 let reason = error.reason();
                 let had_creds = existing.is_some();
                 self.status
                     .update(|s| {
                         let g = s.observed_generation;
                         if !had_creds {
-                            s.phase = Some(ClusterPhase::Error);
+                            s.phase = Some(if paced {
+                                ClusterPhase::Registering
+                            } else {
+                                ClusterPhase::Error
+                            });
                             conditions::set_condition(
                                 &mut s.conditions,
                                 conditions::connected(
                                     CondStatus::False,
                                     reasons::REGISTRATION_PENDING,
-                                    "enrollment has not completed",
+                                    if paced {
+                                        "enrollment is waiting for its turn at the hub"
+                                    } else {
+                                        "enrollment has not completed"
+                                    },
                                     g,
                                 ),
                             );
@@ -356,15 +391,7 @@ impl Enroller {
                 if let Some(c) = existing {
                     self.publish(c);
                 }
-                if retryable {
-                    Ok(Next::Retry(crate::hub::backoff::full_jitter(
-                        Duration::from_secs(2),
-                        Duration::from_secs(300),
-                        attempts,
-                    )))
-                } else {
-                    Ok(Next::Idle)
-                }
+                Ok(delay.map_or(Next::Idle, Next::Retry))
             }
         }
     }

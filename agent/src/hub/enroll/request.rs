@@ -52,6 +52,8 @@ pub enum EnrollFailure {
         code: EnrollErrorCode,
         /// Hub's message.
         message: String,
+        /// The hub's `Retry-After` (whole seconds), sent with `rate_limited`.
+        retry_after: Option<Duration>,
     },
     /// The hub's answer is unusable.
     #[error("the hub's enrollment answer is unusable: {0}")]
@@ -133,9 +135,30 @@ impl EnrollFailure {
         }
     }
 
+    /// How long the hub asked to wait before the next attempt, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            EnrollFailure::Refused { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Whether the hub is pacing requests (`429 rate_limited`): a normal
+    /// part of a fleet-wide re-enrollment, not a failure.
+    pub fn is_paced(&self) -> bool {
+        matches!(
+            self,
+            EnrollFailure::Refused {
+                code: EnrollErrorCode::RateLimited,
+                ..
+            }
+        )
+    }
+
     /// Metric label and Cluster condition reason.
     pub fn reason(&self) -> &'static str {
         match self {
+            _ if self.is_paced() => reasons::RATE_LIMITED,
             EnrollFailure::Token(_) => reasons::JOIN_TOKEN_INVALID,
             EnrollFailure::PinMismatch(_) => reasons::CA_PIN_MISMATCH,
             EnrollFailure::Connect { .. } => reasons::CONTROL_PLANE_UNREACHABLE,
@@ -260,6 +283,32 @@ pub(crate) fn host_port(url: &str, default_port: u16) -> Option<(String, u16)> {
     Some((host.to_owned(), uri.port_u16().unwrap_or(default_port)))
 }
 
+/// The delay a `Retry-After` header asks for. Only the delay-seconds form
+/// (what the protocol specifies) is read; an HTTP date or garbage is `None`,
+/// and the caller falls back to its own backoff.
+pub(crate) fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// A non-2xx answer as a typed refusal: the hub's code, its message escaped
+/// (it reaches logs and conditions) and its `Retry-After`.
+pub(crate) fn refusal(
+    status: http::StatusCode,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> EnrollFailure {
+    let err = serde_json::from_slice::<EnrollError>(body).unwrap_or(EnrollError {
+        code: EnrollErrorCode::Unknown,
+        message: format!("HTTP {status}"),
+    });
+    EnrollFailure::Refused {
+        code: err.code,
+        message: vworkspace_protocol::untrusted::escape(&err.message, 300),
+        retry_after: retry_after(headers),
+    }
+}
+
 /// Sends the enrollment request to the hub named in the token.
 pub async fn request_enrollment(
     token: &JoinToken,
@@ -322,6 +371,7 @@ pub async fn request_enrollment(
             .await
             .map_err(|e| connect_err(e.into()))?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
@@ -332,15 +382,7 @@ pub async fn request_enrollment(
             serde_json::from_slice::<EnrollResponse>(&bytes)
                 .map_err(|e| BadResponse::Json(e).into())
         } else {
-            let err = serde_json::from_slice::<EnrollError>(&bytes).unwrap_or(EnrollError {
-                code: EnrollErrorCode::Unknown,
-                message: format!("HTTP {status}"),
-            });
-            Err(EnrollFailure::Refused {
-                code: err.code,
-                // The hub's text: escaped, since it reaches logs and conditions.
-                message: vworkspace_protocol::untrusted::escape(&err.message, 300),
-            })
+            Err(refusal(status, &headers, &bytes))
         }
     };
     tokio::time::timeout(ENROLL_TIMEOUT, exchange)
@@ -411,6 +453,40 @@ mod tests {
         verifier
             .verify_server_cert(&leaf, std::slice::from_ref(&ca), &name, &[], now)
             .expect("leaf followed by the pinned CA is accepted");
+    }
+
+    #[test]
+    fn a_429_carries_its_retry_after_and_an_escaped_message() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(37u64));
+        let body = br#"{"code":"rate_limited","message":"slow down\u001b[31m"}"#;
+        let err = refusal(http::StatusCode::TOO_MANY_REQUESTS, &headers, body);
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(37)));
+        assert!(err.is_paced() && err.is_retryable());
+        assert_eq!(err.reason(), reasons::RATE_LIMITED);
+        assert!(!err.to_string().contains('\u{1b}'), "{err}");
+        // The wait the agent takes is at least what the hub asked.
+        let wait = crate::hub::backoff::after_failure(
+            err.retry_after(),
+            Duration::from_secs(2),
+            Duration::from_secs(300),
+            1,
+        );
+        assert!(wait >= Duration::from_secs(37), "{wait:?}");
+        // An HTTP-date or a refusal without the header: no value.
+        headers.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("Wed, 21 Oct 2026 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&headers), None);
+        let other = refusal(
+            http::StatusCode::CONFLICT,
+            &http::HeaderMap::new(),
+            br#"{"code":"token_reused","message":"used"}"#,
+        );
+        assert_eq!(other.retry_after(), None);
+        assert!(!other.is_paced() && !other.is_retryable());
+        assert_eq!(other.reason(), reasons::REGISTRATION_FAILED);
     }
 
     #[test]
