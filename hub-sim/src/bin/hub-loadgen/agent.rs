@@ -1,7 +1,7 @@
 //! One simulated agent: connects with the agent's backoff, says Hello,
 //! exchanges Inventory, heartbeats, and reconnects when the link breaks.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -40,10 +39,13 @@ pub(crate) struct Shared {
     pub(crate) returns: Vec<AtomicU64>,
     /// The latest reason a session failed, for the report.
     pub(crate) last_error: std::sync::Mutex<Option<String>>,
+    /// Sessions count as back only with an identity of at least this
+    /// generation (a re-enrollment storm waits for the new certificates).
+    pub(crate) min_generation: AtomicU64,
 }
 
 /// Seconds of reconnect history kept per storm.
-pub(crate) const STORM_SECONDS: usize = 600;
+pub(crate) const STORM_SECONDS: usize = 1800;
 
 impl Shared {
     pub(crate) fn new() -> Self {
@@ -57,6 +59,7 @@ impl Shared {
             attempts: (0..STORM_SECONDS).map(|_| AtomicU64::new(0)).collect(),
             returns: (0..STORM_SECONDS).map(|_| AtomicU64::new(0)).collect(),
             last_error: std::sync::Mutex::new(None),
+            min_generation: AtomicU64::new(0),
         }
     }
 
@@ -84,6 +87,17 @@ pub(crate) enum Ended {
     Goodbye(Option<Duration>),
     /// The connection failed or closed.
     Failed(anyhow::Error),
+    /// The agent has a new certificate: dial again with it at once.
+    NewIdentity,
+}
+
+/// The client certificate a simulated agent dials with, replaced when it
+/// re-enrolls.
+#[derive(Clone)]
+pub(crate) struct Tls {
+    /// 0 for the first identity, counting up with each re-enrollment.
+    pub(crate) generation: u64,
+    pub(crate) config: Arc<rustls::ClientConfig>,
 }
 
 /// What a simulated agent needs besides its identity.
@@ -105,7 +119,8 @@ pub(crate) struct AgentCfg {
 pub(crate) async fn agent(
     cfg: AgentCfg,
     cluster: String,
-    tls: Arc<rustls::ClientConfig>,
+    source: Option<IpAddr>,
+    mut tls: tokio::sync::watch::Receiver<Tls>,
     ramp_permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let mut ramp_permit = Some(ramp_permit);
@@ -120,7 +135,8 @@ pub(crate) async fn agent(
         let ended = session(
             &cfg,
             &cluster,
-            tls.clone(),
+            source,
+            &mut tls,
             session_no,
             &mut ramp_permit,
             &mut back_epoch,
@@ -134,6 +150,10 @@ pub(crate) async fn agent(
         }
         let delay = match ended {
             Ended::Stop => return,
+            Ended::NewIdentity => {
+                attempt = 0;
+                continue;
+            }
             Ended::Goodbye(Some(retry_after)) => {
                 backoff::after_goodbye(retry_after, cfg.backoff_max)
             }
@@ -165,7 +185,8 @@ pub(crate) async fn agent(
 pub(crate) async fn session(
     cfg: &AgentCfg,
     cluster: &str,
-    tls: Arc<rustls::ClientConfig>,
+    source: Option<IpAddr>,
+    tls_rx: &mut tokio::sync::watch::Receiver<Tls>,
     session_no: u64,
     ramp_permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
     back_epoch: &mut u64,
@@ -175,9 +196,11 @@ pub(crate) async fn session(
     if *stop.borrow() {
         return Ended::Stop;
     }
+    let tls = tls_rx.borrow_and_update().clone();
+    let generation = tls.generation;
     let open = async {
-        let tcp = TcpStream::connect(cfg.addr).await?;
-        let tls = TlsConnector::from(tls)
+        let tcp = connect_from(source, cfg.addr).await?;
+        let tls = TlsConnector::from(tls.config)
             .connect(ServerName::try_from("localhost")?, tcp)
             .await?;
         let mut req = format!("wss://localhost{}", proto::TUNNEL_PATH).into_client_request()?;
@@ -243,9 +266,16 @@ pub(crate) async fn session(
     let mut welcomed = false;
     let mut tick =
         tokio::time::interval_at(tokio::time::Instant::now() + cfg.heartbeat, cfg.heartbeat);
+    let mut identities_open = true;
     let ended = loop {
         tokio::select! {
             _ = stop.changed() => break Ended::Stop,
+            changed = tls_rx.changed(), if identities_open => {
+                if changed.is_ok() {
+                    break Ended::NewIdentity;
+                }
+                identities_open = false;
+            }
             _ = tick.tick() => {
                 seq += 1;
                 let r = async {
@@ -283,7 +313,9 @@ pub(crate) async fn session(
                             })))
                         }
                         Frame::ResyncRequest(_) if welcomed => {
-                            if epoch > *back_epoch {
+                            if epoch > *back_epoch
+                                && generation >= cfg.shared.min_generation.load(Ordering::SeqCst)
+                            {
                                 *back_epoch = epoch;
                                 cfg.shared.back.fetch_add(1, Ordering::Relaxed);
                                 cfg.shared.returns[cfg.shared.second()]

@@ -1,7 +1,7 @@
 //! Identities of the simulated clusters: enrolled with a join token like a
 //! real agent, or minted with the CA from the hub's state dir.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, KeyPair};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use vworkspace_protocol::enrollment::{EnrollRequest, EnrollResponse};
 
@@ -51,37 +51,73 @@ pub(crate) async fn enroll_one(
     cfg: Arc<rustls::ClientConfig>,
     token: &str,
 ) -> anyhow::Result<(String, String)> {
+    let (key, body) = enroll_body(token)?;
+    // The hub rate-limits enrollment per address; wait as told, like an agent.
+    for _ in 0..600 {
+        match enroll_request(None, addr, cfg.clone(), &body).await? {
+            Enrolled::Done(bytes) => {
+                let resp: EnrollResponse = serde_json::from_slice(&bytes)?;
+                return Ok((resp.certificate_pem, key.serialize_pem()));
+            }
+            Enrolled::RetryAfter(wait) => {
+                tokio::time::sleep(wait.max(Duration::from_secs(1))).await
+            }
+            Enrolled::Refused { status, body } => bail!("enrollment answered {status}: {body}"),
+        }
+    }
+    bail!("enrollment still rate limited after 600 attempts")
+}
+
+/// A fresh key and the enrollment request body for it (token and CSR).
+pub(crate) fn enroll_body(token: &str) -> anyhow::Result<(KeyPair, Vec<u8>)> {
     let key = KeyPair::generate()?;
     let csr = CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?;
     let body = serde_json::to_vec(&EnrollRequest {
         token: token.to_owned(),
         csr_pem: csr.pem()?,
     })?;
-    // The hub rate-limits enrollment per address; wait as told, like an agent.
-    for _ in 0..600 {
-        match enroll_request(addr, cfg.clone(), &body).await? {
-            Enrolled::Done(bytes) => {
-                let resp: EnrollResponse = serde_json::from_slice(&bytes)?;
-                return Ok((resp.certificate_pem, key.serialize_pem()));
-            }
-            Enrolled::RetryAfter(wait) => tokio::time::sleep(wait).await,
-        }
-    }
-    bail!("enrollment still rate limited after 600 attempts")
+    Ok((key, body))
 }
 
 pub(crate) enum Enrolled {
     Done(Bytes),
+    /// `429` with the hub's `Retry-After` (zero when it gave none).
     RetryAfter(Duration),
+    /// Any other answer but success.
+    Refused {
+        status: http::StatusCode,
+        body: String,
+    },
+}
+
+/// A TCP connection to `addr`, from `source` when given. Every address of
+/// 127.0.0.0/8 is local on Linux, so simulated clusters can each have their
+/// own loopback address, as real clusters each have their own address.
+pub(crate) async fn connect_from(
+    source: Option<IpAddr>,
+    addr: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    match source {
+        None => TcpStream::connect(addr).await,
+        Some(ip) => {
+            let socket = match ip {
+                IpAddr::V4(_) => TcpSocket::new_v4()?,
+                IpAddr::V6(_) => TcpSocket::new_v6()?,
+            };
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(addr).await
+        }
+    }
 }
 
 pub(crate) async fn enroll_request(
+    source: Option<IpAddr>,
     addr: SocketAddr,
     cfg: Arc<rustls::ClientConfig>,
     body: &[u8],
 ) -> anyhow::Result<Enrolled> {
     let body = body.to_vec();
-    let tcp = TcpStream::connect(addr).await?;
+    let tcp = connect_from(source, addr).await?;
     let tls = TlsConnector::from(cfg)
         .connect(ServerName::try_from("localhost")?, tcp)
         .await?;
@@ -102,14 +138,14 @@ pub(crate) async fn enroll_request(
     conn.abort();
     if status == http::StatusCode::TOO_MANY_REQUESTS {
         return Ok(Enrolled::RetryAfter(Duration::from_secs(
-            retry_after.unwrap_or(1).clamp(1, 60),
+            retry_after.unwrap_or(0),
         )));
     }
     if !status.is_success() {
-        bail!(
-            "enrollment answered {status}: {}",
-            String::from_utf8_lossy(&bytes)
-        );
+        return Ok(Enrolled::Refused {
+            status,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        });
     }
     Ok(Enrolled::Done(bytes))
 }

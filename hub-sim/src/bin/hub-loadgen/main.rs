@@ -27,11 +27,13 @@ mod agent;
 mod backoff;
 mod identity;
 mod process;
+mod reenroll;
 mod storm;
 
 use agent::*;
 use identity::*;
 use process::*;
+use reenroll::*;
 use storm::*;
 
 /// Load generator for hub-sim tunnels.
@@ -76,6 +78,24 @@ struct Args {
     /// Cap of the reconnect delay (the agent's `--backoff-max` default).
     #[arg(long, default_value = "5m")]
     backoff_max: hub_sim::cli::HumanDuration,
+    /// At the end, re-issue a CA-pinned join token for every cluster and
+    /// make all of them re-enroll at once, each from its own loopback
+    /// address, then reconnect with the new certificates.
+    #[arg(long)]
+    reenroll_storm: bool,
+    /// Enrollment requests in flight at once during the re-enrollment storm
+    /// (open files, and the hub's cap of 1,024 connections without a
+    /// certificate, which tunnel handshakes share).
+    #[arg(long, default_value_t = 800)]
+    reenroll_concurrency: usize,
+    /// Longest the re-enrollment storm may take until every tunnel is back
+    /// with its new certificate (seconds).
+    #[arg(long, default_value_t = 900)]
+    reenroll_timeout_secs: u64,
+    /// The hub's whole-hub enrollment rate (`hub-sim serve --enroll-rate`),
+    /// to compare the accepted rate with.
+    #[arg(long, default_value_t = 50.0)]
+    enroll_rate: f64,
 }
 
 #[tokio::main]
@@ -98,7 +118,16 @@ async fn main() -> anyhow::Result<()> {
         storm_timeout_secs,
         backoff_min,
         backoff_max,
+        reenroll_storm,
+        reenroll_concurrency,
+        reenroll_timeout_secs,
+        enroll_rate,
     } = args;
+    if reenroll_storm && tunnels > MAX_SOURCES {
+        bail!(
+            "--reenroll-storm gives each cluster its own loopback address: at most {MAX_SOURCES}"
+        );
+    }
     let fd_limit = raise_fd_limit();
     if (fd_limit as usize) < tunnels + 64 {
         bail!("fd limit {fd_limit} is too low for {tunnels} tunnels; raise `ulimit -n`");
@@ -193,10 +222,28 @@ async fn main() -> anyhow::Result<()> {
     let t1 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let gate = Arc::new(tokio::sync::Semaphore::new(concurrency));
-    for id in ids {
+    let mut agents = Vec::with_capacity(ids.len());
+    for (i, id) in ids.into_iter().enumerate() {
         let permit = gate.clone().acquire_owned().await?;
-        let tls = Arc::new(tls_config(&ca_pem, Some((&id.cert_pem, &id.key_pem)))?);
-        tasks.spawn(agent(cfg.clone(), id.cluster, tls, permit));
+        let config = Arc::new(tls_config(&ca_pem, Some((&id.cert_pem, &id.key_pem)))?);
+        let (tls_tx, tls_rx) = tokio::sync::watch::channel(Tls {
+            generation: 0,
+            config,
+        });
+        // Own loopback addresses only where the hub's per-address limit matters.
+        let source = reenroll_storm.then(|| source_address(i));
+        tasks.spawn(agent(
+            cfg.clone(),
+            id.cluster.clone(),
+            source,
+            tls_rx,
+            permit,
+        ));
+        agents.push(SimAgent {
+            cluster: id.cluster,
+            source,
+            tls: tls_tx,
+        });
     }
     let ramp_limit = Duration::from_secs(120.max(tunnels as u64 / 20));
     let deadline = Instant::now() + ramp_limit;
@@ -312,8 +359,40 @@ async fn main() -> anyhow::Result<()> {
             break;
         }
     }
+    if failed.is_none() && reenroll_storm {
+        let r = reenroll(
+            &Reenroll {
+                admin: &admin,
+                addr,
+                ca_pem: &ca_pem,
+                concurrency: reenroll_concurrency,
+                timeout: Duration::from_secs(reenroll_timeout_secs),
+                hub_pid: hub.as_ref().map(|h| h.pid).or(hub_pid),
+                settle: heartbeat,
+            },
+            &agents,
+            &shared,
+        )
+        .await?;
+        print_reenroll(&r, tunnels, enroll_rate);
+        let health = admin.get("/v1/health").await?;
+        println!("reenroll: hub health after the storm: {health}");
+        if r.tunnels_back_secs.is_none() {
+            failed = Some(format!(
+                "re-enrollment storm: {} of {tunnels} enrolled and {} back within {reenroll_timeout_secs} s",
+                r.enrolled, r.back
+            ));
+        } else if r.refused > 0 {
+            failed = Some(format!(
+                "re-enrollment storm: {} refused for good (last: {})",
+                r.refused,
+                r.last_refusal.as_deref().unwrap_or("-")
+            ));
+        }
+    }
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    drop(agents);
     if let Some(hub) = hub.as_mut().filter(|h| h.child.is_some()) {
         eprintln!("stopping the hub this run restarted (pid {})", hub.pid);
         hub.stop(libc::SIGTERM).await?;
