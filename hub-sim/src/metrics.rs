@@ -42,6 +42,8 @@ pub struct Metrics {
     pub enrollments: Family<Outcome, Counter>,
     /// Intents by outcome as the agent acked them, plus `undeliverable`.
     pub intents: Family<Outcome, Counter>,
+    /// Intents sent again on a live connection after `apply_failed`.
+    pub intent_resends: Counter,
     /// Frames or messages the hub refused or could not send, by reason.
     pub frames_refused: Family<Reason, Counter>,
     /// Requests answered 429 `rate_limited`, by which budget ran out.
@@ -67,6 +69,11 @@ impl Metrics {
             "intents",
             "Intents by outcome: applied, noop, rejected, undeliverable",
             m.intents.clone(),
+        );
+        r.register(
+            "intent_resends",
+            "Intents sent again on a live connection after the agent acked apply_failed",
+            m.intent_resends.clone(),
         );
         r.register(
             "frames_refused",

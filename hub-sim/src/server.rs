@@ -239,10 +239,12 @@ pub async fn start(cfg: Config) -> Result<RunningHub, HubError> {
     let state_err = |path: std::path::PathBuf| move |source| HubError::StateDir { path, source };
     let admin_token =
         crate::hub::admin_token(&state_dir).map_err(state_err(state_dir.join("admin-token")))?;
-    std::fs::write(state_dir.join("admin-addr"), admin_addr.to_string())
-        .map_err(state_err(state_dir.join("admin-addr")))?;
-    std::fs::write(state_dir.join("hub-url"), hub.public_url())
+    // Written whole or not at all: scripts and tests wait for these files to
+    // appear and read them at once.
+    write_atomically(&state_dir.join("hub-url"), hub.public_url())
         .map_err(state_err(state_dir.join("hub-url")))?;
+    write_atomically(&state_dir.join("admin-addr"), &admin_addr.to_string())
+        .map_err(state_err(state_dir.join("admin-addr")))?;
     hub.set_acceptor(tls_acceptor(&hub)?);
 
     let router = crate::admin::router(hub.clone(), &admin_token);
@@ -447,4 +449,12 @@ async fn route(
             &serde_json::json!({"error": "not_found", "message": "unknown path"}),
         ),
     }
+}
+
+/// Writes `path` through a temporary file renamed into place, so a reader
+/// never sees it empty or half written.
+fn write_atomically(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path)
 }

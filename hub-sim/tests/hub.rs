@@ -466,6 +466,51 @@ async fn window_bounds_in_flight_and_new_intents_flow_live() {
 }
 
 #[tokio::test]
+async fn an_intent_acked_apply_failed_is_sent_again_on_the_same_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    init();
+    let hub = start_hub(dir.path()).await;
+    let creds = enroll_cluster(&hub, "edge-1", "acme").await;
+    let mut agent = TestAgent::connect(hub.tls_addr, &creds, vec![]).await;
+    hub.hub
+        .apply(Some("edge-1"), &app("web", "team", 1))
+        .unwrap();
+    let failed = || IntentOutcome::Rejected {
+        code: "apply_failed".into(),
+        message: "the API server did not answer".into(),
+    };
+    // The cluster's API server is down: two failures, then it is back.
+    let (s, _, first) = agent.recv_intent().await;
+    agent.ack(s, &first, failed()).await;
+    let (s, _, again) = agent.recv_intent().await;
+    assert_eq!(again.intent_id, first.intent_id, "the same intent, resent");
+    agent.ack(s, &again, failed()).await;
+    let (s, _, third) = agent.recv_intent().await;
+    assert_eq!(third.intent_id, first.intent_id);
+    agent.ack(s, &third, IntentOutcome::Applied).await;
+    let pending = || {
+        hub.hub
+            .store()
+            .pending_intents("edge-1", 0, 100)
+            .unwrap()
+            .len()
+    };
+    eventually("the intent settled as applied", || async { pending() == 0 }).await;
+    assert_eq!(
+        hub.hub.metrics().intent_resends.get(),
+        2,
+        "two resends counted"
+    );
+    // Settled: a later apply goes out next, not the old intent again.
+    hub.hub
+        .apply(Some("edge-1"), &app("web", "team", 2))
+        .unwrap();
+    let (_, _, next) = agent.recv_intent().await;
+    assert_eq!((next.object.name.as_str(), next.version), ("web", 2));
+    hub.shutdown().await;
+}
+
+#[tokio::test]
 async fn shutdown_says_goodbye_with_retry_after_and_rotation_reconnects() {
     let dir = tempfile::tempdir().unwrap();
     let hub = start_hub(dir.path()).await;

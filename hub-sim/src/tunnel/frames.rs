@@ -80,21 +80,18 @@ where
     }
 
     /// An ack settles the intent in the store (a `replayed` rejection counts
-    /// as noop; `apply_failed` stays pending for a retry), then sends more.
+    /// as noop; `apply_failed` stays pending and is sent again after a delay,
+    /// see `retry.rs`), then sends more.
     pub(super) async fn on_intent_ack(&mut self, ack: proto::IntentAck) -> Result<(), End> {
         let hub = self.hub.clone();
         let cluster = self.id.cluster.clone();
         let pos = self.in_flight.iter().position(|(es, _, id)| {
             *id == ack.intent_id || (ack.intent_id.is_empty() && *es == ack.intent_seq)
         });
-        let intent_id = match pos {
-            Some(p) => self
-                .in_flight
-                .remove(p)
-                .map(|(_, _, id)| id)
-                .unwrap_or_default(),
+        let (store_seq, intent_id) = match pos.and_then(|p| self.in_flight.remove(p)) {
+            Some((_, seq, id)) => (Some(seq), id),
             // A duplicate's second ack, or an ack after a restart: settle by id.
-            None => ack.intent_id.clone(),
+            None => (None, ack.intent_id.clone()),
         };
         // The agent's rejection code, typed (unknown codes stay plain rejections).
         let rejection = match &ack.outcome {
@@ -123,6 +120,21 @@ where
                 .ack_intent(&cluster, &intent_id, outcome, message.as_deref())
         {
             tracing::error!(error = %e, "recording ack failed");
+        }
+        if retry_later {
+            // Sent again on this connection after a jittered delay; without a
+            // known store seq (an ack after a restart) the next connection does.
+            if let Some(seq) = store_seq {
+                let d = self.resends.schedule(
+                    tokio::time::Instant::now(),
+                    seq,
+                    &intent_id,
+                    rand::random::<f64>(),
+                );
+                tracing::info!(%cluster, intent = %for_log(&intent_id, 64), delay = ?d, "intent apply failed on the cluster; resending later");
+            }
+        } else {
+            self.resends.settled(&intent_id);
         }
         tracing::debug!(%cluster, intent = %for_log(&intent_id, 64), outcome, "intent acked");
         self.pump().await?;

@@ -25,6 +25,7 @@ use vworkspace_protocol::{
 };
 
 mod frames;
+mod retry;
 mod send;
 mod session;
 mod upgrade;
@@ -70,6 +71,8 @@ struct Conn<S> {
     inventory_deadline: Option<Instant>,
     /// Store seq of the last intent sent on this connection.
     cursor: i64,
+    /// Intents acked `apply_failed`, waiting to be sent again.
+    resends: retry::Resends,
     renewals: u32,
     last_rx: Instant,
 }
@@ -107,6 +110,7 @@ where
         inventory: Assembly::new(limits::MAX_CHUNKS, limits::MAX_CHUNKED_ENTRIES),
         inventory_deadline: None,
         cursor: 0,
+        resends: retry::Resends::default(),
         renewals: 0,
         last_rx: Instant::now(),
     };

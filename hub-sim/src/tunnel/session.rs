@@ -200,6 +200,16 @@ where
                     let e = ChunkError::TimedOut { secs: limits::CHUNK_TIMEOUT_SECS };
                     return chunk_end(&hub, "inventory", &e);
                 }
+                _ = sleep_until_opt(self.resends.next()) => {
+                    let due = self.resends.take_due(Instant::now());
+                    if let Some(first) = due.iter().min() {
+                        hub.metrics.intent_resends.inc_by(due.len() as u64);
+                        self.cursor = self.cursor.min(first - 1);
+                        if let Err(end) = self.pump().await {
+                            return end;
+                        }
+                    }
+                }
                 _ = wake.notified() => {
                     if let Err(end) = self.check_drop() {
                         return end;

@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from agent_sim import SimAgent, csr_for, enroll, pinned_context
-from vworkspace_hub import Hub, HubConfig, MemoryStore, ObjectRef, join_token, server, wire
+from vworkspace_hub import Hub, HubConfig, MemoryStore, ObjectRef, intents, join_token, server, wire
 
 APP = ObjectRef("ApplicationInstance", "team-a", "nextcloud")
 SPEC = {"appRef": {"catalogId": "nextcloud"}, "mode": "placeholder"}
@@ -156,6 +156,46 @@ def test_window_bounds_in_flight_and_unacked_intents_are_resent_after_reconnect(
             await until(lambda: all(i.outcome == "applied" for i in hub.store.intents("edge-1")))
             await agent.close()
     run(main())
+
+
+def test_an_intent_acked_apply_failed_is_sent_again_on_the_same_connection():
+    async def main() -> None:
+        async with running_hub() as hub:
+            agent = await enrolled(hub)
+            await agent.connect()
+            await agent.send({"type": "inventory", "objects": []})
+            rec = await asyncio.to_thread(hub.declare_apply, "edge-1", APP, SPEC)
+            failed = {"result": "rejected", "code": "apply_failed", "message": "the API server did not answer"}
+            # The cluster's API server is down: two failures, then it is back.
+            for _ in range(2):
+                env = await agent.recv_type("intent")
+                p = intents.decode_payload(env.body["payload"])
+                assert p["intent_id"] == rec.id
+                await agent.send({"type": "intent_ack", "intent_id": rec.id, "intent_seq": env.seq,
+                                  "object": APP.to_wire(), "version": 1, "outcome": failed})
+            outcome, p = await agent.answer(await agent.recv_type("intent"))
+            assert outcome == "applied" and p["intent_id"] == rec.id
+            await until(lambda: hub.store.intents("edge-1")[-1].outcome == "applied")
+            assert hub.metrics.get("intent_resends", "reason", "apply_failed") == 2
+            await agent.close()
+    run(main())
+
+
+def test_resend_delays_double_up_to_a_minute_and_the_schedule_is_bounded():
+    from vworkspace_hub.session import Resends
+    assert [Resends.delay(a, 0.0) for a in (0, 1, 2, 6, 40)] == [0.5, 1.0, 2.0, 30.0, 30.0]
+    assert Resends.delay(3, 0.999) <= 8.0
+    r = Resends()
+    assert r.schedule(0.0, 7, "a", 0.0) == 0.5 and r.next() == 0.5
+    assert r.take_due(0.4) == [] and r.take_due(0.5) == [7] and r.next() is None
+    assert r.schedule(0.0, 7, "a", 0.0) == 1.0  # the second failure waits longer
+    r.settled("a")
+    assert r.next() is None and r.schedule(0.0, 7, "a", 0.0) == 0.5
+    r = Resends()
+    for i in range(Resends.MAX_SCHEDULED):
+        r.schedule(0.0, 100 + i, f"i{i}", i / Resends.MAX_SCHEDULED)
+    d = r.schedule(0.0, 5, "late", 0.0)
+    assert len(r.due) == Resends.MAX_SCHEDULED and 5 in r.take_due(d)
 
 
 def test_hello_applied_and_inventory_settle_resend_and_resync():

@@ -92,9 +92,9 @@ class Metrics:
         self._lock = threading.Lock()
         self._c: Counter[tuple[str, str, str]] = Counter()
 
-    def inc(self, name: str, label: str = "", value: str = "") -> None:
+    def inc(self, name: str, label: str = "", value: str = "", by: int = 1) -> None:
         with self._lock:
-            self._c[(name, label, value)] += 1
+            self._c[(name, label, value)] += by
 
     def get(self, name: str, label: str = "", value: str = "") -> int:
         with self._lock:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -55,6 +56,60 @@ class Transport(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
 
+class Resends:
+    """Timed resends of intents the agent acked ``rejected{apply_failed}``.
+
+    Such an intent was verified but could not be written (the cluster's API
+    server was down longer than the agent's own retries). It stays pending in
+    the store; without a timer it would only go out again on the next
+    connection, and a healthy tunnel may never reconnect. Each one is sent
+    again on the same connection after a jittered, doubling delay (1, 2, 4 ...
+    at most 60 s; drawn from the upper half of the step). At most
+    ``MAX_SCHEDULED`` wait at once; an overflow rides along with the latest
+    resend (a resend rewinds to the lowest store seq it holds, and every
+    pending intent after that which is not in flight goes out with it).
+    Same rules as hub-sim (hub-sim/src/tunnel/retry.rs)."""
+
+    MAX_SCHEDULED = 4096
+    FIRST = 1.0
+    MAX = 60.0
+
+    def __init__(self) -> None:
+        self.due: dict[str, tuple[float, int]] = {}  # intent id -> (when, store seq)
+        self.attempts: dict[str, int] = {}
+
+    @classmethod
+    def delay(cls, attempt: int, unit: float) -> float:
+        step = min(cls.FIRST * 2 ** min(attempt, 16), cls.MAX)
+        return step * (0.5 + 0.5 * min(max(unit, 0.0), 1.0))
+
+    def schedule(self, now: float, seq: int, intent_id: str, unit: float) -> float:
+        self.due.pop(intent_id, None)
+        if len(self.due) >= self.MAX_SCHEDULED:
+            last = max(self.due, key=lambda k: self.due[k][0])
+            at, last_seq = self.due[last]
+            self.due[last] = (at, min(last_seq, seq))
+            return max(0.0, at - now)
+        n = self.attempts.get(intent_id, 0)
+        d = self.delay(n, unit)
+        self.attempts[intent_id] = n + 1
+        self.due[intent_id] = (now + d, seq)
+        if len(self.attempts) > 2 * self.MAX_SCHEDULED:
+            self.attempts = {k: v for k, v in self.attempts.items() if k in self.due}
+        return d
+
+    def settled(self, intent_id: str) -> None:
+        self.attempts.pop(intent_id, None)
+        self.due.pop(intent_id, None)
+
+    def next(self) -> float | None:
+        return min((at for at, _ in self.due.values()), default=None)
+
+    def take_due(self, now: float) -> list[int]:
+        ids = [k for k, (at, _) in self.due.items() if at <= now]
+        return [self.due.pop(k)[1] for k in ids]
+
+
 class _End(Exception):
     """Ends the session: optionally a last frame, then a close code."""
 
@@ -85,6 +140,7 @@ class TunnelSession:
         self.in_seq = 0
         self.in_flight: collections.deque[tuple[int, int, str]] = collections.deque()  # (env seq, store seq, id)
         self.cursor = 0
+        self.resends = Resends()
         self.renewals = 0
         self.last_rx = time.monotonic()
         self._inventory = wire.ChunkAssembly()
@@ -190,8 +246,10 @@ class TunnelSession:
                 attention = asyncio.ensure_future(self._attention.wait())
                 idle_deadline = self.last_rx + cfg.idle_timeout_secs
                 chunk_deadline = self._inventory_deadline or float("inf")
+                resend_at = self.resends.next() or float("inf")
                 timeout = max(0.0, min(next_ping - loop.time(), next_poll - loop.time(),
-                                       idle_deadline - time.monotonic(), chunk_deadline - time.monotonic()))
+                                       idle_deadline - time.monotonic(), chunk_deadline - time.monotonic(),
+                                       resend_at - time.monotonic()))
                 done, _ = await asyncio.wait({recv, attention}, timeout=timeout,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if not attention.done():
@@ -214,6 +272,11 @@ class TunnelSession:
                 if loop.time() >= next_ping:
                     next_ping = loop.time() + cfg.heartbeat_secs
                     await self._deadline(self.t.ping())
+                due = self.resends.take_due(time.monotonic())
+                if due:
+                    self.hub.metrics.inc("intent_resends", "reason", "apply_failed", by=len(due))
+                    self.cursor = min(self.cursor, min(due) - 1)
+                    await self._pump()
                 if loop.time() >= next_poll:
                     next_poll = loop.time() + cfg.poll_interval_secs
                     await self._pump()
@@ -359,8 +422,9 @@ class TunnelSession:
     async def _on_ack(self, b: dict[str, Any]) -> None:
         pos = next((i for i, (es, _, iid) in enumerate(self.in_flight)
                     if iid == b["intent_id"] or (not b["intent_id"] and es == b["intent_seq"])), None)
+        store_seq: int | None = None
         if pos is not None:
-            intent_id = self.in_flight[pos][2]
+            _, store_seq, intent_id = self.in_flight[pos]
             del self.in_flight[pos]
         else:
             intent_id = b["intent_id"]  # an ack after a reconnect or for a duplicate: settle by id
@@ -375,6 +439,15 @@ class TunnelSession:
         retry_later = out["result"] == "rejected" and out["code"] == "apply_failed"
         if intent_id and not retry_later:
             await self._store(self.hub.store.ack_intent, self.id.cluster, intent_id, result, message)
+        if retry_later:
+            # Sent again on this connection after a delay; without a known store
+            # seq (an ack after a reconnect) the next connection does it.
+            if store_seq is not None:
+                d = self.resends.schedule(time.monotonic(), store_seq, intent_id, random.random())
+                log.info("intent apply failed cluster=%s intent=%s; resending in %.1f s", self.id.cluster,
+                         intent_id, d)
+        else:
+            self.resends.settled(intent_id)
         self.hub.metrics.inc("intent_acks", "outcome", result)
         log.info("intent acked cluster=%s intent=%s outcome=%s%s", self.id.cluster, intent_id, out["result"],
                  f" code={out['code']}" if out["result"] == "rejected" else "")
