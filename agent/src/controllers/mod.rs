@@ -35,6 +35,7 @@ pub mod approval;
 pub mod metrics;
 pub mod namespaces;
 pub mod operation;
+pub mod own_writes;
 pub mod resources;
 pub mod validation;
 pub mod watches;
@@ -152,6 +153,9 @@ pub struct Context {
     applied: std::sync::Mutex<std::collections::HashMap<String, Applied>>,
     /// Publishes Kubernetes Events on condition transitions.
     recorder: Recorder,
+    /// Resource versions of the ApplicationInstance controller's own writes,
+    /// whose watch echoes trigger no reconcile.
+    pub(crate) own_writes: std::sync::Arc<own_writes::OwnWrites>,
 }
 
 /// The Flux objects last applied for an instance.
@@ -186,6 +190,7 @@ impl Context {
             target_locks: Default::default(),
             served: Default::default(),
             applied: Default::default(),
+            own_writes: Default::default(),
             recorder: Recorder::new(
                 client.clone(),
                 Reporter {

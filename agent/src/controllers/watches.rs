@@ -58,6 +58,23 @@ where
         .filter_map(move |r| future::ready(keep(r, what)))
 }
 
+/// `stream` without the watch events that only echo `own`'s writes.
+pub fn without_echoes<K, S>(
+    stream: S,
+    own: std::sync::Arc<crate::controllers::own_writes::OwnWrites>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Send + 'static,
+    S: Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+{
+    stream.filter(move |r| {
+        future::ready(match r {
+            Ok(o) => !own.is_echo(o.meta()),
+            Err(_) => true,
+        })
+    })
+}
+
 fn keep<K>(r: Result<K, watcher::Error>, what: &'static str) -> Option<Result<K, watcher::Error>> {
     match r {
         Ok(o) => Some(Ok(o)),

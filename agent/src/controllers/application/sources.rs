@@ -37,13 +37,15 @@ pub(super) async fn ensure_shared_source(
     {
         return Ok(existing);
     }
-    Ok(api
+    let written = api
         .patch(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(desired),
         )
-        .await?)
+        .await?;
+    ctx.own_writes.record(&written.metadata);
+    Ok(written)
 }
 
 /// After a chart change: deletes the per-instance source of the other kind
