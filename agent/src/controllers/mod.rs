@@ -156,6 +156,11 @@ pub struct Context {
     /// Resource versions of the ApplicationInstance controller's own writes,
     /// whose watch echoes trigger no reconcile.
     pub(crate) own_writes: std::sync::Arc<own_writes::OwnWrites>,
+    /// The managed HelmRepositories as the controller's watch last saw them
+    /// (set when the ApplicationInstance controller starts): the shared ones
+    /// are read here instead of from the API server on every reconcile.
+    pub(crate) helm_repositories:
+        std::sync::OnceLock<kube::runtime::reflector::Store<kube::api::DynamicObject>>,
 }
 
 /// The Flux objects last applied for an instance.
@@ -191,6 +196,7 @@ impl Context {
             served: Default::default(),
             applied: Default::default(),
             own_writes: Default::default(),
+            helm_repositories: Default::default(),
             recorder: Recorder::new(
                 client.clone(),
                 Reporter {

@@ -75,6 +75,26 @@ where
     })
 }
 
+/// Like [`reflected`], but hands on deletions too: for watches that trigger
+/// reconciles of other objects (`Controller::watches_stream_with`) and whose
+/// store the reconciler reads.
+pub fn reflected_touched<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &'static str,
+    writer: Writer<K>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
+{
+    watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
+        .filter_map(move |r| future::ready(keep(r, what)))
+}
+
 fn keep<K>(r: Result<K, watcher::Error>, what: &'static str) -> Option<Result<K, watcher::Error>> {
     match r {
         Ok(o) => Some(Ok(o)),

@@ -87,9 +87,11 @@ pub async fn run(
                     labels::MANAGED_BY_OPERATOR
                 ));
                 let store = store.clone();
+                let repos = reflector::store::Writer::<DynamicObject>::new(ar.clone());
+                let _ = ctx.helm_repositories.set(repos.as_reader());
                 controller = controller.watches_stream_with(
                     watches::without_echoes(
-                        watches::touched(api, managed, "helmrepositories"),
+                        watches::reflected_touched(api, managed, "helmrepositories", repos),
                         echoes.clone(),
                     ),
                     move |repo| users(&store, &repo),
