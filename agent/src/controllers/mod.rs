@@ -35,6 +35,7 @@ pub mod approval;
 pub mod metrics;
 pub mod namespaces;
 pub mod operation;
+pub mod own_writes;
 pub mod resources;
 pub mod validation;
 pub mod watches;
@@ -152,6 +153,14 @@ pub struct Context {
     applied: std::sync::Mutex<std::collections::HashMap<String, Applied>>,
     /// Publishes Kubernetes Events on condition transitions.
     recorder: Recorder,
+    /// Resource versions of the ApplicationInstance controller's own writes,
+    /// whose watch echoes trigger no reconcile.
+    pub(crate) own_writes: std::sync::Arc<own_writes::OwnWrites>,
+    /// The managed HelmRepositories as the controller's watch last saw them
+    /// (set when the ApplicationInstance controller starts): the shared ones
+    /// are read here instead of from the API server on every reconcile.
+    pub(crate) helm_repositories:
+        std::sync::OnceLock<kube::runtime::reflector::Store<kube::api::DynamicObject>>,
 }
 
 /// The Flux objects last applied for an instance.
@@ -186,6 +195,8 @@ impl Context {
             target_locks: Default::default(),
             served: Default::default(),
             applied: Default::default(),
+            own_writes: Default::default(),
+            helm_repositories: Default::default(),
             recorder: Recorder::new(
                 client.clone(),
                 Reporter {

@@ -58,6 +58,43 @@ where
         .filter_map(move |r| future::ready(keep(r, what)))
 }
 
+/// `stream` without the watch events that only echo `own`'s writes.
+pub fn without_echoes<K, S>(
+    stream: S,
+    own: std::sync::Arc<crate::controllers::own_writes::OwnWrites>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Send + 'static,
+    S: Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+{
+    stream.filter(move |r| {
+        future::ready(match r {
+            Ok(o) => !own.is_echo(o.meta()),
+            Err(_) => true,
+        })
+    })
+}
+
+/// Like [`reflected`], but hands on deletions too: for watches that trigger
+/// reconciles of other objects (`Controller::watches_stream_with`) and whose
+/// store the reconciler reads.
+pub fn reflected_touched<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &'static str,
+    writer: Writer<K>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
+{
+    watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
+        .filter_map(move |r| future::ready(keep(r, what)))
+}
+
 fn keep<K>(r: Result<K, watcher::Error>, what: &'static str) -> Option<Result<K, watcher::Error>> {
     match r {
         Ok(o) => Some(Ok(o)),

@@ -59,12 +59,17 @@ pub async fn run(
     // Every watch backs off on its own and never pauses the others
     // (`watches`: an API server restart would otherwise stall the controller).
     let (store, writer) = reflector::store();
+    // The echoes of this controller's own writes trigger nothing (`own_writes`).
+    let echoes = ctx.own_writes.clone();
     let mut controller = Controller::for_stream(
-        watches::reflected(
-            Api::<ApplicationInstance>::all(client.clone()),
-            watcher::Config::default(),
-            "applicationinstances",
-            writer,
+        watches::without_echoes(
+            watches::reflected(
+                Api::<ApplicationInstance>::all(client.clone()),
+                watcher::Config::default(),
+                "applicationinstances",
+                writer,
+            ),
+            echoes.clone(),
         ),
         store.clone(),
     )
@@ -82,14 +87,22 @@ pub async fn run(
                     labels::MANAGED_BY_OPERATOR
                 ));
                 let store = store.clone();
+                let repos = reflector::store::Writer::<DynamicObject>::new(ar.clone());
+                let _ = ctx.helm_repositories.set(repos.as_reader());
                 controller = controller.watches_stream_with(
-                    watches::touched(api, managed, "helmrepositories"),
+                    watches::without_echoes(
+                        watches::reflected_touched(api, managed, "helmrepositories", repos),
+                        echoes.clone(),
+                    ),
                     move |repo| users(&store, &repo),
                     ar,
                 );
             } else {
                 controller = controller.owns_stream_with(
-                    watches::touched(api, owned.clone(), "owned flux objects"),
+                    watches::without_echoes(
+                        watches::touched(api, owned.clone(), "owned flux objects"),
+                        echoes.clone(),
+                    ),
                     ar,
                 );
             }
@@ -222,7 +235,10 @@ async fn ensure_finalizer(
             )
             .await
         {
-            Ok(updated) => return Ok(Arc::new(updated)),
+            Ok(updated) => {
+                ctx.own_writes.record(updated.meta());
+                return Ok(Arc::new(updated));
+            }
             Err(kube::Error::Api(s)) if s.code == 409 && attempt == 0 => {
                 current = Arc::new(api.get(&current.name_any()).await?);
                 if current.meta().deletion_timestamp.is_some() {
@@ -371,9 +387,11 @@ async fn apply(ai: &ApplicationInstance, ns: &str, ctx: &Context) -> Result<Acti
             let source = if desired.shared_source {
                 ensure_shared_source(&source_api, &desired.source, ns, ctx).await?
             } else {
-                source_api
+                let written = source_api
                     .patch(&source_name, &pp, &Patch::Apply(&desired.source))
-                    .await?
+                    .await?;
+                ctx.own_writes.record(&written.metadata);
+                written
             };
             // The source used before a sourceType or URL change.
             if let (Some(before), Some(now)) =
@@ -385,6 +403,7 @@ async fn apply(ai: &ApplicationInstance, ns: &str, ctx: &Context) -> Result<Acti
             let hr = hr_api
                 .patch(&hr_name, &pp, &Patch::Apply(&desired.release))
                 .await?;
+            ctx.own_writes.record(&hr.metadata);
             ctx.remember_applied(
                 uid,
                 super::Applied {

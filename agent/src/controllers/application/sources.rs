@@ -16,9 +16,10 @@ use crate::controllers::{
 };
 
 /// Returns the shared HelmRepository, writing it only when it is missing or
-/// differs: another instance usually wrote it already, and a read is much
-/// cheaper than an apply. Instances of one URL take turns (a lock per source),
-/// so concurrent reconciles do not all race to create it.
+/// differs: another instance usually wrote it already. It is read from the
+/// controller's watch of managed HelmRepositories, and from the API server
+/// only when the watch has not seen it (yet). Instances of one URL take turns
+/// (a lock per source), so concurrent reconciles do not all race to create it.
 pub(super) async fn ensure_shared_source(
     api: &Api<DynamicObject>,
     desired: &DynamicObject,
@@ -28,7 +29,17 @@ pub(super) async fn ensure_shared_source(
     let name = desired.name_any();
     let lock = ctx.target_lock(ns, &format!("helmrepository:{name}"));
     let _turn = lock.lock().await;
-    if let Some(existing) = api.get_opt(&name).await?
+    let seen = ctx.helm_repositories.get().and_then(|store| {
+        store.get(
+            &kube::runtime::reflector::ObjectRef::new_with(&name, HELM_REPOSITORY.api_resource())
+                .within(ns),
+        )
+    });
+    let existing = match seen {
+        Some(o) => Some((*o).clone()),
+        None => api.get_opt(&name).await?,
+    };
+    if let Some(existing) = existing
         && has_fields(&existing.data["spec"], &desired.data["spec"])
         && has_fields(
             &serde_json::to_value(existing.labels()).unwrap_or_default(),
@@ -37,13 +48,15 @@ pub(super) async fn ensure_shared_source(
     {
         return Ok(existing);
     }
-    Ok(api
+    let written = api
         .patch(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(desired),
         )
-        .await?)
+        .await?;
+    ctx.own_writes.record(&written.metadata);
+    Ok(written)
 }
 
 /// After a chart change: deletes the per-instance source of the other kind

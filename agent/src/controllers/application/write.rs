@@ -45,13 +45,14 @@ pub(super) async fn write_status(
     });
     let old_conditions = old.conditions.clone();
     let new_conditions = worth_an_event(&old.conditions, &new.conditions);
-    Api::<ApplicationInstance>::namespaced(ctx.client.clone(), ns)
+    let written = Api::<ApplicationInstance>::namespaced(ctx.client.clone(), ns)
         .patch_status(
             &ai.name_any(),
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&body),
         )
         .await?;
+    ctx.own_writes.record(written.meta());
     ctx.metrics.status_write(CONTROLLER);
     ctx.publish_transitions(&ai.object_ref(&()), &old_conditions, &new_conditions)
         .await;
