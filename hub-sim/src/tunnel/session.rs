@@ -81,6 +81,7 @@ where
             recovery_window_secs: crate::recovery::announced_window(hub.cfg.recovery_window),
             ca_bundle_pem: Some(hub.ca_ring().bundle_pem()),
             max_chunks: Some(limits::MAX_CHUNKS),
+            digest_buckets: super::announced_digest_buckets(hub.cfg.digest_buckets),
         };
         if let Err(end) = self.send_frame(Frame::Welcome(welcome)).await {
             return end;
@@ -93,16 +94,19 @@ where
                 Err(end) => return end,
             },
         };
+        // A summary-mode Hello has no `applied`: versions come with the
+        // buckets asked for after its summary (docs/protocol.md §9).
         let settled = self.settle_many(applied.iter().map(|a| (&a.object, a.version)));
         let _ = hub.store.audit(
             "tunnel.connect",
             Some(&self.id.cluster),
             "ok",
             &format!(
-                "peer={} agent_version={agent_version} applied={} settled={settled} window={}",
+                "peer={} agent_version={agent_version} applied={} settled={settled} window={} digest_buckets={}",
                 self.peer,
                 applied.len(),
-                self.window
+                self.window,
+                hello.digest_buckets
             ),
         );
         drop(applied);

@@ -129,6 +129,7 @@ pub fn frames() -> Value {
             max_chunks: None,
             recovery_window_secs: None,
             ca_bundle_pem: None,
+            digest_buckets: None,
         }))),
         frame_vector("welcome_ca_rotation", "hub -> agent, answer to hello from a hub with certificate recovery, during a hub CA rotation: the bundle holds the issuing CA first, then the old one (protocol.md section 5.1)", Envelope::new(1, 1, Frame::Welcome(Welcome {
             cluster_id: CLUSTER_ID.into(),
@@ -144,9 +145,10 @@ pub fn frames() -> Value {
                 "-----BEGIN CERTIFICATE-----\nMIIB...(new CA)\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nMIIB...(old CA)\n-----END CERTIFICATE-----\n".into(),
             ),
             max_chunks: None,
+            digest_buckets: None,
         }))),
         frame_vector("intent", "hub -> agent, a signed apply intent (see intents.json)", Envelope::new(2, 1, Frame::Intent(signed))),
-        frame_vector("resync_request", "hub -> agent", Envelope::new(3, 2, Frame::ResyncRequest(ResyncRequest { reason: Some("hub store restored".into()), objects: vec![app_ref()] }))),
+        frame_vector("resync_request", "hub -> agent", Envelope::new(3, 2, Frame::ResyncRequest(ResyncRequest { reason: Some("hub store restored".into()), objects: vec![app_ref()], buckets: vec![] }))),
         frame_vector("cert_issued", "hub -> agent, answer to renew_cert", Envelope::new(4, 4, Frame::CertIssued(CertIssued {
             certificate_pem: "-----BEGIN CERTIFICATE-----\nMIIB...\n-----END CERTIFICATE-----\n".into(),
             ca_bundle_pem: "-----BEGIN CERTIFICATE-----\nMIIC...\n-----END CERTIFICATE-----\n".into(),
@@ -159,6 +161,7 @@ pub fn frames() -> Value {
             applied: vec![AppliedVersion { object: app_ref(), version: 6 }],
             max_in_flight: None,
             chunk: None,
+            digest_buckets: false,
         }))),
         frame_vector("intent_ack_applied", "agent -> hub", Envelope::new(2, 2, Frame::IntentAck(IntentAck {
             intent_id: apply_payload(7).intent_id,
@@ -195,6 +198,7 @@ pub fn frames() -> Value {
         frame_vector("inventory", "agent -> hub, digest after reconnect", Envelope::new(6, 3, Frame::Inventory(Inventory {
             objects: vec![InventoryEntry { object: app_ref(), version: 7, status_hash: "9f2c4e1ab0d37c55".into() }],
             chunk: None,
+            buckets: None,
         }))),
         frame_vector("event", "agent -> hub, audit", Envelope::new(7, 3, Frame::Event(Event {
             time: NOW,
@@ -419,6 +423,7 @@ pub fn decode_errors() -> Value {
             applied: vec![],
             max_in_flight: None,
             chunk: None,
+            digest_buckets: false,
         }),
     );
     let bytes = encode(&hello, &Limits::default()).expect("encode");
@@ -548,6 +553,7 @@ pub fn chunks() -> Value {
                     applied: part,
                     max_in_flight: (c.index == 0).then_some(256),
                     chunk: Some(c),
+                    digest_buckets: false,
                 })),
             )
         })
@@ -570,6 +576,7 @@ pub fn chunks() -> Value {
                 recovery_window_secs: None,
                 ca_bundle_pem: None,
                 max_chunks: Some(limits::MAX_CHUNKS),
+                digest_buckets: None,
             }),
         ),
     );
@@ -592,6 +599,7 @@ pub fn chunks() -> Value {
                     Frame::Inventory(Inventory {
                         objects: part,
                         chunk: Some(c),
+                        buckets: None,
                     }),
                 ),
             )
