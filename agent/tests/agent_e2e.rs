@@ -802,7 +802,10 @@ async fn a_reconnect_sends_a_bucket_summary_and_only_the_buckets_that_changed() 
         .unwrap();
     for i in 0..N {
         hub.hub
-            .apply(Some(cluster), &app_manifest(&ns, &format!("app-{i:02}"), "d"))
+            .apply(
+                Some(cluster),
+                &app_manifest(&ns, &format!("app-{i:02}"), "d"),
+            )
             .unwrap();
     }
     eventually(STEP, "every intent acked", || async {

@@ -462,6 +462,19 @@ mod tests {
     }
 
     #[test]
+    fn a_summary_hello_goes_only_to_a_hub_url_that_announced_digests_last_time() {
+        let hubs = DigestHubs::default();
+        let url = "wss://hub.example:8443/v1/tunnel";
+        assert!(!hubs.knows(url), "a new process starts with full hellos");
+        hubs.record(url, true);
+        assert!(hubs.knows(url));
+        assert!(!hubs.knows("wss://other.example/v1/tunnel"));
+        // The hub stopped announcing them (downgraded): full hellos again.
+        hubs.record(url, false);
+        assert!(!hubs.knows(url));
+    }
+
+    #[test]
     fn welcome_limits_are_clamped_to_what_the_agent_accepts() {
         let l = limits_from(&welcome(20, 60, 1 << 20, 32));
         assert_eq!((l.heartbeat_secs, l.idle_timeout_secs), (20, 60));
