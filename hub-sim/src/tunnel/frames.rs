@@ -245,7 +245,10 @@ where
             count: s.bucket_count,
             requested: differing.clone(),
         });
-        if !differing.is_empty() {
+        if differing.is_empty() {
+            // Every bucket matched: the view is the agent's inventory.
+            self.store_inventory(&view);
+        } else {
             self.send_frame(Frame::ResyncRequest(ResyncRequest {
                 reason: Some("digest buckets differ from the hub's view".into()),
                 objects: vec![],
@@ -274,6 +277,23 @@ where
             return Err(digest_end(&self.hub, &e));
         }
         self.reconcile(inv, Some((&buckets, count))).await
+    }
+
+    /// Stores the agent's inventory as last reported (admin API, and the
+    /// base of the next bucketed comparison).
+    fn store_inventory(&self, objects: &[proto::InventoryEntry]) {
+        let body = serde_json::json!({
+            "objects": objects.iter().map(|e| serde_json::json!({
+                "kind": e.object.kind.as_str(),
+                "namespace": e.object.namespace,
+                "name": e.object.name,
+                "version": e.version,
+                "status_hash": e.status_hash,
+            })).collect::<Vec<_>>()
+        });
+        if let Err(e) = self.hub.store.put_inventory(&self.id.cluster, &body) {
+            tracing::error!(error = %e, "recording inventory failed");
+        }
     }
 
     /// An inventory settles what the agent holds, requeues what it lost, asks
@@ -374,45 +394,14 @@ where
             }))
             .await?;
         }
-        let mut objects: Vec<serde_json::Value> = inv
-            .objects
-            .iter()
-            .map(|e| {
-                serde_json::json!({
-                    "kind": e.object.kind.as_str(),
-                    "namespace": e.object.namespace,
-                    "name": e.object.name,
-                    "version": e.version,
-                    "status_hash": e.status_hash,
-                })
-            })
-            .collect();
+        let mut objects = inv.objects;
         if scope.is_some() {
-            // Entries of the other buckets stay as stored: they matched.
-            let stored = hub.store.inventory(&cluster).ok().flatten();
-            let kept = stored
-                .as_ref()
-                .and_then(|b| b["objects"].as_array())
-                .into_iter()
-                .flatten()
-                .filter(|o| {
-                    let Some(kind) = o["kind"].as_str().and_then(super::kind_of) else {
-                        return false;
-                    };
-                    let r = ObjectRef::new(
-                        kind,
-                        o["namespace"].as_str().unwrap_or_default(),
-                        o["name"].as_str().unwrap_or_default(),
-                    );
-                    !in_scope(&r)
-                })
-                .cloned();
-            objects.extend(kept);
+            // The other buckets matched: the hub's view of them is the
+            // agent's inventory, so the stored one is complete again.
+            let view = hub.store.digest_view(&cluster).unwrap_or_default();
+            objects.extend(view.into_iter().filter(|e| !in_scope(&e.object)));
         }
-        let body = serde_json::json!({ "objects": objects });
-        if let Err(e) = hub.store.put_inventory(&cluster, &body) {
-            tracing::error!(error = %e, "recording inventory failed");
-        }
+        self.store_inventory(&objects);
         self.pump().await?;
         Ok(())
     }
