@@ -246,8 +246,11 @@ where
             requested: differing.clone(),
         });
         if differing.is_empty() {
-            // Every bucket matched: the view is the agent's inventory.
+            // Every bucket matched: the view is the agent's inventory, and
+            // every version the agent holds is settled already.
             self.store_inventory(&view);
+            self.hold_intents_until = None;
+            self.pump().await?;
         } else {
             self.send_frame(Frame::ResyncRequest(ResyncRequest {
                 reason: Some("digest buckets differ from the hub's view".into()),
@@ -314,6 +317,9 @@ where
         let in_scope = |o: &ObjectRef| {
             scope.is_none_or(|(b, c)| b.binary_search(&digest::bucket_of(o, c)).is_ok())
         };
+        // Versions are settled below: intents held since a summary-mode
+        // Hello may go now.
+        self.hold_intents_until = None;
         self.settle_many(inv.objects.iter().map(|e| (&e.object, e.version)));
         // Objects whose newest intent is newer than what the agent holds
         // get that intent again, even if it was acked before (the cluster

@@ -70,6 +70,10 @@ struct Conn<S> {
     inventory_deadline: Option<Instant>,
     /// The bucketed digest of this connection, once its summary arrived.
     digest: Option<DigestState>,
+    /// After a summary-mode Hello, intents wait until the digest exchange
+    /// has settled versions (or this deadline passes), so that intents the
+    /// agent already applied are not resent.
+    hold_intents_until: Option<Instant>,
     /// Store seq of the last intent sent on this connection.
     cursor: i64,
     renewals: u32,
@@ -109,6 +113,7 @@ where
         inventory: Assembly::new(limits::MAX_CHUNKS, limits::MAX_CHUNKED_ENTRIES),
         inventory_deadline: None,
         digest: None,
+        hold_intents_until: None,
         cursor: 0,
         renewals: 0,
         last_rx: Instant::now(),

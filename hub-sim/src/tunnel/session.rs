@@ -110,6 +110,11 @@ where
             ),
         );
         drop(applied);
+        if hello.digest_buckets && super::announced_digest_buckets(hub.cfg.digest_buckets).is_some()
+        {
+            self.hold_intents_until =
+                Some(Instant::now() + Duration::from_secs(limits::CHUNK_TIMEOUT_SECS));
+        }
         let faults = hub.faults_for(&self.id.cluster);
         if faults.oversized_frame
             && let Err(end) = self.send_oversized().await
@@ -196,6 +201,12 @@ where
                 }
                 _ = ping.tick() => {
                     if let Err(end) = self.send_msg(Message::Ping(Bytes::new())).await {
+                        return end;
+                    }
+                    // A digest exchange that never came: stop holding intents.
+                    if self.hold_intents_until.is_some_and(|t| Instant::now() >= t)
+                        && let Err(end) = self.pump().await
+                    {
                         return end;
                     }
                 }
