@@ -7,7 +7,8 @@
 //! A second benchmark (`big_cluster_rss_and_reconnect_digest`) holds 10,000
 //! ApplicationInstances (`VWS_BENCH_BIG_N`), reads the agent's RSS, cuts the
 //! tunnel, changes 10 statuses while it is down, and counts the bytes the
-//! agent sends after it reconnects (Hello, Inventory, Status).
+//! agent sends after it reconnects (Hello, InventorySummary, the Inventory of
+//! the buckets the hub asked for, Status).
 //!
 //! cargo test --release -p vworkspace-agent --test agent_bench -- --ignored --nocapture
 
@@ -277,7 +278,14 @@ async fn out_metric(admin: std::net::SocketAddr, metric: &str, frame_type: &str)
 
 async fn out_counts(admin: std::net::SocketAddr) -> HashMap<&'static str, (f64, f64)> {
     let mut m = HashMap::new();
-    for t in ["hello", "inventory", "status", "intent_ack", "event"] {
+    for t in [
+        "hello",
+        "inventory",
+        "inventory_summary",
+        "status",
+        "intent_ack",
+        "event",
+    ] {
         let frames = out_metric(admin, "vworkspace_agent_frames_total", t).await;
         let bytes = out_metric(admin, "vworkspace_agent_frame_bytes_total", t).await;
         m.insert(t, (frames, bytes));
@@ -424,8 +432,9 @@ async fn big_cluster_rss_and_reconnect_digest() {
         0.0
     };
     let (inv_frames, inv_bytes) = delta("inventory");
+    let (sum_frames, sum_bytes) = delta("inventory_summary");
     let (st_frames, st_bytes) = delta("status");
-    let reconnect_bytes = hello_one + inv_bytes + st_bytes;
+    let reconnect_bytes = hello_one + sum_bytes + inv_bytes + st_bytes;
     let (all_st_frames, all_st_bytes) = initial["status"];
     let (_, all_inv_bytes) = initial["inventory"];
     println!(
@@ -433,6 +442,7 @@ async fn big_cluster_rss_and_reconnect_digest() {
          {n} intents applied in {applied_in:.2?}\n\
          agent RSS idle {:.1} MiB, with {n} objects {:.1} MiB\n\
          after a reconnect with {CHANGED} changed: hello {:.0} B (one; {hello_frames} sent incl. refused attempts), \
+         summary {sum_bytes:.0} B in {sum_frames} frames, \
          inventory {inv_bytes:.0} B in {inv_frames} frames, status {st_bytes:.0} B in {st_frames} frames; total {reconnect_bytes:.0} B\n\
          baseline: every status once (the first connection's stream) {all_st_bytes:.0} B in {all_st_frames} frames (+ inventory {all_inv_bytes:.0} B)",
         idle_rss as f64 / 1024.0,
@@ -440,6 +450,8 @@ async fn big_cluster_rss_and_reconnect_digest() {
         hello_one,
     );
     figure("reconnect_hello_bytes", hello_one);
+    figure("reconnect_summary_bytes", sum_bytes);
+    figure("reconnect_summary_frames", sum_frames);
     figure("reconnect_inventory_bytes", inv_bytes);
     figure("reconnect_inventory_frames", inv_frames);
     figure("reconnect_status_bytes", st_bytes);

@@ -758,3 +758,147 @@ async fn with_the_controllers_running_behind_the_lease_statuses_of_instances_and
     assert_no_secrets_logged(&cp, &[&token]).await;
     hub.shutdown().await;
 }
+
+/// The agent's outgoing frames of one type: (frames, bytes).
+async fn sent(agent: &RunningAgent, frame_type: &str) -> (f64, f64) {
+    let labels = format!("{{direction=\"out\",type=\"{frame_type}\"}}");
+    let frames = agent
+        .metric(&format!("vworkspace_agent_frames_total{labels}"))
+        .await
+        .unwrap_or(0.0);
+    let bytes = agent
+        .metric(&format!("vworkspace_agent_frame_bytes_total{labels}"))
+        .await
+        .unwrap_or(0.0);
+    (frames, bytes)
+}
+
+/// The hub's stored status hash of one object of the cluster.
+fn hub_hash(hub: &hub_sim::RunningHub, cluster: &str, name: &str) -> Option<String> {
+    hub.hub
+        .store()
+        .statuses(Some(cluster), None)
+        .ok()?
+        .into_iter()
+        .find(|s| s.name == name)
+        .and_then(|s| s.hash)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reconnect_sends_a_bucket_summary_and_only_the_buckets_that_changed() {
+    const N: usize = 40;
+    let cluster = "edge-digest";
+    let Joined {
+        serial: _serial,
+        cp,
+        dir,
+        hub,
+        token,
+    } = joined("digest", cluster).await;
+    let mut agent = start_agent(&cp.client, agent_config(&cp, "replica-1")).await;
+    agent.wait_state(ConnState::Connected, CONNECT).await;
+    let ns = vworkspace_e2e::test_namespace(&cp.client, "digest")
+        .await
+        .unwrap();
+    for i in 0..N {
+        hub.hub
+            .apply(
+                Some(cluster),
+                &app_manifest(&ns, &format!("app-{i:02}"), "d"),
+            )
+            .unwrap();
+    }
+    eventually(STEP, "every intent acked", || async {
+        hub.hub
+            .store()
+            .pending_intents(cluster, 0, 1)
+            .ok()?
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    eventually(STEP, "every status at the hub", || async {
+        let n = hub.hub.store().statuses(Some(cluster), None).ok()?.len();
+        (n > N).then_some(())
+    })
+    .await;
+    // The first connection after the start: a full Hello, then a summary
+    // (this hub announces bucketed digests), not a whole inventory.
+    assert_eq!(sent(&agent, "inventory_summary").await.0, 1.0);
+
+    // Cut the tunnel; while it is down, change two statuses.
+    let hello_before = sent(&agent, "hello").await;
+    hub.hub
+        .set_faults(
+            cluster,
+            Faults {
+                drop_after_frames: Some(0),
+                ..Faults::default()
+            },
+        )
+        .unwrap();
+    agent.wait_state(ConnState::Disconnected, STEP).await;
+    let api: Api<ApplicationInstance> = Api::namespaced(cp.client.clone(), &ns);
+    let old = hub_hash(&hub, cluster, "app-03");
+    for name in ["app-03", "app-17"] {
+        api.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"observedGeneration": 42}})),
+        )
+        .await
+        .unwrap();
+    }
+    let inv_before = sent(&agent, "inventory").await;
+    hub.hub.set_faults(cluster, Faults::default()).unwrap();
+    agent.wait_state(ConnState::Connected, CONNECT).await;
+    eventually(STEP, "the changed statuses at the hub", || async {
+        (hub_hash(&hub, cluster, "app-03") != old).then_some(())
+    })
+    .await;
+    // Summary-mode Hellos (no applied versions), one summary, and an
+    // inventory of at most the changed objects' buckets (the Cluster's status
+    // may have changed too).
+    let hello_after = sent(&agent, "hello").await;
+    let hellos = hello_after.0 - hello_before.0;
+    assert!(hellos >= 1.0);
+    assert!(
+        (hello_after.1 - hello_before.1) / hellos < 300.0,
+        "a summary-mode hello is small: {hello_after:?} - {hello_before:?}"
+    );
+    assert_eq!(sent(&agent, "inventory_summary").await.0, 2.0);
+    let inv_after = sent(&agent, "inventory").await;
+    assert!(inv_after.0 - inv_before.0 <= 1.0, "one bucket inventory");
+    let stored = hub.hub.store().inventory(cluster).unwrap().unwrap();
+    assert_eq!(
+        stored["objects"].as_array().unwrap().len(),
+        N + 1,
+        "the hub's inventory holds every object and the Cluster"
+    );
+
+    // A hub without bucketed digests (same address and state): the agent
+    // sends the whole inventory, and full Hellos from then on.
+    let addr = hub.tls_addr;
+    hub.shutdown().await;
+    agent.wait_state(ConnState::Disconnected, STEP).await;
+    let mut cfg = hub_config(dir.path());
+    cfg.listen = addr;
+    cfg.digest_buckets = 0;
+    let hub = start_hub(cfg).await;
+    agent.wait_state(ConnState::Connected, CONNECT).await;
+    eventually(STEP, "a whole inventory", || async {
+        let now = sent(&agent, "inventory").await;
+        (now.0 > inv_after.0 && now.1 - inv_after.1 > 1000.0).then_some(())
+    })
+    .await;
+    assert_eq!(sent(&agent, "inventory_summary").await.0, 2.0);
+    let z = hub
+        .hub
+        .apply(Some(cluster), &app_manifest(&ns, "z", "d"))
+        .unwrap();
+    assert_eq!(outcome(&hub, cluster, &z.id).await.0, "applied");
+
+    agent.stop().await;
+    assert_no_secrets_logged(&cp, &[&token]).await;
+    hub.shutdown().await;
+}

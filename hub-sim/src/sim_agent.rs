@@ -143,6 +143,7 @@ impl Tunnel {
                 max_chunks: None,
                 recovery_window_secs: None,
                 ca_bundle_pem: None,
+                digest_buckets: None,
             },
             ring: KeyRing::new(),
         };
@@ -152,6 +153,7 @@ impl Tunnel {
             applied: vec![],
             max_in_flight: None,
             chunk: None,
+            digest_buckets: false,
         }))
         .await?;
         match t.recv().await?.body {

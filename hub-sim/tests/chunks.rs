@@ -16,6 +16,7 @@ fn hello(applied: Vec<AppliedVersion>, offer: Option<u32>, chunk: Option<Chunk>)
         applied,
         max_in_flight: offer,
         chunk,
+        digest_buckets: false,
     })
 }
 
@@ -164,6 +165,7 @@ async fn hello_and_inventory_of_50000_objects_are_chunked_and_assembled() {
         a.send(Frame::Inventory(Inventory {
             objects: part,
             chunk: Some(c),
+            buckets: None,
         }))
         .await;
     }
@@ -201,6 +203,7 @@ async fn broken_or_endless_chunks_end_with_chunk_error() {
         a.send(Frame::Inventory(Inventory {
             objects: vec![],
             chunk: Some(Chunk { index, count: 3 }),
+            buckets: None,
         }))
         .await;
     }
@@ -210,6 +213,7 @@ async fn broken_or_endless_chunks_end_with_chunk_error() {
     a.send(Frame::Inventory(Inventory {
         objects: vec![],
         chunk: Some(Chunk { index: 0, count: 2 }),
+        buckets: None,
     }))
     .await;
     a.send(Frame::Inventory(Inventory::default())).await;

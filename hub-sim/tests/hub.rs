@@ -362,6 +362,7 @@ async fn offline_intents_are_delivered_in_order_and_resume_from_applied() {
         .send(Frame::Inventory(proto::Inventory {
             objects: vec![entry("a", "h1"), entry("zz", "h9")],
             chunk: None,
+            buckets: None,
         }))
         .await;
     match agent.recv().await.body {
@@ -774,6 +775,7 @@ async fn fault_switches_do_what_they_say() {
         applied: vec![],
         max_in_flight: None,
         chunk: None,
+        digest_buckets: false,
     }))
     .await;
     assert!(
@@ -877,6 +879,7 @@ async fn inventory_behind_the_hub_gets_acked_intents_again() {
             status_hash: String::new(),
         }],
         chunk: None,
+        buckets: None,
     }))
     .await;
     let (seq, _, again) = a.recv_intent().await;

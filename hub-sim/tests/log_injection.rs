@@ -52,6 +52,7 @@ async fn newlines_from_the_agent_do_not_start_log_lines() {
             applied: vec![],
             max_in_flight: None,
             chunk: None,
+            digest_buckets: false,
         }))
         .await;
     assert!(matches!(agent.recv().await.body, Frame::Welcome(_)));

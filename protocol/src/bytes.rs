@@ -31,3 +31,31 @@ pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D:
     }
     d.deserialize_byte_buf(BinVisitor).map_err(D::Error::custom)
 }
+
+/// The same for a list of byte strings: an array of `bin`.
+pub(crate) mod list {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    struct BinRef<'a>(&'a [u8]);
+
+    impl Serialize for BinRef<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(transparent)]
+    struct Bin(#[serde(with = "super")] Vec<u8>);
+
+    pub(crate) fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|b| BinRef(b)))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        Ok(Vec::<Bin>::deserialize(d)?
+            .into_iter()
+            .map(|b| b.0)
+            .collect())
+    }
+}

@@ -36,6 +36,8 @@ pub enum ErrorCode {
     CsrInvalid,
     /// A chunked frame broke the chunk rules (order, count, size or time).
     ChunkError,
+    /// A bucketed digest broke its rules (count, hash length, bucket list).
+    DigestError,
 }
 
 impl ErrorCode {
@@ -52,6 +54,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::CsrInvalid,
         ErrorCode::ChunkError,
+        ErrorCode::DigestError,
     ];
 
     /// The code as written on the wire.
@@ -68,6 +71,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::CsrInvalid => "csr_invalid",
             ErrorCode::ChunkError => "chunk_error",
+            ErrorCode::DigestError => "digest_error",
         }
     }
 
@@ -80,7 +84,7 @@ impl ErrorCode {
     pub const fn close_code(self) -> u16 {
         match self {
             ErrorCode::FrameTooLarge => 1009,
-            ErrorCode::Unauthorized | ErrorCode::ChunkError => 1008,
+            ErrorCode::Unauthorized | ErrorCode::ChunkError | ErrorCode::DigestError => 1008,
             ErrorCode::Internal => 1011,
             _ => 1002,
         }

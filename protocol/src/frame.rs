@@ -150,6 +150,8 @@ pub enum Frame {
     Status(Status),
     /// Agent → hub: digest of what the agent holds.
     Inventory(Inventory),
+    /// Agent → hub: one hash per bucket of the digest, instead of the digest.
+    InventorySummary(InventorySummary),
     /// Agent → hub: an audit event.
     Event(Event),
     /// Agent → hub: asks for a new client certificate.
@@ -176,6 +178,7 @@ impl Frame {
             Frame::IntentAck(_) => "intent_ack",
             Frame::Status(_) => "status",
             Frame::Inventory(_) => "inventory",
+            Frame::InventorySummary(_) => "inventory_summary",
             Frame::Event(_) => "event",
             Frame::RenewCert(_) => "renew_cert",
             Frame::Unsupported { type_name } => type_name,
@@ -196,6 +199,7 @@ enum WireFrameRef<'a> {
     IntentAck(&'a IntentAck),
     Status(&'a Status),
     Inventory(&'a Inventory),
+    InventorySummary(&'a InventorySummary),
     Event(&'a Event),
     RenewCert(&'a RenewCert),
 }
@@ -213,6 +217,7 @@ enum WireFrame {
     IntentAck(IntentAck),
     Status(Status),
     Inventory(Inventory),
+    InventorySummary(InventorySummary),
     Event(Event),
     RenewCert(RenewCert),
     #[serde(other)]
@@ -232,6 +237,7 @@ impl Serialize for Frame {
             Frame::IntentAck(f) => WireFrameRef::IntentAck(f),
             Frame::Status(f) => WireFrameRef::Status(f),
             Frame::Inventory(f) => WireFrameRef::Inventory(f),
+            Frame::InventorySummary(f) => WireFrameRef::InventorySummary(f),
             Frame::Event(f) => WireFrameRef::Event(f),
             Frame::RenewCert(f) => WireFrameRef::RenewCert(f),
             Frame::Unsupported { type_name } => {
@@ -259,6 +265,7 @@ impl<'de> Deserialize<'de> for Frame {
             WireFrame::IntentAck(f) => Frame::IntentAck(f),
             WireFrame::Status(f) => Frame::Status(f),
             WireFrame::Inventory(f) => Frame::Inventory(f),
+            WireFrame::InventorySummary(f) => Frame::InventorySummary(f),
             WireFrame::Event(f) => Frame::Event(f),
             WireFrame::RenewCert(f) => Frame::RenewCert(f),
             WireFrame::Unknown => Frame::Unsupported {
@@ -301,6 +308,11 @@ pub struct Welcome {
     /// (see [`Chunk`]): the most chunks it accepts for one of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_chunks: Option<u32>,
+    /// Present when the hub compares bucketed digests (`InventorySummary`):
+    /// the most buckets it accepts in one (a power of two, see
+    /// [`crate::digest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_buckets: Option<u32>,
 }
 
 /// Position of one frame in a chunked `Hello` or `Inventory`: a list too long
@@ -332,6 +344,11 @@ pub struct ResyncRequest {
     /// Objects whose status the hub wants resent; empty means "send an Inventory".
     #[serde(default)]
     pub objects: Vec<ObjectRef>,
+    /// Buckets of the agent's last `InventorySummary` whose entries the hub
+    /// wants (strictly ascending); the agent answers with an `Inventory`
+    /// naming them in `buckets`. Sent only to an agent that sent a summary.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<u32>,
 }
 
 /// Hub → agent: the renewed client certificate.
@@ -390,6 +407,11 @@ pub struct Hello {
     /// Present when `applied` is split over several `Hello` frames.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk: Option<Chunk>,
+    /// `true`: `applied` is left empty on purpose, the versions come in the
+    /// entries of the buckets the hub asks for after `InventorySummary`.
+    /// Sent only to a hub that announced `digest_buckets` before.
+    #[serde(default, skip_serializing_if = "core::ops::Not::not")]
+    pub digest_buckets: bool,
 }
 
 /// Outcome of one intent.
@@ -499,6 +521,25 @@ pub struct Inventory {
     /// Present when the digest is split over several `Inventory` frames.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk: Option<Chunk>,
+    /// Present when this digest answers `ResyncRequest{buckets}`: it holds
+    /// exactly the entries of these buckets, so an object of one of them
+    /// that is missing is gone from the cluster. Absent: the whole digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<Vec<u32>>,
+}
+
+/// Agent → hub: the digest in buckets (see [`crate::digest`]), sent instead
+/// of `Inventory` to a hub that announced `digest_buckets`. The hub asks
+/// with `ResyncRequest{buckets}` for the entries of the buckets that differ
+/// from its own view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventorySummary {
+    /// Number of buckets: a power of two from [`crate::digest::MIN_BUCKETS`]
+    /// to the hub's `Welcome::digest_buckets`.
+    pub bucket_count: u32,
+    /// One 16-byte hash per bucket, in bucket order (wire type `[bin]`).
+    #[serde(with = "crate::bytes::list")]
+    pub hashes: Vec<Vec<u8>>,
 }
 
 /// Agent → hub: an audit event.

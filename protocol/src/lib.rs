@@ -12,6 +12,7 @@
 mod bytes;
 pub mod chunk;
 pub mod codec;
+pub mod digest;
 pub mod enrollment;
 pub mod frame;
 pub mod intent;
@@ -25,8 +26,8 @@ pub mod version;
 pub use codec::{DecodeError, EncodeError, ErrorCode, decode, encode};
 pub use frame::{
     AppliedVersion, CertIssued, Chunk, Condition, Envelope, ErrorFrame, Event, Frame, Goodbye,
-    Hello, IntentAck, IntentOutcome, Inventory, InventoryEntry, ObjectKind, ObjectRef, RenewCert,
-    ResyncRequest, Status, Welcome,
+    Hello, IntentAck, IntentOutcome, Inventory, InventoryEntry, InventorySummary, ObjectKind,
+    ObjectRef, RenewCert, ResyncRequest, Status, Welcome,
 };
 pub use intent::{
     INTENT_SIGNING_CONTEXT, IntentAction, IntentPayload, IntentSigner, KeyRing, KeyRingError,

@@ -12,6 +12,7 @@ fn hello() -> Envelope {
             applied: vec![],
             max_in_flight: None,
             chunk: None,
+            digest_buckets: false,
         }),
     )
 }

@@ -240,3 +240,80 @@ fn chunk_vectors_decode_reencode_and_assemble_as_specified() {
         }
     }
 }
+
+#[test]
+fn digest_vectors_bucket_hash_and_check_as_specified() {
+    use vworkspace_protocol::digest::{self as d, DigestError};
+    let file = load("digest.json");
+    let entries = vectors::digest_entries();
+    for o in file["objects"].as_array().expect("objects") {
+        let obj: ObjectRef = serde_json::from_value(o["object"].clone()).expect("object");
+        let pre = unhex(&o["preimage_hex"]);
+        let sha = unhex(&o["sha256_hex"]);
+        assert_eq!(
+            ring::digest::digest(&ring::digest::SHA256, &pre).as_ref(),
+            &sha[..]
+        );
+        let first = u32::from_be_bytes(sha[..4].try_into().unwrap());
+        for n in [16u32, 1024] {
+            let b = o[format!("bucket_{n}")].as_u64().expect("bucket") as u32;
+            assert_eq!(first % n, b);
+            assert_eq!(d::bucket_of(&obj, n), b);
+        }
+    }
+    let count = file["bucket_count"].as_u64().expect("count") as u32;
+    let hashes = d::bucket_hashes(&entries, count);
+    for b in file["buckets"].as_array().expect("buckets") {
+        let i = b["bucket"].as_u64().expect("bucket") as usize;
+        let hashed = unhex(&b["hashed_hex"]);
+        let sha = ring::digest::digest(&ring::digest::SHA256, &hashed);
+        assert_eq!(&sha.as_ref()[..16], &unhex(&b["hash_hex"])[..]);
+        assert_eq!(hashes[i], unhex(&b["hash_hex"]));
+    }
+    for v in file["frames"].as_array().expect("frames") {
+        let bytes = unhex(&v["hex"]);
+        let env =
+            decode(&bytes, &Limits::default()).unwrap_or_else(|e| panic!("{}: {e}", v["name"]));
+        assert_eq!(vectors::meaning(&env), v["decoded"], "{}", v["name"]);
+        assert_eq!(encode(&env, &Limits::default()).expect("encode"), bytes);
+    }
+    let kind = |e: DigestError| match e {
+        DigestError::BucketCount { .. } => "bucket_count",
+        DigestError::HashCount { .. } => "hash_count",
+        DigestError::HashLength { .. } => "hash_length",
+        DigestError::BucketList { .. } => "bucket_list",
+        _ => "other",
+    };
+    let got = |r: Result<(), DigestError>| match r {
+        Ok(()) => serde_json::json!("ok"),
+        Err(e) => serde_json::json!({"error": kind(e)}),
+    };
+    for c in file["summaries"].as_array().expect("summaries") {
+        let s = InventorySummary {
+            bucket_count: c["bucket_count"].as_u64().expect("count") as u32,
+            hashes: c["hash_lengths"]
+                .as_array()
+                .expect("lengths")
+                .iter()
+                .map(|n| vec![0; n.as_u64().expect("len") as usize])
+                .collect(),
+        };
+        assert_eq!(
+            got(d::check_summary(&s, d::MAX_BUCKETS)),
+            c["expect"],
+            "{}",
+            c["name"]
+        );
+    }
+    for c in file["bucket_lists"].as_array().expect("bucket_lists") {
+        let list: Vec<u32> = serde_json::from_value(c["buckets"].clone()).expect("buckets");
+        let count = c["bucket_count"].as_u64().expect("count") as u32;
+        assert_eq!(
+            got(d::check_buckets(&list, count)),
+            c["expect"],
+            "{}",
+            c["name"]
+        );
+    }
+    assert_eq!(file["error"]["code"], "digest_error");
+}

@@ -163,6 +163,7 @@ impl Outbox {
                 })
                 .collect(),
             chunk: None,
+            buckets: None,
         }
     }
 

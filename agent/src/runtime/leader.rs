@@ -77,6 +77,7 @@ pub(super) async fn run(term: Term, stop: CancellationToken) {
         redactor,
         tombstones: Tombstones::new(client.clone(), &cfg.namespace),
         finalize_instances: cfg.controllers,
+        digest_hubs: Default::default(),
     };
     let statuses = status::run(
         client.clone(),

@@ -188,6 +188,11 @@ pub struct ServeArgs {
     /// can lower it; agents that offer none get at most 32).
     #[arg(long, env = "HUB_SIM_WINDOW", default_value_t = 1024)]
     pub window: usize,
+    /// Most buckets of a bucketed reconnect digest the hub compares (a power
+    /// of two from 16 to 32768; 0: ask agents for the whole inventory, as
+    /// hubs without bucketed digests do).
+    #[arg(long, env = "HUB_SIM_DIGEST_BUCKETS", default_value_t = vworkspace_protocol::digest::MAX_BUCKETS)]
+    pub digest_buckets: u32,
     /// WebSocket ping interval.
     #[arg(long, env = "HUB_SIM_PING_INTERVAL", default_value = "20s")]
     pub ping_interval: HumanDuration,
@@ -235,6 +240,7 @@ impl ServeArgs {
             intent_ttl,
             max_connections,
             window,
+            digest_buckets,
             ping_interval,
             idle_timeout,
             retry_after,
@@ -261,6 +267,7 @@ impl ServeArgs {
         cfg.intent_ttl = intent_ttl.0;
         cfg.max_connections = max_connections;
         cfg.window = window.max(1);
+        cfg.digest_buckets = digest_buckets;
         cfg.ping_interval = ping_interval.0;
         cfg.idle_timeout = idle_timeout.0;
         cfg.shutdown_retry_after = retry_after.0;

@@ -29,6 +29,10 @@ pub struct Config {
     /// the smaller of this and the agent's `Hello.max_in_flight` (32 for an
     /// agent that offers none).
     pub window: usize,
+    /// Most buckets of an `InventorySummary` the hub compares, announced in
+    /// `Welcome.digest_buckets`; below 16 the hub does not announce it and
+    /// agents send the whole `Inventory` after every reconnect.
+    pub digest_buckets: u32,
     /// WebSocket ping interval.
     pub ping_interval: Duration,
     /// Drop a tunnel that sent nothing for this long.
@@ -90,6 +94,7 @@ impl Config {
             intent_ttl: Duration::from_secs(600),
             max_connections: 10_000,
             window: 1024,
+            digest_buckets: vworkspace_protocol::digest::MAX_BUCKETS,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             shutdown_retry_after: Duration::from_secs(5),

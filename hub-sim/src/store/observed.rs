@@ -148,6 +148,100 @@ impl Store {
         Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
     }
 
+    /// The hub's view of what a cluster's agent holds, to compare with its
+    /// bucketed digest: every object of the last inventory, plus every object
+    /// an acked intent (applied or noop) put there since; the version is the
+    /// highest of the inventory's and the acked ones, the status hash that of
+    /// the last status stored (empty when none is, so the bucket differs and
+    /// the hub asks for it). Objects whose newest
+    /// acked intent deletes them, or whose last status is a tombstone, are
+    /// left out, as the agent leaves them out of its inventory.
+    pub fn digest_view(
+        &self,
+        cluster: &str,
+    ) -> Result<Vec<vworkspace_protocol::InventoryEntry>, StoreError> {
+        use std::collections::BTreeMap;
+        type Key = (String, String, String);
+        // (version, deleted by the intent of that version, status hash)
+        let mut view: BTreeMap<Key, (u64, bool, Option<String>)> = BTreeMap::new();
+        if let Some(inv) = self.inventory(cluster)? {
+            for o in inv["objects"].as_array().into_iter().flatten() {
+                let key = (
+                    o["kind"].as_str().unwrap_or_default().to_owned(),
+                    o["namespace"].as_str().unwrap_or_default().to_owned(),
+                    o["name"].as_str().unwrap_or_default().to_owned(),
+                );
+                view.insert(key, (o["version"].as_u64().unwrap_or(0), false, None));
+            }
+        }
+        let conn = self.conn();
+        {
+            let mut stmt = conn.prepare(
+                "SELECT kind, namespace, name, version, action FROM intents
+                 WHERE cluster = ?1 AND outcome IN ('applied', 'noop') ORDER BY version",
+            )?;
+            let rows = stmt.query_map([cluster], |r| {
+                Ok((
+                    (
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ),
+                    r.get::<_, i64>(3)? as u64,
+                    r.get::<_, String>(4)?,
+                ))
+            })?;
+            for row in rows {
+                let (key, version, action) = row?;
+                let e = view.entry(key).or_insert((0, false, None));
+                if version >= e.0 {
+                    *e = (version, action == "delete", None);
+                }
+            }
+        }
+        {
+            let mut stmt = conn.prepare(
+                "SELECT kind, namespace, name, hash, outputs FROM statuses WHERE cluster = ?1",
+            )?;
+            let rows = stmt.query_map([cluster], |r| {
+                Ok((
+                    (
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ),
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                ))
+            })?;
+            for row in rows {
+                let (key, hash, outputs) = row?;
+                let tombstone = outputs
+                    .and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok())
+                    .is_some_and(|o| o["deleted"] == serde_json::Value::Bool(true));
+                // A status alone does not put an object in the view: the
+                // agent may have dropped it from its inventory since.
+                if tombstone {
+                    view.remove(&key);
+                } else if let Some(e) = view.get_mut(&key) {
+                    e.2 = hash;
+                }
+            }
+        }
+        Ok(view
+            .into_iter()
+            .filter(|(_, (_, deleted, _))| !deleted)
+            .filter_map(|((kind, namespace, name), (version, _, hash))| {
+                let kind = serde_json::from_value(serde_json::Value::String(kind)).ok()?;
+                Some(vworkspace_protocol::InventoryEntry {
+                    object: vworkspace_protocol::ObjectRef::new(kind, namespace, name),
+                    version,
+                    status_hash: hash.unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
     // ---- faults ----
 
     /// Inserts or replaces a cluster's fault-injection settings.

@@ -11,11 +11,13 @@ use vworkspace_protocol::{
 };
 
 use super::{
-    Conn, End, MAX_RENEWALS_PER_CONN, MAX_RESYNC_OBJECTS, chunk_end, close_code, error_frame,
+    Conn, DigestState, End, MAX_RENEWALS_PER_CONN, MAX_RESYNC_OBJECTS, chunk_end, close_code,
+    digest_end, error_frame,
 };
 use crate::api::ConditionView;
 use crate::sanitize::for_log;
 use crate::store::{StatusRow, now};
+use vworkspace_protocol::digest::{self, DigestError};
 
 impl<S> Conn<S>
 where
@@ -29,26 +31,15 @@ where
                 self.on_status(st);
                 Ok(())
             }
-            Frame::Inventory(inv) => match self.inventory.push(inv.chunk, inv.objects) {
-                Ok(Some(objects)) => {
-                    self.inventory_deadline = None;
-                    self.on_inventory(proto::Inventory {
-                        objects,
-                        chunk: None,
-                    })
-                    .await
+            Frame::InventorySummary(s) => self.on_inventory_summary(s).await,
+            Frame::Inventory(inv) => {
+                if let Some(b) = &inv.buckets
+                    && let Err(e) = self.check_bucket_inventory(b)
+                {
+                    return Err(digest_end(&self.hub, &e));
                 }
-                Ok(None) => {
-                    self.inventory_deadline.get_or_insert_with(|| {
-                        Instant::now() + Duration::from_secs(limits::CHUNK_TIMEOUT_SECS)
-                    });
-                    Ok(())
-                }
-                Err(e) => {
-                    self.inventory_deadline = None;
-                    Err(chunk_end(&self.hub, "inventory", &e))
-                }
-            },
+                self.on_inventory_chunk(inv).await
+            }
             Frame::Event(ev) => {
                 self.on_event(ev);
                 Ok(())
@@ -173,11 +164,174 @@ where
         self.store_status(&mut row);
     }
 
+    /// One `Inventory` frame (or chunk of one); acts on the whole once the
+    /// last chunk is in. A bucket inventory names its buckets in every chunk.
+    async fn on_inventory_chunk(&mut self, inv: proto::Inventory) -> Result<(), End> {
+        match self.inventory.push(inv.chunk, inv.objects) {
+            Ok(Some(objects)) => {
+                self.inventory_deadline = None;
+                let whole = proto::Inventory {
+                    objects,
+                    chunk: None,
+                    buckets: None,
+                };
+                match inv.buckets {
+                    Some(buckets) => self.on_bucket_inventory(whole, buckets).await,
+                    None => self.on_inventory(whole).await,
+                }
+            }
+            Ok(None) => {
+                self.inventory_deadline.get_or_insert_with(|| {
+                    Instant::now() + Duration::from_secs(limits::CHUNK_TIMEOUT_SECS)
+                });
+                Ok(())
+            }
+            Err(e) => {
+                self.inventory_deadline = None;
+                Err(chunk_end(&self.hub, "inventory", &e))
+            }
+        }
+    }
+
+    /// A bucket inventory must answer the buckets asked for after this
+    /// connection's summary, exactly.
+    fn check_bucket_inventory(&self, buckets: &[u32]) -> Result<(), DigestError> {
+        let Some(state) = &self.digest else {
+            return Err(DigestError::OutOfOrder(
+                "bucket inventory without a summary on this connection",
+            ));
+        };
+        digest::check_buckets(buckets, state.count)?;
+        if state.requested != buckets {
+            return Err(DigestError::NotRequested);
+        }
+        Ok(())
+    }
+
+    /// A bucketed digest: compare it with the hub's own view and ask for the
+    /// buckets that differ (all of them at once, or the whole inventory when
+    /// more than [`digest::MAX_REQUESTED_BUCKETS`] differ).
+    pub(super) async fn on_inventory_summary(
+        &mut self,
+        s: proto::InventorySummary,
+    ) -> Result<(), End> {
+        let hub = self.hub.clone();
+        let cluster = self.id.cluster.clone();
+        let Some(max) = super::announced_digest_buckets(hub.cfg.digest_buckets) else {
+            // Not announced: answered as a hub without bucketed digests would.
+            return self.on_unsupported("inventory_summary".into()).await;
+        };
+        if self.digest.is_some() {
+            return Err(digest_end(
+                &hub,
+                &DigestError::OutOfOrder("a second inventory_summary on one connection"),
+            ));
+        }
+        if let Err(e) = digest::check_summary(&s, max) {
+            return Err(digest_end(&hub, &e));
+        }
+        let view = match hub.store.digest_view(&cluster) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the digest view failed");
+                Vec::new()
+            }
+        };
+        let ours = digest::bucket_hashes(&view, s.bucket_count);
+        let differing = digest::differing_buckets(&ours, &s.hashes);
+        tracing::debug!(%cluster, buckets = s.bucket_count, differing = differing.len(), "bucketed digest compared");
+        if differing.len() > digest::MAX_REQUESTED_BUCKETS {
+            self.digest = Some(DigestState {
+                count: s.bucket_count,
+                requested: Vec::new(),
+            });
+            self.send_frame(Frame::ResyncRequest(ResyncRequest {
+                reason: Some("too many digest buckets differ".into()),
+                objects: vec![],
+                buckets: vec![],
+            }))
+            .await?;
+            return Ok(());
+        }
+        self.digest = Some(DigestState {
+            count: s.bucket_count,
+            requested: differing.clone(),
+        });
+        if differing.is_empty() {
+            // Every bucket matched: the view is the agent's inventory, and
+            // every version the agent holds is settled already.
+            self.store_inventory(&view);
+            self.hold_intents_until = None;
+            self.pump().await?;
+        } else {
+            self.send_frame(Frame::ResyncRequest(ResyncRequest {
+                reason: Some("digest buckets differ from the hub's view".into()),
+                objects: vec![],
+                buckets: differing,
+            }))
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The entries of the buckets asked for: reconciled like a whole
+    /// inventory, but only within those buckets.
+    async fn on_bucket_inventory(
+        &mut self,
+        inv: proto::Inventory,
+        buckets: Vec<u32>,
+    ) -> Result<(), End> {
+        let count = match &mut self.digest {
+            Some(state) => {
+                state.requested.clear();
+                state.count
+            }
+            None => return Ok(()),
+        };
+        if let Err(e) = digest::check_entries(&inv.objects, &buckets, count) {
+            return Err(digest_end(&self.hub, &e));
+        }
+        self.reconcile(inv, Some((&buckets, count))).await
+    }
+
+    /// Stores the agent's inventory as last reported (admin API, and the
+    /// base of the next bucketed comparison).
+    fn store_inventory(&self, objects: &[proto::InventoryEntry]) {
+        let body = serde_json::json!({
+            "objects": objects.iter().map(|e| serde_json::json!({
+                "kind": e.object.kind.as_str(),
+                "namespace": e.object.namespace,
+                "name": e.object.name,
+                "version": e.version,
+                "status_hash": e.status_hash,
+            })).collect::<Vec<_>>()
+        });
+        if let Err(e) = self.hub.store.put_inventory(&self.id.cluster, &body) {
+            tracing::error!(error = %e, "recording inventory failed");
+        }
+    }
+
     /// An inventory settles what the agent holds, requeues what it lost, asks
     /// for statuses whose digest differs, and is stored for the admin API.
     pub(super) async fn on_inventory(&mut self, inv: proto::Inventory) -> Result<(), End> {
+        self.reconcile(inv, None).await
+    }
+
+    /// [`Self::on_inventory`], for the whole digest or (`scope`: buckets
+    /// and bucket count) for the objects of those buckets only.
+    async fn reconcile(
+        &mut self,
+        inv: proto::Inventory,
+        scope: Option<(&[u32], u32)>,
+    ) -> Result<(), End> {
         let hub = self.hub.clone();
         let cluster = self.id.cluster.clone();
+        let in_scope = |o: &ObjectRef| {
+            scope.is_none_or(|(b, c)| b.binary_search(&digest::bucket_of(o, c)).is_ok())
+        };
+        // Versions are settled below: intents held since a summary-mode
+        // Hello may go now.
+        self.hold_intents_until = None;
         self.settle_many(inv.objects.iter().map(|e| (&e.object, e.version)));
         // Objects whose newest intent is newer than what the agent holds
         // get that intent again, even if it was acked before (the cluster
@@ -198,6 +352,16 @@ where
             .collect();
         let declared = hub.store.objects(Some(&cluster), None).unwrap_or_default();
         for obj in declared {
+            let Some(kind) = super::kind_of(&obj.kind) else {
+                continue;
+            };
+            if !in_scope(&ObjectRef::new(
+                kind,
+                obj.namespace.clone(),
+                obj.name.clone(),
+            )) {
+                continue;
+            }
             let held_version = held
                 .get(&(obj.kind.as_str(), obj.namespace.as_str(), obj.name.as_str()))
                 .map(|e| e.version);
@@ -244,21 +408,18 @@ where
             self.send_frame(Frame::ResyncRequest(ResyncRequest {
                 reason: Some("status digest differs from the hub's copy".into()),
                 objects: differing,
+                buckets: vec![],
             }))
             .await?;
         }
-        let body = serde_json::json!({
-            "objects": inv.objects.iter().map(|e| serde_json::json!({
-                "kind": e.object.kind.as_str(),
-                "namespace": e.object.namespace,
-                "name": e.object.name,
-                "version": e.version,
-                "status_hash": e.status_hash,
-            })).collect::<Vec<_>>()
-        });
-        if let Err(e) = hub.store.put_inventory(&cluster, &body) {
-            tracing::error!(error = %e, "recording inventory failed");
+        let mut objects = inv.objects;
+        if scope.is_some() {
+            // The other buckets matched: the hub's view of them is the
+            // agent's inventory, so the stored one is complete again.
+            let view = hub.store.digest_view(&cluster).unwrap_or_default();
+            objects.extend(view.into_iter().filter(|e| !in_scope(&e.object)));
         }
+        self.store_inventory(&objects);
         self.pump().await?;
         Ok(())
     }

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use vworkspace_protocol::chunk::{Assembly, ChunkError};
 use vworkspace_protocol::{
-    ErrorCode, ErrorFrame, Frame, InventoryEntry, Limits, ObjectKind, limits,
+    ErrorCode, ErrorFrame, Frame, InventoryEntry, Limits, ObjectKind, digest, limits,
 };
 
 mod frames;
@@ -69,6 +69,12 @@ struct Conn<S> {
     /// A chunked Inventory being assembled, and when it must be complete.
     inventory: Assembly<InventoryEntry>,
     inventory_deadline: Option<Instant>,
+    /// The bucketed digest of this connection, once its summary arrived.
+    digest: Option<DigestState>,
+    /// After a summary-mode Hello, intents wait until the digest exchange
+    /// has settled versions (or this deadline passes), so that intents the
+    /// agent already applied are not resent.
+    hold_intents_until: Option<Instant>,
     /// Store seq of the last intent sent on this connection.
     cursor: i64,
     /// Intents acked `apply_failed`, waiting to be sent again.
@@ -109,6 +115,8 @@ where
         in_flight: VecDeque::new(),
         inventory: Assembly::new(limits::MAX_CHUNKS, limits::MAX_CHUNKED_ENTRIES),
         inventory_deadline: None,
+        digest: None,
+        hold_intents_until: None,
         cursor: 0,
         resends: retry::Resends::default(),
         renewals: 0,
@@ -155,6 +163,37 @@ fn chunk_end(hub: &Hub, what: &str, e: &ChunkError) -> End {
         ))),
         close_code(ErrorCode::ChunkError),
         "chunk error",
+    )
+}
+
+/// The summary an agent sent on this connection and the buckets asked for.
+struct DigestState {
+    /// `InventorySummary.bucket_count`.
+    count: u32,
+    /// Buckets requested and not yet answered (ascending; empty: none).
+    requested: Vec<u32>,
+}
+
+/// What `Welcome.digest_buckets` announces for the configured limit: the
+/// largest power of two within it and [`digest::MAX_BUCKETS`], or nothing
+/// (whole inventories only) below [`digest::MIN_BUCKETS`].
+fn announced_digest_buckets(configured: u32) -> Option<u32> {
+    let n = configured.min(digest::MAX_BUCKETS);
+    let pow2 = if n == 0 {
+        0
+    } else {
+        1 << (31 - n.leading_zeros())
+    };
+    (pow2 >= digest::MIN_BUCKETS).then_some(pow2)
+}
+
+/// A bucketed digest broke the rules: `digest_error`, then close.
+fn digest_end(hub: &Hub, e: &vworkspace_protocol::digest::DigestError) -> End {
+    hub.metrics.frame_refused(ErrorCode::DigestError.as_str());
+    End::Close(
+        Some(Box::new(error_frame(ErrorCode::DigestError, e.to_string()))),
+        close_code(ErrorCode::DigestError),
+        "digest error",
     )
 }
 

@@ -2,6 +2,7 @@
 //! signing (with fault switches), frame encoding and sends with deadlines.
 
 use std::time::Duration;
+use tokio::time::Instant;
 
 use futures::SinkExt;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -26,6 +27,12 @@ where
 
     /// Sends pending intents until the window is full.
     pub(super) async fn pump(&mut self) -> Result<(), End> {
+        if let Some(until) = self.hold_intents_until {
+            if Instant::now() < until {
+                return Ok(());
+            }
+            self.hold_intents_until = None;
+        }
         let window = self.window;
         while self.in_flight.len() < window {
             let want = window - self.in_flight.len();

@@ -81,6 +81,7 @@ where
             recovery_window_secs: crate::recovery::announced_window(hub.cfg.recovery_window),
             ca_bundle_pem: Some(hub.ca_ring().bundle_pem()),
             max_chunks: Some(limits::MAX_CHUNKS),
+            digest_buckets: super::announced_digest_buckets(hub.cfg.digest_buckets),
         };
         if let Err(end) = self.send_frame(Frame::Welcome(welcome)).await {
             return end;
@@ -93,19 +94,27 @@ where
                 Err(end) => return end,
             },
         };
+        // A summary-mode Hello has no `applied`: versions come with the
+        // buckets asked for after its summary (docs/protocol.md §9).
         let settled = self.settle_many(applied.iter().map(|a| (&a.object, a.version)));
         let _ = hub.store.audit(
             "tunnel.connect",
             Some(&self.id.cluster),
             "ok",
             &format!(
-                "peer={} agent_version={agent_version} applied={} settled={settled} window={}",
+                "peer={} agent_version={agent_version} applied={} settled={settled} window={} digest_buckets={}",
                 self.peer,
                 applied.len(),
-                self.window
+                self.window,
+                hello.digest_buckets
             ),
         );
         drop(applied);
+        if hello.digest_buckets && super::announced_digest_buckets(hub.cfg.digest_buckets).is_some()
+        {
+            self.hold_intents_until =
+                Some(Instant::now() + Duration::from_secs(limits::CHUNK_TIMEOUT_SECS));
+        }
         let faults = hub.faults_for(&self.id.cluster);
         if faults.oversized_frame
             && let Err(end) = self.send_oversized().await
@@ -192,6 +201,12 @@ where
                 }
                 _ = ping.tick() => {
                     if let Err(end) = self.send_msg(Message::Ping(Bytes::new())).await {
+                        return end;
+                    }
+                    // A digest exchange that never came: stop holding intents.
+                    if self.hold_intents_until.is_some_and(|t| Instant::now() >= t)
+                        && let Err(end) = self.pump().await
+                    {
                         return end;
                     }
                 }

@@ -264,6 +264,7 @@ impl TestAgent {
             applied,
             max_in_flight: None,
             chunk: None,
+            digest_buckets: false,
         }))
         .await;
         match a.recv().await.body {

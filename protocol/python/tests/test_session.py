@@ -361,6 +361,24 @@ def test_protocol_violations_close_with_the_documented_codes():
     run(main())
 
 
+def test_bucketed_digests_are_not_announced_and_their_frames_answered_as_documented():
+    async def main() -> None:
+        async with running_hub() as hub:
+            agent = await enrolled(hub)
+            await agent.connect()
+            assert "digest_buckets" not in agent.welcome
+            # A summary sent anyway: unsupported_frame, and the connection stays.
+            await agent.send({"type": "inventory_summary", "bucket_count": 16, "hashes": [bytes(16)] * 16})
+            assert (await agent.recv_type("error")).body["code"] == "unsupported_frame"
+            await agent.send({"type": "inventory", "objects": []})
+            # A bucket inventory without a summary this hub took: digest_error, close 1008.
+            await agent.send({"type": "inventory", "objects": [], "buckets": [0]})
+            assert (await agent.recv_type("error")).body["code"] == "digest_error"
+            assert await agent.close_code() == 1008
+            await agent.close()
+    run(main())
+
+
 def test_renewal_rotation_revocation_and_goodbye_on_shutdown():
     async def main() -> None:
         port = free_port()

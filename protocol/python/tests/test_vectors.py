@@ -22,7 +22,8 @@ def meaning(value):
 
 def test_vector_files_are_all_known():
     assert sorted(p.name for p in __import__("conftest").VECTORS.glob("*.json")) == [
-        "chunks.json", "decode_errors.json", "frames.json", "intents.json", "join_token.json", "recovery.json"]
+        "chunks.json", "decode_errors.json", "digest.json", "frames.json", "intents.json", "join_token.json",
+        "recovery.json"]
 
 
 FRAMES = vectors("frames.json")
@@ -40,7 +41,9 @@ def test_frame_decodes_to_its_meaning_and_reencodes_byte_for_byte(v):
 
 
 def test_every_frame_type_has_a_vector():
-    assert {wire.decode(bytes.fromhex(v["hex"])).type for v in FRAMES["vectors"]} == wire.FRAME_TYPES
+    # inventory_summary, added within v1, has its vectors in digest.json.
+    all_frames = FRAMES["vectors"] + vectors("digest.json")["frames"]
+    assert {wire.decode(bytes.fromhex(v["hex"])).type for v in all_frames} == wire.FRAME_TYPES
 
 
 @pytest.mark.parametrize("v", FRAMES["forward_compat"], ids=lambda v: v["name"])
@@ -199,3 +202,89 @@ def test_chunk_defaults_match_the_package():
     assert (d["max_chunks"], d["max_entries"], d["timeout_secs"]) == (
         wire.MAX_CHUNKS, wire.MAX_CHUNKED_ENTRIES, wire.CHUNK_TIMEOUT_SECS)
     assert wire.ERROR_CODES["chunk_error"] == (True, 1008)
+
+
+DIGEST = vectors("digest.json")
+
+
+@pytest.mark.parametrize("v", DIGEST["frames"], ids=lambda v: v["name"])
+def test_digest_frames_decode_and_reencode_byte_for_byte(v):
+    data = bytes.fromhex(v["hex"])
+    env = wire.decode(data)
+    assert meaning({"v": env.v, "seq": env.seq, "ack": env.ack, "body": env.body}) == v["decoded"]
+    assert wire.encode(env.seq, env.ack, env.body) == data
+
+
+def test_buckets_and_bucket_hashes_follow_the_vectors():
+    import hashlib
+    from vworkspace_hub import digest
+    for o in DIGEST["objects"]:
+        pre = bytes.fromhex(o["preimage_hex"])
+        assert hashlib.sha256(pre).hexdigest() == o["sha256_hex"]
+        assert digest.bucket_of(o["object"], 16) == o["bucket_16"]
+        assert digest.bucket_of(o["object"], 1024) == o["bucket_1024"]
+    count = DIGEST["bucket_count"]
+    for b in DIGEST["buckets"]:
+        hashed = bytes.fromhex(b["hashed_hex"])
+        assert hashlib.sha256(hashed).digest()[:16].hex() == b["hash_hex"]
+        for obj in b["entries"]:
+            assert digest.bucket_of(obj, count) == b["bucket"]
+    # Rebuild the entries from the hashed lines and hash them the package's way.
+    entries = []
+    for b in DIGEST["buckets"]:
+        for line in bytes.fromhex(b["hashed_hex"]).split(b"\n")[:-1]:
+            kind, ns, name, version, status_hash = line.split(b"\0")
+            entries.append({"object": {"kind": kind.decode(), "namespace": ns.decode(), "name": name.decode()},
+                            "version": int(version), "status_hash": status_hash.decode()})
+    ours = digest.bucket_hashes(entries, count)
+    assert [h.hex() for h in ours] == [b["hash_hex"] for b in DIGEST["buckets"]]
+    summary = next(f for f in DIGEST["frames"] if f["name"] == "inventory_summary")
+    assert summary["decoded"]["body"]["hashes"] == [h.hex() for h in ours]
+    assert digest.summarize(entries, count)["hashes"] == ours
+
+
+def test_a_changed_status_changes_exactly_its_bucket():
+    from vworkspace_hub import digest
+    entries = [{"object": {"kind": "ApplicationInstance", "namespace": f"team-{i % 20:02}", "name": f"app-{i:05}"},
+                "version": i + 1, "status_hash": f"{i:016x}"} for i in range(2000)]
+    count = digest.bucket_count_for(len(entries))
+    assert count == 256
+    before = digest.bucket_hashes(entries, count)
+    changed = [dict(e) for e in entries]
+    changed[7] = dict(changed[7], status_hash="changed")
+    diff = digest.differing_buckets(before, digest.bucket_hashes(changed, count))
+    assert diff == [digest.bucket_of(entries[7]["object"], count)]
+    assert entries[7]["object"] in [e["object"] for e in digest.entries_in(changed, diff, count)]
+
+
+@pytest.mark.parametrize("case", DIGEST["summaries"], ids=lambda c: c["name"])
+def test_digest_summaries_are_checked_as_specified(case):
+    from vworkspace_hub import digest
+    body = {"bucket_count": case["bucket_count"], "hashes": [bytes(n) for n in case["hash_lengths"]]}
+    try:
+        digest.check_summary(body, digest.MAX_BUCKETS)
+        got = "ok"
+    except digest.DigestError as e:
+        got = {"error": e.kind}
+    assert got == case["expect"]
+
+
+@pytest.mark.parametrize("case", DIGEST["bucket_lists"], ids=lambda c: c["name"])
+def test_digest_bucket_lists_are_checked_as_specified(case):
+    from vworkspace_hub import digest
+    try:
+        digest.check_buckets(case["buckets"], case["bucket_count"])
+        got = "ok"
+    except digest.DigestError as e:
+        got = {"error": e.kind}
+    assert got == case["expect"]
+
+
+def test_digest_defaults_match_the_package():
+    from vworkspace_hub import digest
+    lim = DIGEST["limits"]
+    assert (lim["min_buckets"], lim["max_buckets"], lim["hash_len"], lim["max_requested_buckets"]) == (
+        digest.MIN_BUCKETS, digest.MAX_BUCKETS, digest.BUCKET_HASH_LEN, digest.MAX_REQUESTED_BUCKETS)
+    for c in DIGEST["bucket_count_for"]:
+        assert digest.bucket_count_for(c["objects"], c["max"]) == c["count"], c
+    assert wire.ERROR_CODES["digest_error"] == (True, 1008)

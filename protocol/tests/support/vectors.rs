@@ -80,6 +80,20 @@ pub fn apply_payload(version: u64) -> IntentPayload {
 pub fn meaning(env: &Envelope) -> Value {
     let mut v = serde_json::to_value(env).expect("envelope to json");
     if let Some(body) = v.get_mut("body").and_then(Value::as_object_mut)
+        && body.get("type") == Some(&json!("inventory_summary"))
+        && let Some(hashes) = body.get_mut("hashes").and_then(Value::as_array_mut)
+    {
+        for h in hashes.iter_mut() {
+            let bytes: Vec<u8> = h
+                .as_array()
+                .expect("bin")
+                .iter()
+                .map(|b| b.as_u64().expect("byte") as u8)
+                .collect();
+            *h = Value::String(hex::encode(bytes));
+        }
+    }
+    if let Some(body) = v.get_mut("body").and_then(Value::as_object_mut)
         && body.get("type") == Some(&json!("intent"))
     {
         for field in ["payload", "signature"] {
@@ -129,6 +143,7 @@ pub fn frames() -> Value {
             max_chunks: None,
             recovery_window_secs: None,
             ca_bundle_pem: None,
+            digest_buckets: None,
         }))),
         frame_vector("welcome_ca_rotation", "hub -> agent, answer to hello from a hub with certificate recovery, during a hub CA rotation: the bundle holds the issuing CA first, then the old one (protocol.md section 5.1)", Envelope::new(1, 1, Frame::Welcome(Welcome {
             cluster_id: CLUSTER_ID.into(),
@@ -144,9 +159,10 @@ pub fn frames() -> Value {
                 "-----BEGIN CERTIFICATE-----\nMIIB...(new CA)\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nMIIB...(old CA)\n-----END CERTIFICATE-----\n".into(),
             ),
             max_chunks: None,
+            digest_buckets: None,
         }))),
         frame_vector("intent", "hub -> agent, a signed apply intent (see intents.json)", Envelope::new(2, 1, Frame::Intent(signed))),
-        frame_vector("resync_request", "hub -> agent", Envelope::new(3, 2, Frame::ResyncRequest(ResyncRequest { reason: Some("hub store restored".into()), objects: vec![app_ref()] }))),
+        frame_vector("resync_request", "hub -> agent", Envelope::new(3, 2, Frame::ResyncRequest(ResyncRequest { reason: Some("hub store restored".into()), objects: vec![app_ref()], buckets: vec![] }))),
         frame_vector("cert_issued", "hub -> agent, answer to renew_cert", Envelope::new(4, 4, Frame::CertIssued(CertIssued {
             certificate_pem: "-----BEGIN CERTIFICATE-----\nMIIB...\n-----END CERTIFICATE-----\n".into(),
             ca_bundle_pem: "-----BEGIN CERTIFICATE-----\nMIIC...\n-----END CERTIFICATE-----\n".into(),
@@ -159,6 +175,7 @@ pub fn frames() -> Value {
             applied: vec![AppliedVersion { object: app_ref(), version: 6 }],
             max_in_flight: None,
             chunk: None,
+            digest_buckets: false,
         }))),
         frame_vector("intent_ack_applied", "agent -> hub", Envelope::new(2, 2, Frame::IntentAck(IntentAck {
             intent_id: apply_payload(7).intent_id,
@@ -195,6 +212,7 @@ pub fn frames() -> Value {
         frame_vector("inventory", "agent -> hub, digest after reconnect", Envelope::new(6, 3, Frame::Inventory(Inventory {
             objects: vec![InventoryEntry { object: app_ref(), version: 7, status_hash: "9f2c4e1ab0d37c55".into() }],
             chunk: None,
+            buckets: None,
         }))),
         frame_vector("event", "agent -> hub, audit", Envelope::new(7, 3, Frame::Event(Event {
             time: NOW,
@@ -419,6 +437,7 @@ pub fn decode_errors() -> Value {
             applied: vec![],
             max_in_flight: None,
             chunk: None,
+            digest_buckets: false,
         }),
     );
     let bytes = encode(&hello, &Limits::default()).expect("encode");
@@ -548,6 +567,7 @@ pub fn chunks() -> Value {
                     applied: part,
                     max_in_flight: (c.index == 0).then_some(256),
                     chunk: Some(c),
+                    digest_buckets: false,
                 })),
             )
         })
@@ -570,6 +590,7 @@ pub fn chunks() -> Value {
                 recovery_window_secs: None,
                 ca_bundle_pem: None,
                 max_chunks: Some(limits::MAX_CHUNKS),
+                digest_buckets: None,
             }),
         ),
     );
@@ -592,6 +613,7 @@ pub fn chunks() -> Value {
                     Frame::Inventory(Inventory {
                         objects: part,
                         chunk: Some(c),
+                        buckets: None,
                     }),
                 ),
             )
@@ -653,6 +675,249 @@ pub fn chunks() -> Value {
     })
 }
 
+/// The objects of the bucketed-digest worked example.
+pub fn digest_entries() -> Vec<InventoryEntry> {
+    let e = |kind, ns: &str, name: &str, version, hash: &str| InventoryEntry {
+        object: ObjectRef::new(kind, ns, name),
+        version,
+        status_hash: hash.into(),
+    };
+    vec![
+        e(ObjectKind::Cluster, "", "edge-1", 0, "0c1d2e3f40516273"),
+        e(
+            ObjectKind::ApplicationInstance,
+            "team-a",
+            "nextcloud",
+            7,
+            "9f2c4e1ab0d37c55",
+        ),
+        e(
+            ObjectKind::ApplicationInstance,
+            "team-a",
+            "wiki",
+            3,
+            "1b2c3d4e5f607182",
+        ),
+        e(
+            ObjectKind::ApplicationInstance,
+            "team-b",
+            "nextcloud",
+            12,
+            "aa00bb11cc22dd33",
+        ),
+        e(
+            ObjectKind::Operation,
+            "team-a",
+            "backup-20270115",
+            1,
+            "77e1f0c2d3b4a596",
+        ),
+    ]
+}
+
+/// Bucketed digests (section 7, *Bucketed digests*).
+pub fn digest() -> Value {
+    use vworkspace_protocol::digest::{self as d, DigestError};
+    let entries = digest_entries();
+    let count = d::MIN_BUCKETS;
+    let sha = |b: &[u8]| hex::encode(ring_sha256(b));
+    let objects: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let o = &e.object;
+            let preimage = [
+                o.kind.as_str().as_bytes(),
+                b"\0",
+                o.namespace.as_bytes(),
+                b"\0",
+                o.name.as_bytes(),
+            ]
+            .concat();
+            json!({
+                "object": o,
+                "preimage_hex": hex::encode(&preimage),
+                "sha256_hex": sha(&preimage),
+                "bucket_16": d::bucket_of(o, 16),
+                "bucket_1024": d::bucket_of(o, 1024),
+            })
+        })
+        .collect();
+    let hashes = d::bucket_hashes(&entries, count);
+    let mut buckets = Vec::new();
+    for b in 0..count {
+        let mut mine: Vec<&InventoryEntry> = entries
+            .iter()
+            .filter(|e| d::bucket_of(&e.object, count) == b)
+            .collect();
+        mine.sort_by(|x, y| {
+            (x.object.kind.as_str(), &x.object.namespace, &x.object.name).cmp(&(
+                y.object.kind.as_str(),
+                &y.object.namespace,
+                &y.object.name,
+            ))
+        });
+        let text: Vec<u8> = mine.iter().flat_map(|e| d::entry_line(e)).collect();
+        buckets.push(json!({
+            "bucket": b,
+            "entries": mine.iter().map(|e| &e.object).collect::<Vec<_>>(),
+            "hashed_hex": hex::encode(&text),
+            "hash_hex": hex::encode(&hashes[b as usize]),
+        }));
+    }
+    let summary = d::summarize(&entries, count);
+    let changed = {
+        let mut c = entries.clone();
+        c[1].status_hash = "0000000000000000".into();
+        c
+    };
+    let differing = d::differing_buckets(&summary.hashes, &d::bucket_hashes(&changed, count));
+    let frames = vec![
+        frame_vector(
+            "hello_summary_mode",
+            "agent -> hub, a reconnect to a hub that announced digest_buckets earlier in this process: no applied, the versions come with the requested buckets",
+            Envelope::new(
+                1,
+                0,
+                Frame::Hello(Hello {
+                    agent_version: "0.2.0".into(),
+                    capabilities: vec![
+                        "status-digest".into(),
+                        "renew-cert".into(),
+                        "delete".into(),
+                    ],
+                    applied: vec![],
+                    max_in_flight: Some(256),
+                    chunk: None,
+                    digest_buckets: true,
+                }),
+            ),
+        ),
+        frame_vector(
+            "welcome_digest_buckets",
+            "hub -> agent: the hub compares bucketed digests of up to 32768 buckets",
+            Envelope::new(
+                1,
+                1,
+                Frame::Welcome(Welcome {
+                    cluster_id: CLUSTER_ID.into(),
+                    org: ORG.into(),
+                    server_time: NOW,
+                    heartbeat_secs: 20,
+                    idle_timeout_secs: 60,
+                    max_frame_bytes: 1_048_576,
+                    max_in_flight: 256,
+                    signing_keys: vec![],
+                    recovery_window_secs: None,
+                    ca_bundle_pem: None,
+                    max_chunks: Some(limits::MAX_CHUNKS),
+                    digest_buckets: Some(d::MAX_BUCKETS),
+                }),
+            ),
+        ),
+        frame_vector(
+            "inventory_summary",
+            "agent -> hub, instead of inventory: the worked example's 16 bucket hashes",
+            Envelope::new(2, 1, Frame::InventorySummary(summary.clone())),
+        ),
+        frame_vector(
+            "resync_request_buckets",
+            "hub -> agent: the buckets whose hash differs from the hub's view (here: team-a/nextcloud's status changed)",
+            Envelope::new(
+                2,
+                2,
+                Frame::ResyncRequest(ResyncRequest {
+                    reason: Some("digest buckets differ from the hub's view".into()),
+                    objects: vec![],
+                    buckets: differing.clone(),
+                }),
+            ),
+        ),
+        frame_vector(
+            "inventory_buckets",
+            "agent -> hub: every entry of the requested buckets, naming them",
+            Envelope::new(
+                3,
+                2,
+                Frame::Inventory(Inventory {
+                    objects: d::entries_in(&changed, &differing, count),
+                    chunk: None,
+                    buckets: Some(differing.clone()),
+                }),
+            ),
+        ),
+    ];
+    let kind = |e: DigestError| match e {
+        DigestError::BucketCount { .. } => "bucket_count",
+        DigestError::HashCount { .. } => "hash_count",
+        DigestError::HashLength { .. } => "hash_length",
+        DigestError::BucketList { .. } => "bucket_list",
+        _ => "other",
+    };
+    let summary_case = |name: &str, count: u32, hashes: Vec<Vec<u8>>| {
+        let s = InventorySummary {
+            bucket_count: count,
+            hashes,
+        };
+        let expect = match d::check_summary(&s, d::MAX_BUCKETS) {
+            Ok(()) => json!("ok"),
+            Err(e) => json!({"error": kind(e)}),
+        };
+        json!({"name": name, "bucket_count": count, "hash_lengths": s.hashes.iter().map(Vec::len).collect::<Vec<_>>(), "expect": expect})
+    };
+    let list_case = |name: &str, buckets: Vec<u32>, count: u32| {
+        let expect = match d::check_buckets(&buckets, count) {
+            Ok(()) => json!("ok"),
+            Err(e) => json!({"error": kind(e)}),
+        };
+        json!({"name": name, "buckets": buckets, "bucket_count": count, "expect": expect})
+    };
+    let counts: Vec<Value> = [0usize, 100, 128, 129, 10_000, 50_000, 1_000_000]
+        .iter()
+        .map(|&n| json!({"objects": n, "max": d::MAX_BUCKETS, "count": d::bucket_count_for(n, d::MAX_BUCKETS)}))
+        .chain([json!({"objects": 10_000, "max": 1000, "count": d::bucket_count_for(10_000, 1000)})])
+        .collect();
+    json!({
+        "description": "Bucketed digests (section 7, bucketed digests). `objects`: the bucket of each object (preimage kind 0x00 namespace 0x00 name, its SHA-256, the first 4 bytes big-endian modulo the count). `buckets`: for the worked example with 16 buckets, the bytes hashed per bucket (entry lines sorted bytewise by kind, namespace, name) and the hash (first 16 bytes of SHA-256). `frames` decode and re-encode like frames.json (hashes shown as hex). `summaries` and `bucket_lists` must be accepted (`ok`) or refused with Error{digest_error} (`kind` names the rule) by a receiver accepting up to 32768 buckets. `bucket_count_for` is the reference agent's choice (informative).",
+        "limits": {
+            "min_buckets": d::MIN_BUCKETS,
+            "max_buckets": d::MAX_BUCKETS,
+            "hash_len": d::BUCKET_HASH_LEN,
+            "max_requested_buckets": d::MAX_REQUESTED_BUCKETS,
+            "objects_per_bucket": d::OBJECTS_PER_BUCKET,
+        },
+        "objects": objects,
+        "bucket_count": count,
+        "buckets": buckets,
+        "frames": frames,
+        "summaries": [
+            summary_case("valid", 16, vec![vec![0; 16]; 16]),
+            summary_case("count_not_power_of_two", 24, vec![vec![0; 16]; 24]),
+            summary_case("count_below_minimum", 8, vec![vec![0; 16]; 8]),
+            summary_case("count_above_maximum", 65_536, vec![]),
+            summary_case("too_few_hashes", 16, vec![vec![0; 16]; 15]),
+            summary_case("hash_too_long", 16, { let mut h = vec![vec![0; 16]; 16]; h[2] = vec![0; 20]; h }),
+            summary_case("hash_empty", 16, { let mut h = vec![vec![0; 16]; 16]; h[0] = vec![]; h }),
+        ],
+        "bucket_lists": [
+            list_case("valid", vec![0, 5, 15], 16),
+            list_case("empty", vec![], 16),
+            list_case("index_at_count", vec![16], 16),
+            list_case("repeated", vec![3, 3], 16),
+            list_case("descending", vec![5, 2], 16),
+            list_case("longer_than_count", (0..17).collect(), 16),
+            list_case("longer_than_max_requested", (0..(d::MAX_REQUESTED_BUCKETS as u32 + 1)).collect(), d::MAX_BUCKETS),
+        ],
+        "bucket_count_for": counts,
+        "error": {"code": ErrorCode::DigestError.as_str(), "fatal": true, "close_code": ErrorCode::DigestError.close_code()},
+    })
+}
+
+fn ring_sha256(b: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, b)
+        .as_ref()
+        .to_vec()
+}
+
 /// Every vector file: name and pretty JSON text (with a trailing newline).
 pub fn all() -> Vec<(&'static str, String)> {
     [
@@ -662,6 +927,7 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("join_token.json", join_token()),
         ("recovery.json", recovery()),
         ("chunks.json", chunks()),
+        ("digest.json", digest()),
     ]
     .into_iter()
     .map(|(n, v)| (n, serde_json::to_string_pretty(&v).expect("json") + "\n"))

@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use vworkspace_protocol::{
     AppliedVersion, Chunk, Envelope, ErrorCode, ErrorFrame, Frame, Goodbye, Hello, Inventory,
-    Limits, Welcome, chunk, limits,
+    Limits, Welcome, chunk, digest, limits,
 };
 
 use super::{TunnelError, Violation};
@@ -90,6 +90,11 @@ pub(super) struct Conn {
     pub(super) limits: Limits,
     /// Chunks per `Inventory` the hub assembles (1: it does not).
     pub(super) max_chunks: u32,
+    /// The most buckets the hub compares (`Welcome.digest_buckets`); `None`:
+    /// it wants the whole `Inventory`.
+    pub(super) digest_buckets: Option<u32>,
+    /// Bucket count of the `InventorySummary` sent on this connection.
+    pub(super) summary_count: Option<u32>,
     metrics: Metrics,
 }
 
@@ -106,6 +111,8 @@ impl Conn {
             last_rx: Instant::now(),
             limits,
             max_chunks: 1,
+            digest_buckets: None,
+            summary_count: None,
             metrics,
         }
     }
@@ -149,22 +156,95 @@ impl Conn {
                     applied,
                     max_in_flight: Some(AGENT_MAX_IN_FLIGHT),
                     chunk,
+                    digest_buckets: false,
                 })
             },
         )
     }
 
-    /// Sends the digest: in one frame when it fits; else in chunks when the
-    /// hub assembles them (`max_chunks` from its `Welcome`), entries beyond
+    /// The `Hello` of a reconnect to a hub that announced bucketed digests
+    /// before: no `applied`, the versions come with the buckets it asks for.
+    pub(super) fn summary_hello(&self) -> Vec<Frame> {
+        vec![Frame::Hello(Hello {
+            agent_version: crate::AGENT_VERSION.to_owned(),
+            capabilities: CAPABILITIES.iter().map(|s| s.to_string()).collect(),
+            applied: Vec::new(),
+            max_in_flight: Some(AGENT_MAX_IN_FLIGHT),
+            chunk: None,
+            digest_buckets: true,
+        })]
+    }
+
+    /// Sends the digest after `Welcome`: a bucket summary to a hub that
+    /// compares them, else the whole `Inventory`.
+    pub(super) async fn send_digest(&mut self, inv: Inventory) -> Result<(), TunnelError> {
+        match self.digest_buckets {
+            Some(max) if self.summary_count.is_none() => {
+                let count = digest::bucket_count_for(inv.objects.len(), max);
+                let summary = digest::summarize(&inv.objects, count);
+                self.send(Frame::InventorySummary(summary)).await?;
+                self.summary_count = Some(count);
+                Ok(())
+            }
+            _ => self.send_inventory(inv, None).await,
+        }
+    }
+
+    /// Answers `ResyncRequest{buckets}`: the entries of those buckets of the
+    /// summary sent on this connection, naming the buckets. A request that
+    /// does not fit that summary is a protocol error.
+    pub(super) async fn send_buckets(
+        &mut self,
+        inv: Inventory,
+        buckets: Vec<u32>,
+    ) -> Result<(), TunnelError> {
+        let checked = match self.summary_count {
+            None => Err(digest::DigestError::OutOfOrder(
+                "bucket request without a summary on this connection",
+            )),
+            Some(count) => digest::check_buckets(&buckets, count).map(|()| count),
+        };
+        let count = match checked {
+            Ok(count) => count,
+            Err(e) => {
+                self.fail(ErrorCode::DigestError, &e.to_string()).await;
+                return Err(Violation::Digest(e).into());
+            }
+        };
+        let entries = digest::entries_in(&inv.objects, &buckets, count);
+        self.send_inventory(
+            Inventory {
+                objects: entries,
+                chunk: None,
+                buckets: None,
+            },
+            Some(buckets),
+        )
+        .await
+    }
+
+    /// Sends the digest (or, with `buckets`, the part of it those buckets
+    /// hold): in one frame when it fits; else in chunks when the hub
+    /// assembles them (`max_chunks` from its `Welcome`), entries beyond
     /// `max_chunks` full frames left out; else (an older hub) only what fits
     /// one frame. Objects left out are settled by the hub resending their
     /// intents, which are acked as `noop`.
-    pub(super) async fn send_inventory(&mut self, inv: Inventory) -> Result<(), TunnelError> {
+    pub(super) async fn send_inventory(
+        &mut self,
+        inv: Inventory,
+        buckets: Option<Vec<u32>>,
+    ) -> Result<(), TunnelError> {
         let frames = chunked(
             &self.limits,
             inv.objects,
             self.max_chunks,
-            |chunk, objects| Frame::Inventory(Inventory { objects, chunk }),
+            |chunk, objects| {
+                Frame::Inventory(Inventory {
+                    objects,
+                    chunk,
+                    buckets: buckets.clone(),
+                })
+            },
         );
         for f in frames {
             self.send(f).await?;
@@ -294,7 +374,11 @@ mod tests {
     }
 
     fn inventory(chunk: Option<Chunk>, objects: Vec<InventoryEntry>) -> Frame {
-        Frame::Inventory(Inventory { objects, chunk })
+        Frame::Inventory(Inventory {
+            objects,
+            chunk,
+            buckets: None,
+        })
     }
 
     fn parts(frames: &[Frame]) -> Vec<(Option<Chunk>, usize)> {

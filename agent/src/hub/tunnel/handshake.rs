@@ -11,7 +11,9 @@ use tokio_tungstenite::Connector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use vworkspace_crds::well_known::{annotations, labels};
 use vworkspace_crds::{ApplicationInstance, Operation};
-use vworkspace_protocol::{AppliedVersion, Limits, ObjectKind, ObjectRef, SUBPROTOCOL_V1, Welcome};
+use vworkspace_protocol::{
+    AppliedVersion, Limits, ObjectKind, ObjectRef, SUBPROTOCOL_V1, Welcome, digest,
+};
 
 use super::conn::{AGENT_MAX_IN_FLIGHT, Conn};
 use super::tls::{classify, client_config, ws_config};
@@ -84,9 +86,16 @@ impl Tunnel {
 
         // Hello with what the cluster holds, so the hub resends only newer
         // intents. When it takes several frames, the rest follow `Welcome`
-        // if the hub assembles them (it says so with `max_chunks`).
-        let applied = applied_versions(&self.client).await?;
-        let mut hellos = conn.hello_frames(applied).into_iter();
+        // if the hub assembles them (it says so with `max_chunks`). A hub
+        // that announced bucketed digests to this process before gets an
+        // empty `applied`: it reads the versions from the buckets it asks for.
+        let summary_hello = self.digest_hubs.knows(&url);
+        let mut hellos = if summary_hello {
+            conn.summary_hello().into_iter()
+        } else {
+            let applied = applied_versions(&self.client).await?;
+            conn.hello_frames(applied).into_iter()
+        };
         if let Some(first) = hellos.next() {
             conn.send(first).await?;
         }
@@ -112,6 +121,9 @@ impl Tunnel {
             None => creds,
         };
         conn.max_chunks = welcome.max_chunks.unwrap_or(1).max(1);
+        conn.digest_buckets = welcome.digest_buckets.filter(|&m| m >= digest::MIN_BUCKETS);
+        self.digest_hubs.record(&url, conn.digest_buckets.is_some());
+        tracing::debug!(summary_hello, digest_buckets = ?conn.digest_buckets, "Hub welcomed");
         crate::hub::recovery::on_welcome(
             &self.cluster_status,
             &creds.cluster_id,

@@ -180,6 +180,9 @@ pub enum Violation {
     /// A frame only the agent sends.
     #[error("{0} is an agent-to-hub frame")]
     AgentFrame(String),
+    /// A bucket request that does not fit the summary sent.
+    #[error("digest_error: {0}")]
+    Digest(#[from] vworkspace_protocol::digest::DigestError),
     /// The hub reported a fatal error (code and message, escaped).
     #[error("{code}: {message}")]
     HubError {
@@ -233,6 +236,35 @@ pub struct Tunnel {
     /// Whether applied ApplicationInstances carry their finalizer (only
     /// when the controllers that remove it run).
     pub finalize_instances: bool,
+    /// Hubs that announced bucketed digests to this process.
+    pub digest_hubs: DigestHubs,
+}
+
+/// Tunnel URLs whose hub announced `Welcome.digest_buckets` in this process.
+/// Only to those is `Hello` sent without `applied` (docs/protocol.md §9): a
+/// hub must have said it reads versions from bucket inventories first.
+/// Kept in memory only, so every agent start begins with a full `Hello`.
+#[derive(Clone, Debug, Default)]
+pub struct DigestHubs(Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
+
+impl DigestHubs {
+    /// Whether the hub at `url` announced bucketed digests before.
+    pub fn knows(&self, url: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(url)
+    }
+
+    /// Records what the hub at `url` announced in its latest `Welcome`.
+    pub fn record(&self, url: &str, supports: bool) {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if supports {
+            s.insert(url.to_owned());
+        } else {
+            s.remove(url);
+        }
+    }
 }
 
 fn set_state(tx: &watch::Sender<ConnState>, metrics: &Metrics, s: ConnState) {
@@ -425,7 +457,21 @@ mod tests {
             ca_bundle_pem: None,
             max_chunks: None,
             signing_keys: Vec::new(),
+            digest_buckets: None,
         }
+    }
+
+    #[test]
+    fn a_summary_hello_goes_only_to_a_hub_url_that_announced_digests_last_time() {
+        let hubs = DigestHubs::default();
+        let url = "wss://hub.example:8443/v1/tunnel";
+        assert!(!hubs.knows(url), "a new process starts with full hellos");
+        hubs.record(url, true);
+        assert!(hubs.knows(url));
+        assert!(!hubs.knows("wss://other.example/v1/tunnel"));
+        // The hub stopped announcing them (downgraded): full hellos again.
+        hubs.record(url, false);
+        assert!(!hubs.knows(url));
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl Tunnel {
             depth,
             acks: ack_rx,
         };
-        let result = match conn.send_inventory(self.outbox.inventory()).await {
+        let result = match conn.send_digest(self.outbox.inventory()).await {
             Ok(()) => self.drive(&mut conn, &creds, queues, shutdown, tasks).await,
             Err(e) => Err(e),
         };
@@ -211,11 +211,16 @@ impl Tunnel {
                     .queue("intents", queues.depth - queues.intents.capacity());
             }
             Frame::ResyncRequest(r) => {
-                tracing::info!(reason = %escape(r.reason.as_deref().unwrap_or(""), 200), objects = r.objects.len(), "Hub asked for a resync");
-                if r.objects.is_empty() {
-                    conn.send_inventory(self.outbox.inventory()).await?;
-                } else {
+                tracing::info!(reason = %escape(r.reason.as_deref().unwrap_or(""), 200), objects = r.objects.len(), buckets = r.buckets.len(), "Hub asked for a resync");
+                let whole = r.objects.is_empty() && r.buckets.is_empty();
+                if !r.buckets.is_empty() {
+                    conn.send_buckets(self.outbox.inventory(), r.buckets)
+                        .await?;
+                }
+                if !r.objects.is_empty() {
                     self.outbox.resync(&r.objects);
+                } else if whole {
+                    conn.send_inventory(self.outbox.inventory(), None).await?;
                 }
             }
             Frame::CertIssued(c) => self.renewed(creds, renewal, c).await,

@@ -253,6 +253,7 @@ pub(crate) async fn session(
             applied: vec![],
             max_in_flight: None,
             chunk: None,
+            digest_buckets: false,
         }),
     );
     let send = |env: &Envelope| -> anyhow::Result<Message> {
@@ -310,6 +311,7 @@ pub(crate) async fn session(
                                     status_hash: inventory_hash.clone(),
                                 }],
                                 chunk: None,
+                                buckets: None,
                             })))
                         }
                         Frame::ResyncRequest(_) if welcomed => {

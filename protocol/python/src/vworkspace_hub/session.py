@@ -393,7 +393,14 @@ class TunnelSession:
             log.info("status cluster=%s object=%s version=%s phase=%s conditions=%s", cluster,
                      ObjectRef.from_wire(o), b["version"], b["phase"],
                      ",".join(f"{c['type']}={c['status']}" for c in b["conditions"]))
+        elif t == "inventory_summary":
+            # This hub does not announce welcome.digest_buckets: answered as
+            # a hub without bucketed digests (section 7), the agent goes on.
+            await self._send(wire.error("unsupported_frame", "frame type 'inventory_summary' is not supported"))
         elif t == "inventory":
+            if b.get("buckets") is not None:
+                self.hub.metrics.inc("frames_refused", "code", "digest_error")
+                raise _fatal("digest_error", "bucket inventory without a summary on this connection")
             objects = self._assemble(self._inventory, "inventory", b.get("chunk"), b["objects"])
             if objects is None:
                 if self._inventory_deadline is None:

@@ -35,7 +35,8 @@ MAX_DEPTH = 64
 OBJECT_KINDS = ("ApplicationInstance", "Operation", "Cluster")
 
 HUB_TO_AGENT = frozenset({"welcome", "intent", "resync_request", "cert_issued", "goodbye", "error"})
-AGENT_TO_HUB = frozenset({"hello", "intent_ack", "status", "inventory", "event", "renew_cert", "goodbye", "error"})
+AGENT_TO_HUB = frozenset({"hello", "intent_ack", "status", "inventory", "inventory_summary", "event", "renew_cert",
+                          "goodbye", "error"})
 FRAME_TYPES = HUB_TO_AGENT | AGENT_TO_HUB
 
 # section 11.1: code -> (fatal, WebSocket close code)
@@ -51,6 +52,7 @@ ERROR_CODES: dict[str, tuple[bool, int | None]] = {
     "internal": (True, 1011),
     "csr_invalid": (False, None),
     "chunk_error": (True, 1008),
+    "digest_error": (True, 1008),
 }
 
 # Chunked hello/inventory (section 7, chunking) and the negotiated window (section 6).
@@ -276,17 +278,18 @@ _BODIES: dict[str, Callable[[Any], Any]] = {
         ("max_frame_bytes", _uint(64), _REQ), ("max_in_flight", _uint(32), _REQ),
         ("signing_keys", _list(_key_info), list),
         ("recovery_window_secs", _uint(64), _OMIT), ("ca_bundle_pem", _str, _OMIT),
-        ("max_chunks", _uint(32), _OMIT),
+        ("max_chunks", _uint(32), _OMIT), ("digest_buckets", _uint(32), _OMIT),
     ]),
     "intent": _struct([("kid", _str, _REQ), ("payload", _bin, _REQ), ("signature", _bin, _REQ)]),
-    "resync_request": _struct([("reason", _opt(_str), None), ("objects", _list(_objref), list)]),
+    "resync_request": _struct([("reason", _opt(_str), None), ("objects", _list(_objref), list),
+                               ("buckets", _list(_uint(32)), _OMIT)]),
     "cert_issued": _struct([("certificate_pem", _str, _REQ), ("ca_bundle_pem", _str, _REQ)]),
     "goodbye": _struct([("reason", _str, _REQ), ("retry_after_secs", _opt(_uint(32)), None)]),
     "error": _struct([("code", _str, _REQ), ("message", _str, _REQ)]),
     "hello": _struct([
         ("agent_version", _str, _REQ), ("capabilities", _list(_str), list),
         ("applied", _list(_struct([("object", _objref, _REQ), ("version", _uint(64), _REQ)])), list),
-        ("max_in_flight", _uint(32), _OMIT), ("chunk", _chunk, _OMIT),
+        ("max_in_flight", _uint(32), _OMIT), ("chunk", _chunk, _OMIT), ("digest_buckets", _bool, _OMIT),
     ]),
     "intent_ack": _struct([
         ("intent_id", _str, _REQ), ("intent_seq", _uint(64), 0), ("object", _opt(_objref), None),
@@ -302,8 +305,9 @@ _BODIES: dict[str, Callable[[Any], Any]] = {
         ("objects", _list(_struct([
             ("object", _objref, _REQ), ("version", _uint(64), _REQ), ("status_hash", _str, _REQ),
         ])), list),
-        ("chunk", _chunk, _OMIT),
+        ("chunk", _chunk, _OMIT), ("buckets", _list(_uint(32)), _OMIT),
     ]),
+    "inventory_summary": _struct([("bucket_count", _uint(32), _REQ), ("hashes", _list(_bin), _REQ)]),
     "event": _struct([
         ("time", _i64, _REQ), ("severity", _str, _REQ), ("reason", _str, _REQ), ("message", _str, _REQ),
         ("object", _opt(_objref), None), ("intent_id", _opt(_str), None),
