@@ -66,7 +66,10 @@ impl OwnWrites {
 
     /// Entries held (for tests and metrics).
     pub fn len(&self) -> usize {
-        self.versions.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Whether nothing is remembered.
@@ -92,7 +95,10 @@ mod tests {
         let w = OwnWrites::default();
         w.record(&meta("u1", "10"));
         assert!(w.is_echo(&meta("u1", "10")));
-        assert!(!w.is_echo(&meta("u1", "10")), "a second delivery is not swallowed");
+        assert!(
+            !w.is_echo(&meta("u1", "10")),
+            "a second delivery is not swallowed"
+        );
         assert!(w.is_empty());
     }
 
