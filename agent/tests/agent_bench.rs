@@ -10,7 +10,7 @@
 //! agent sends after it reconnects (Hello, InventorySummary, the Inventory of
 //! the buckets the hub asked for, Status).
 //!
-//! cargo test --release -p vworkspace-agent --test agent_bench -- --ignored --nocapture
+//! cargo test --release -p vworkspace-agent --test agent_bench -- --ignored --nocapture --test-threads 1
 
 mod agent_support;
 
