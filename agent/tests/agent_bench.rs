@@ -362,6 +362,17 @@ async fn big_cluster_rss_and_reconnect_digest() {
         pending_statuses(admin).await.filter(|n| *n == 0.0)
     })
     .await;
+    // Sent is not yet stored: the hub may still be writing a backlog of
+    // statuses. The figure is about a hub that was up to date at the cut.
+    eventually(
+        Duration::from_secs(600),
+        "every status at the hub",
+        || async {
+            let stored = hub.hub.store().statuses(Some(cluster), None).ok()?.len();
+            (stored > n).then_some(())
+        },
+    )
+    .await;
     // Let the watch caches and allocator settle before reading RSS.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let loaded_rss = rss_kib(pid);
