@@ -263,6 +263,23 @@ async fn agent_rss_and_intent_to_object_latency() {
     let _ = child.start_kill();
     let _ = child.wait().await;
     hub.shutdown().await;
+    // The next benchmark's agent shares this control plane and would hold
+    // these objects as ones it found (the hub stores few of those, so they
+    // would count as changed on every reconnect): remove them.
+    for namespace in [&ns, &base_ns] {
+        let api: Api<ApplicationInstance> = Api::namespaced(cp.client.clone(), namespace);
+        api.delete_collection(&Default::default(), &Default::default())
+            .await
+            .expect("deleting the benchmark's ApplicationInstances");
+        eventually(Duration::from_secs(120), "the instances gone", || async {
+            api.list_metadata(&Default::default())
+                .await
+                .ok()
+                .filter(|l| l.items.is_empty())
+                .map(|_| ())
+        })
+        .await;
+    }
 }
 
 /// Sum of `vworkspace_agent_frame_bytes_total` or `_frames_total` for one
@@ -362,14 +379,32 @@ async fn big_cluster_rss_and_reconnect_digest() {
         pending_statuses(admin).await.filter(|n| *n == 0.0)
     })
     .await;
-    // Sent is not yet stored: the hub may still be writing a backlog of
-    // statuses. The figure is about a hub that was up to date at the cut.
+    // Sent is not yet stored: the hub may still be working through a backlog
+    // of statuses. The figure is about a hub that was up to date at the cut:
+    // every object has a status at the hub and the stored hashes no longer
+    // change between two readings 2 s apart.
+    let stored = || {
+        let rows = hub.hub.store().statuses(Some(cluster), None).ok()?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for r in &rows {
+            std::hash::Hash::hash(&(&r.name, &r.hash), &mut h);
+        }
+        Some((rows.len(), std::hash::Hasher::finish(&h)))
+    };
+    let mut last = None;
     eventually(
         Duration::from_secs(600),
-        "every status at the hub",
-        || async {
-            let stored = hub.hub.store().statuses(Some(cluster), None).ok()?.len();
-            (stored > n).then_some(())
+        "the hub's statuses settled",
+        || {
+            let now = stored();
+            let settled = now.is_some_and(|(len, _)| len > n) && now == last;
+            last = now;
+            async move {
+                if !settled {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                settled.then_some(())
+            }
         },
     )
     .await;
