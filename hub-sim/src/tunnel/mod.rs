@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -140,7 +141,16 @@ where
                 code,
                 reason: reason.into(),
             };
-            let _ = tokio::time::timeout(Duration::from_secs(2), conn.ws.close(Some(close))).await;
+            // Send the close, then read until the peer answers it or goes
+            // away (2 s at most): dropping the socket with the peer's frames
+            // unread makes the kernel send a reset, and the peer would see
+            // "connection reset" instead of the frame sent just before.
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                if conn.ws.close(Some(close)).await.is_ok() {
+                    while let Some(Ok(_)) = conn.ws.next().await {}
+                }
+            })
+            .await;
             tracing::info!(cluster = %id.cluster, %peer, reason, "tunnel closed");
         }
     }
