@@ -37,29 +37,6 @@ async fn welcome(a: &mut TestAgent) -> proto::Welcome {
     }
 }
 
-/// The hub's answer to a broken chunk: `chunk_error`, then a close.
-async fn expect_chunk_error(a: &mut TestAgent, mentions: &str) {
-    loop {
-        match a.try_recv().await {
-            Ok(env) => match env.body {
-                Frame::Error(e) => {
-                    assert_eq!(e.code, "chunk_error", "{e:?}");
-                    assert!(e.message.contains(mentions), "{e:?}");
-                    break;
-                }
-                Frame::ResyncRequest(_) | Frame::Intent(_) => {}
-                other => panic!("expected chunk_error, got {other:?}"),
-            },
-            Err(e) => panic!("closed without chunk_error: {e}"),
-        }
-    }
-    let end = a
-        .try_recv()
-        .await
-        .expect_err("the hub closes after chunk_error");
-    assert!(end.contains("closed") || end.contains("ended"), "{end}");
-}
-
 #[tokio::test]
 async fn the_window_is_the_agent_offer_capped_by_the_hub() {
     let dir = tempfile::tempdir().unwrap();
@@ -196,7 +173,7 @@ async fn broken_or_endless_chunks_end_with_chunk_error() {
         }),
     ))
     .await;
-    expect_chunk_error(&mut a, "at most 16").await;
+    expect_error_then_close(&mut a, "chunk_error", "at most 16").await;
     // Inventory chunks out of order.
     let mut a = TestAgent::connect(hub.tls_addr, &creds, vec![]).await;
     for index in [0, 2] {
@@ -207,7 +184,7 @@ async fn broken_or_endless_chunks_end_with_chunk_error() {
         }))
         .await;
     }
-    expect_chunk_error(&mut a, "expected chunk 1 of 3").await;
+    expect_error_then_close(&mut a, "chunk_error", "expected chunk 1 of 3").await;
     // An unchunked Inventory while a set is incomplete.
     let mut a = TestAgent::connect(hub.tls_addr, &creds, vec![]).await;
     a.send(Frame::Inventory(Inventory {
@@ -217,7 +194,7 @@ async fn broken_or_endless_chunks_end_with_chunk_error() {
     }))
     .await;
     a.send(Frame::Inventory(Inventory::default())).await;
-    expect_chunk_error(&mut a, "unchunked frame").await;
+    expect_error_then_close(&mut a, "chunk_error", "unchunked frame").await;
     // Something other than the next Hello chunk after Welcome.
     let mut a = open(&hub, &creds).await;
     a.send(hello(vec![], None, Some(Chunk { index: 0, count: 2 })))

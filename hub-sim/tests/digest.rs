@@ -265,29 +265,6 @@ async fn nothing_pending_but_the_first_requests(a: &mut TestAgent) {
     }
 }
 
-/// Nonsense is answered with `digest_error` and a close.
-async fn expect_digest_error(a: &mut TestAgent, mentions: &str) {
-    loop {
-        match a.try_recv().await {
-            Ok(env) => match env.body {
-                Frame::Error(e) => {
-                    assert_eq!(e.code, "digest_error", "{e:?}");
-                    assert!(e.message.contains(mentions), "{e:?}");
-                    break;
-                }
-                Frame::ResyncRequest(_) | Frame::Intent(_) => {}
-                other => panic!("expected digest_error, got {other:?}"),
-            },
-            Err(e) => panic!("closed without digest_error: {e}"),
-        }
-    }
-    let end = a
-        .try_recv()
-        .await
-        .expect_err("the hub closes after digest_error");
-    assert!(end.contains("closed") || end.contains("ended"), "{end}");
-}
-
 #[tokio::test]
 async fn nonsense_summaries_and_bucket_inventories_end_with_digest_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -370,7 +347,7 @@ async fn nonsense_summaries_and_bucket_inventories_end_with_digest_error() {
         for f in frames {
             a.send(f).await;
         }
-        expect_digest_error(&mut a, mentions).await;
+        expect_error_then_close(&mut a, "digest_error", mentions).await;
     }
     hub.shutdown().await;
 }

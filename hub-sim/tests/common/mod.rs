@@ -350,3 +350,27 @@ pub fn app(name: &str, ns: &str, marker: u32) -> serde_json::Value {
         }
     })
 }
+
+/// The hub's answer to a broken frame: `Error{code}` mentioning `mentions`
+/// (resync requests and intents may come first), then a close.
+pub async fn expect_error_then_close(a: &mut TestAgent, code: &str, mentions: &str) {
+    loop {
+        match a.try_recv().await {
+            Ok(env) => match env.body {
+                Frame::Error(e) => {
+                    assert_eq!(e.code, code, "{e:?}");
+                    assert!(e.message.contains(mentions), "{e:?}");
+                    break;
+                }
+                Frame::ResyncRequest(_) | Frame::Intent(_) => {}
+                other => panic!("expected {code}, got {other:?}"),
+            },
+            Err(e) => panic!("closed without {code}: {e}"),
+        }
+    }
+    let end = a
+        .try_recv()
+        .await
+        .expect_err("the hub closes after the error");
+    assert!(end.contains("closed") || end.contains("ended"), "{end}");
+}
